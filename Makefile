@@ -1,0 +1,44 @@
+# Local mode and developer tasks. `make up` / `make down` run the whole stack as local processes;
+# `make test` runs every test (CI calls it through .ci/run).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export JAN_ROOT ?= $(HOME)/jan
+
+.PHONY: up down test lint typecheck proto venv bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+up: venv
+	$(PY) -m cli.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m cli.stack down; fi
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy services gateway cli
+
+proto: venv
+	$(PY) scripts/gen_protos.py
+
+bench: venv
+	$(PY) bench/catalog/bench_catalog.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

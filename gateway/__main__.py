@@ -1,0 +1,34 @@
+"""Runs the gateway: `python -m gateway [--print-settings]`."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from services.common.logs import setup_logging
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    parser.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
+    args = parser.parse_args()
+    settings = GatewaySettings()
+    if args.print_settings:
+        print(settings.model_dump_json(indent=2))
+        return
+    setup_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=3,
+    )
+
+
+if __name__ == "__main__":
+    main()

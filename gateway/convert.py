@@ -1,0 +1,220 @@
+"""Pure conversions between the internal messages and the OpenAI-style REST shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
+from jan.model.v1 import model_pb2
+from pydantic import BaseModel, ConfigDict, Field
+
+STATE_NAMES = {
+    model_pb2.MODEL_STATE_NOT_DOWNLOADED: "not-downloaded",
+    model_pb2.MODEL_STATE_DOWNLOADING: "downloading",
+    model_pb2.MODEL_STATE_STOPPED: "stopped",
+    model_pb2.MODEL_STATE_RUNNING: "running",
+}
+STATE_VALUES = {name: value for value, name in STATE_NAMES.items()}
+State = Literal["running", "stopped", "not-downloaded", "downloading"]
+IMPORT_MODES = {
+    "link": catalog_pb.IMPORT_MODE_LINK,
+    "copy": catalog_pb.IMPORT_MODE_COPY,
+    "symlink": catalog_pb.IMPORT_MODE_SYMLINK,
+}
+
+
+# --- response shapes (for the OpenAPI document; responses are serialised by the functions below) ------
+
+
+class ModelOut(BaseModel):
+    """The Jan Model Object as the API returns it (a superset of OpenAI's model object)."""
+
+    id: str = Field(description="'<folder>/<file>': the json file's place under models/.")
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix seconds: the json file's creation time.")
+    owned_by: str
+    name: str
+    description: str
+    state: State
+    parameters: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+class ModelListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
+
+
+class DeletedOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True
+
+
+class StateOut(BaseModel):
+    id: str
+    object: Literal["model.state"] = "model.state"
+    state: State
+    reason: str = Field(description="Why the model is in this state (e.g. which binary is missing).")
+    bytes_done: int
+    bytes_total: int
+    runner: str
+
+
+class BinaryOut(BaseModel):
+    name: str
+    url: str
+    size: int
+    sha256: str
+    present: bool
+    external_path: str
+
+
+class MetadataOut(BaseModel):
+    id: str
+    object: Literal["model.metadata"] = "model.metadata"
+    source_url: str
+    engine: str
+    path: str
+    metadata: dict[str, Any]
+    binaries: list[BinaryOut]
+
+
+class ProblemOut(BaseModel):
+    path: str
+    id: str
+    reason: str
+
+
+class ProblemListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ProblemOut]
+
+
+class ImportOut(BaseModel):
+    folder: str
+    data: list[ModelOut]
+    problems: list[ProblemOut]
+
+
+# --- request shapes ---------------------------------------------------------------------------------------
+
+
+class CreateModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source_url: str = Field(description="An http(s) URL of a model file, or an absolute local file path.")
+    id: str | None = Field(
+        default=None, description="'<folder>/<file>'; derived from the file name if absent."
+    )
+    name: str | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    import_mode: Literal["link", "copy", "symlink"] = Field(
+        default="link", description="Local files: hard link (else symbolic link), copy, or symbolic link."
+    )
+
+
+class UpdateModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(default=None, description="JSON merge patch (null deletes).")
+    metadata: dict[str, Any] | None = Field(default=None, description="JSON merge patch (null deletes).")
+
+
+def create_request(body: CreateModelIn) -> catalog_pb.CreateModelRequest:
+    req = catalog_pb.CreateModelRequest(
+        id=body.id or "",
+        source_url=body.source_url,
+        parameters_json=orjson.dumps(body.parameters).decode() if body.parameters is not None else "",
+        metadata_json=orjson.dumps(body.metadata).decode() if body.metadata is not None else "",
+        import_mode=IMPORT_MODES[body.import_mode],  # type: ignore[arg-type]
+    )
+    if body.name is not None:
+        req.name = body.name
+    if body.description is not None:
+        req.description = body.description
+    return req
+
+
+def update_request(model_id: str, body: UpdateModelIn) -> catalog_pb.UpdateModelRequest:
+    fields = body.model_fields_set
+    req = catalog_pb.UpdateModelRequest(
+        id=model_id,
+        parameters_patch_json=orjson.dumps(body.parameters).decode() if "parameters" in fields else "",
+        metadata_patch_json=orjson.dumps(body.metadata).decode() if "metadata" in fields else "",
+    )
+    if body.name is not None:
+        req.name = body.name
+    if body.description is not None:
+        req.description = body.description
+    return req
+
+
+# --- responses --------------------------------------------------------------------------------------------
+
+
+def model_dict(m: model_pb2.Model) -> dict[str, Any]:
+    # parameters/metadata arrive as JSON text and are embedded as they are (no parse/serialise round trip).
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": m.created,
+        "owned_by": m.owned_by,
+        "name": m.name,
+        "description": m.description,
+        "state": STATE_NAMES.get(m.state, "not-downloaded"),
+        "parameters": orjson.Fragment(m.parameters_json or "{}"),
+        "metadata": orjson.Fragment(m.metadata_json or "{}"),
+    }
+
+
+def model_json(m: model_pb2.Model) -> bytes:
+    return orjson.dumps(model_dict(m))
+
+
+def model_list_json(models: list[model_pb2.Model]) -> bytes:
+    return orjson.dumps({"object": "list", "data": [model_dict(m) for m in models]})
+
+
+def state_dict(m: model_pb2.Model) -> dict[str, Any]:
+    d = m.state_detail
+    return {
+        "id": m.id,
+        "object": "model.state",
+        "state": STATE_NAMES.get(m.state, "not-downloaded"),
+        "reason": d.reason,
+        "bytes_done": d.bytes_done,
+        "bytes_total": d.bytes_total,
+        "runner": d.runner,
+    }
+
+
+def metadata_dict(m: model_pb2.Model) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "object": "model.metadata",
+        "source_url": m.source_url,
+        "engine": m.engine,
+        "path": m.path,
+        "metadata": orjson.Fragment(m.metadata_json or "{}"),
+        "binaries": [
+            {
+                "name": b.name,
+                "url": b.url,
+                "size": b.size,
+                "sha256": b.sha256,
+                "present": b.present,
+                "external_path": b.external_path,
+            }
+            for b in m.binaries
+        ],
+    }
+
+
+def problem_dict(p: model_pb2.Problem) -> dict[str, Any]:
+    return {"path": p.path, "id": p.id, "reason": p.reason}

@@ -1,0 +1,132 @@
+"""One error shape for every response, `{"error": {"message", "type", "param", "code"}}`, and the one
+table that turns a gRPC status into an HTTP status."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from grpc import aio
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.common.errors import ERROR_CODE_KEY, ERROR_PARAM_KEY
+
+log = logging.getLogger(__name__)
+
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.CANCELLED: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+# Error codes whose HTTP status is more precise than their gRPC status says.
+CODE_TO_HTTP = {"invalid_model_file": 422}
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    501: "not_implemented_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """The `responses=` entry a route declares so the OpenAPI document lists its errors."""
+    return {
+        status: {"model": ErrorResponse, "description": _TYPES.get(status, "error")} for status in statuses
+    }
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+def error_json(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
+    body = {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    return JSONResponse(body, status_code=status)
+
+
+def from_rpc_error(exc: aio.AioRpcError, service: str) -> APIError:
+    trailers = dict(exc.trailing_metadata() or ())
+    code = trailers.get(ERROR_CODE_KEY)
+    param = trailers.get(ERROR_PARAM_KEY)
+    status = CODE_TO_HTTP.get(str(code), GRPC_TO_HTTP.get(exc.code(), 500))
+    message = exc.details() or exc.code().name
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and code is None:
+        message = f"the {service} service is unavailable ({exc.code().name.lower()}): try again shortly"
+        code = f"{service}_unavailable"
+    if status == 500:
+        log.error("%s failed: %s %s", service, exc.code().name, exc.details())
+        message = f"internal error in the {service} service"
+    return APIError(
+        status, str(message), code=str(code) if code else None, param=str(param) if param else None
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_json(exc.status, exc.message, exc.code, exc.param)
+
+    @app.exception_handler(aio.AioRpcError)
+    async def _rpc_error(request: Request, exc: aio.AioRpcError) -> JSONResponse:
+        err = from_rpc_error(exc, "catalog")
+        return error_json(err.status, err.message, err.code, err.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        message = f"{'.'.join(loc) or 'request'}: {first.get('msg', 'invalid request')}"
+        return error_json(422, message, "invalid_request", ".".join(loc) or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_json(exc.status_code, str(exc.detail), None, None)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_json(500, "internal error in the gateway", "internal_error", None)

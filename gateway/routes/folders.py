@@ -1,0 +1,72 @@
+"""Model folders as archives (export / import) and the catalog's list of invalid files."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
+
+from gateway import convert
+from gateway.clients import CatalogClient
+from gateway.convert import ImportOut, ProblemListOut
+from gateway.errors import error_responses
+
+router = APIRouter(tags=["folders"])
+
+
+def _catalog(request: Request) -> CatalogClient:
+    return request.app.state.catalog
+
+
+@router.get(
+    "/v1/folders/{folder}/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/gzip": {}}}, **error_responses(400, 404, 503)},
+)
+async def export_folder(request: Request, folder: str) -> StreamingResponse:
+    """The model folder as a .tar.gz: the json files and the binaries, ready to import elsewhere."""
+    chunks = await _catalog(request).export_folder(folder)
+    return StreamingResponse(
+        chunks,
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{folder}.tar.gz"'},
+    )
+
+
+@router.post(
+    "/v1/folders/import",
+    status_code=201,
+    response_model=ImportOut,
+    responses=error_responses(400, 409, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                "application/zip": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def import_folder(
+    request: Request,
+    folder: str = Query(
+        default="", description="Name of the new folder (default: the archive's top folder)."
+    ),
+) -> Response:
+    """Imports a model folder from a tar(.gz) or zip archive sent as the request body."""
+    reply = await _catalog(request).import_folder(folder, request.stream())
+    body = {
+        "folder": reply.folder,
+        "data": [convert.model_dict(m) for m in reply.models],
+        "problems": [convert.problem_dict(p) for p in reply.problems],
+    }
+    return Response(convert.orjson.dumps(body), status_code=201, media_type="application/json")
+
+
+@router.get("/v1/catalog/problems", response_model=ProblemListOut, responses=error_responses(503))
+async def list_problems(request: Request) -> ProblemListOut:
+    """json files under models/ that are not valid model objects, with the reason for each."""
+    reply = await _catalog(request).call("ListProblems", catalog_pb.ListProblemsRequest())
+    return ProblemListOut(data=[convert.problem_dict(p) for p in reply.problems])  # type: ignore[misc]

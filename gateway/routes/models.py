@@ -1,0 +1,97 @@
+"""/v1/models: the OpenAI Models API plus Jan's own model routes (create, update, state, metadata)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
+
+from gateway import convert
+from gateway.clients import CatalogClient
+from gateway.convert import (
+    CreateModelIn,
+    DeletedOut,
+    MetadataOut,
+    ModelListOut,
+    ModelOut,
+    StateOut,
+    UpdateModelIn,
+)
+from gateway.errors import APIError, error_responses
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+JSON = "application/json"
+
+
+def _catalog(request: Request) -> CatalogClient:
+    return request.app.state.catalog
+
+
+def _json(body: bytes, status: int = 200) -> Response:
+    return Response(content=body, status_code=status, media_type=JSON)
+
+
+@router.get("", response_model=ModelListOut, responses=error_responses(400, 503))
+async def list_models(
+    request: Request,
+    state: Annotated[list[convert.State] | None, Query(description="Only models in these states.")] = None,
+    engine: Annotated[list[str] | None, Query(description="Only models run by these engines.")] = None,
+) -> Response:
+    states = [convert.STATE_VALUES[s] for s in state or []]
+    models = await _catalog(request).list_all(states, engine or [])
+    return _json(convert.model_list_json(models))
+
+
+@router.post(
+    "", status_code=201, response_model=ModelOut, responses=error_responses(400, 403, 409, 422, 501, 503)
+)
+async def create_model(request: Request, body: CreateModelIn) -> Response:
+    reply = await _catalog(request).call("CreateModel", convert.create_request(body))
+    return _json(convert.model_json(reply.model), 201)
+
+
+@router.get("/{folder}/{file}", response_model=ModelOut, responses=error_responses(400, 404, 422, 503))
+async def get_model(request: Request, folder: str, file: str) -> Response:
+    reply = await _catalog(request).call("GetModel", catalog_pb.GetModelRequest(id=f"{folder}/{file}"))
+    return _json(convert.model_json(reply.model))
+
+
+@router.patch("/{folder}/{file}", response_model=ModelOut, responses=error_responses(400, 404, 409, 422, 503))
+async def update_model(request: Request, folder: str, file: str, body: UpdateModelIn) -> Response:
+    reply = await _catalog(request).call("UpdateModel", convert.update_request(f"{folder}/{file}", body))
+    return _json(convert.model_json(reply.model))
+
+
+@router.delete("/{folder}/{file}", response_model=DeletedOut, responses=error_responses(400, 404, 503))
+async def delete_model(request: Request, folder: str, file: str) -> DeletedOut:
+    reply = await _catalog(request).call("DeleteModel", catalog_pb.DeleteModelRequest(id=f"{folder}/{file}"))
+    return DeletedOut(id=reply.id)
+
+
+@router.get("/{folder}/{file}/state", response_model=StateOut, responses=error_responses(400, 404, 422, 503))
+async def get_model_state(request: Request, folder: str, file: str) -> StateOut:
+    reply = await _catalog(request).call("GetModel", catalog_pb.GetModelRequest(id=f"{folder}/{file}"))
+    return StateOut(**convert.state_dict(reply.model))
+
+
+@router.get(
+    "/{folder}/{file}/metadata", response_model=MetadataOut, responses=error_responses(400, 404, 422, 503)
+)
+async def get_model_metadata(request: Request, folder: str, file: str) -> Response:
+    reply = await _catalog(request).call("GetModel", catalog_pb.GetModelRequest(id=f"{folder}/{file}"))
+    return _json(convert.orjson.dumps(convert.metadata_dict(reply.model)))
+
+
+@router.api_route(
+    "/{path:path}",
+    methods=["GET", "POST", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+async def bad_model_path(path: str) -> None:
+    raise APIError(
+        404 if path.count("/") != 0 else 400,
+        f"no such route: model ids look like '<folder>/<file>' (got {path!r})",
+        code="invalid_model_id",
+        param="id",
+    )

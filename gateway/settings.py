@@ -1,0 +1,23 @@
+"""Settings of the gateway (environment variables JAN_GATEWAY_*, plus the shared service addresses)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JAN_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(default=1337, ge=0, le=65535, description="HTTP port (Jan's port by default).")
+    catalog_address: str = Field(
+        default="127.0.0.1:13370",
+        validation_alias=AliasChoices("JAN_GATEWAY_CATALOG_ADDRESS", "JAN_CATALOG_ADDRESS"),
+        description="host:port of the catalog's gRPC server.",
+    )
+    rpc_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Deadline of one catalog call.")
+    transfer_timeout_s: float = Field(
+        default=6 * 3600, gt=0, le=7 * 86400, description="Deadline of an archive import or export."
+    )
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")

@@ -1,0 +1,682 @@
+"""The catalog core: an in-memory index of the model folders kept true to the disk, and the operations on
+model objects. Knows nothing about gRPC; raises the domain errors of services.common.errors.
+
+The json files are the truth. The index is refreshed per folder: after every write made here, on every
+file event (inotify), on every Get (so a hand edit is never served stale), and by a periodic full rescan
+that catches what events miss (network filesystems). Scans run in worker threads and are applied on the
+event loop; a per-folder generation counter drops a scan result that a newer refresh has overtaken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from jan.model.v1 import model_pb2
+
+from services.catalog import archive
+from services.catalog.files import (
+    FolderIndex,
+    LinkRegistry,
+    list_folders,
+    merge_patch,
+    place_file,
+    read_json_nofollow,
+    scan_folder,
+    seed_models,
+    write_atomic,
+)
+from services.catalog.model import (
+    ModelFileError,
+    Runtime,
+    check_name,
+    dump_json,
+    file_name_from_url,
+    hf_author,
+    hf_resolve_url,
+    is_binary_name,
+    is_remote_url,
+    parse_model,
+    quant_tag,
+    split_id,
+    to_pb,
+)
+from services.catalog.settings import CatalogSettings
+from services.common import netsafety
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unimplemented,
+)
+
+log = logging.getLogger(__name__)
+
+IMPORT_MODES = ("link", "copy", "symlink")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change of the catalog, as WatchModels streams it."""
+
+    kind: str  # "added" | "updated" | "removed" | "invalid"
+    id: str
+    model: model_pb2.Model | None = None
+    problem: model_pb2.Problem | None = None
+
+
+_OVERFLOW = Change("overflow", "")
+
+
+class Catalog:
+    def __init__(self, settings: CatalogSettings, resolver: netsafety.Resolver = netsafety.default_resolver):
+        self.settings = settings
+        self.root = settings.root
+        self.models_dir = settings.models_dir
+        self._resolver = resolver
+        self._folders: dict[str, FolderIndex] = {}
+        self._gen: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._runtime: dict[str, Runtime] = {}
+        self._sorted: list[str] | None = None
+        self._by_id: dict[str, model_pb2.Model] = {}
+        self._subscribers: set[asyncio.Queue[Change | None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self.links = LinkRegistry(settings.state_dir / "links.json", self.models_dir)
+
+    # --- life cycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        seed_dir = self.settings.seed_models_dir
+        if seed_dir is not None and seed_dir.is_dir():
+            added = await asyncio.to_thread(
+                seed_models, seed_dir, self.models_dir, self.settings.state_dir / "seeded.json"
+            )
+            if added:
+                log.info("seeded %d recommended model objects", len(added))
+        started = time.perf_counter()
+        await self.rescan_all()
+        log.info("indexed %d models in %.2f s", len(self._by_id), time.perf_counter() - started)
+        if self.settings.watch:
+            self._tasks.append(asyncio.create_task(self._watch_loop(), name="catalog-watch"))
+        self._tasks.append(asyncio.create_task(self._rescan_loop(), name="catalog-rescan"))
+
+    async def close(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for q in list(self._subscribers):
+            q.put_nowait(None)
+
+    # --- index --------------------------------------------------------------------------------------------
+
+    async def rescan_all(self) -> None:
+        folders = set(self._folders) | set(await asyncio.to_thread(list_folders, self.models_dir))
+        gens = {f: self._gen.get(f, 0) for f in folders}
+        previous = dict(self._folders)
+        runtime = dict(self._runtime)
+
+        def scan() -> dict[str, FolderIndex | None]:
+            return {f: scan_folder(self.root, f, previous.get(f), runtime) for f in sorted(folders)}
+
+        results = await asyncio.to_thread(scan)
+        for folder, index in results.items():
+            if self._gen.get(folder, 0) == gens[folder]:
+                self._apply(folder, index)
+
+    async def refresh_folder(self, folder: str) -> FolderIndex | None:
+        async with self._lock(folder):
+            gen = self._gen.get(folder, 0)
+            index = await asyncio.to_thread(
+                scan_folder, self.root, folder, self._folders.get(folder), dict(self._runtime)
+            )
+            if self._gen.get(folder, 0) == gen:
+                self._apply(folder, index)
+            return self._folders.get(folder)
+
+    def _lock(self, folder: str) -> asyncio.Lock:
+        return self._locks.setdefault(folder, asyncio.Lock())
+
+    def _apply(self, folder: str, index: FolderIndex | None) -> None:
+        """Swaps a folder's index in and tells watchers what changed."""
+        old = self._folders.get(folder)
+        self._gen[folder] = self._gen.get(folder, 0) + 1
+        if index is None:
+            self._folders.pop(folder, None)
+        else:
+            self._folders[folder] = index
+        old_entries = old.entries if old else {}
+        new_entries = index.entries if index else {}
+        old_problems = old.problems if old else {}
+        new_problems = index.problems if index else {}
+        changes: list[Change] = []
+        for stem, entry in new_entries.items():
+            prev = old_entries.get(stem)
+            if prev is None:
+                changes.append(Change("added", entry.obj.id, model=entry.pb))
+            elif prev.pb is not entry.pb and prev.pb != entry.pb:
+                changes.append(Change("updated", entry.obj.id, model=entry.pb))
+            self._by_id[entry.obj.id] = entry.pb
+        for stem, entry in old_entries.items():
+            if stem not in new_entries:
+                self._by_id.pop(entry.obj.id, None)
+                if not any(p.id == entry.obj.id for p in new_problems.values()):
+                    changes.append(Change("removed", entry.obj.id))
+        for name, problem in new_problems.items():
+            if old_problems.get(name) != problem:
+                changes.append(Change("invalid", problem.id, problem=problem))
+        new_ids = {e.obj.id for e in new_entries.values()}
+        for name, problem in old_problems.items():
+            if name not in new_problems and problem.id not in new_ids:
+                changes.append(Change("removed", problem.id))
+        if set(old_entries) != set(new_entries):
+            self._sorted = None
+        for change in changes:
+            self._publish(change)
+
+    def _publish(self, change: Change) -> None:
+        for q in list(self._subscribers):
+            try:
+                q.put_nowait(change)
+            except asyncio.QueueFull:
+                # A watcher that does not keep up is dropped rather than slowing the catalog down;
+                # it is told so, and can watch again with include_initial to resynchronise.
+                self._subscribers.discard(q)
+                while not q.empty():
+                    q.get_nowait()
+                q.put_nowait(_OVERFLOW)
+
+    def _ids(self) -> list[str]:
+        if self._sorted is None:
+            self._sorted = sorted(self._by_id)
+        return self._sorted
+
+    async def _watch_loop(self) -> None:
+        import watchfiles
+
+        step = self.settings.watch_debounce_ms
+        try:
+            async for changes in watchfiles.awatch(
+                self.models_dir,
+                watch_filter=None,
+                step=step,
+                debounce=max(step * 10, 200),
+                stop_event=self._stop,
+                ignore_permission_denied=True,
+            ):
+                folders = set()
+                for _, path in changes:
+                    rel = (
+                        Path(path).relative_to(self.models_dir).parts if path != str(self.models_dir) else ()
+                    )
+                    if rel and not rel[0].startswith("."):
+                        # An event on a hidden temp file inside a folder still means: look at the folder.
+                        folders.add(rel[0])
+                for folder in sorted(folders):
+                    await self.refresh_folder(folder)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("file watching stopped; changes show up by the periodic rescan only")
+
+    async def _rescan_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.rescan_interval_s)
+                return
+            try:
+                await self.rescan_all()
+            except Exception:
+                log.exception("periodic rescan failed")
+
+    # --- queries ------------------------------------------------------------------------------------------
+
+    def list(
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        states: list[int] | None = None,
+        engines: list[str] | None = None,
+    ) -> tuple[list[model_pb2.Model], str, int]:
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", param="page_size")
+        size = min(page_size or self.settings.default_page_size, self.settings.max_page_size)
+        after = ""
+        if page_token:
+            try:
+                after = base64.urlsafe_b64decode(page_token.encode()).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidArgument(
+                    "page_token is not one this service issued", param="page_token"
+                ) from None
+        ids = self._ids()
+        by_id = self._by_id
+        if not states and not engines:
+            start = bisect.bisect_right(ids, after) if after else 0
+            page = [by_id[i] for i in ids[start : start + size]]
+            total = len(ids)
+            more = start + size < len(ids)
+        else:
+            wanted_states = set(states or [])
+            wanted_engines = set(engines or [])
+            matching = [
+                i
+                for i in ids
+                if (not wanted_states or by_id[i].state in wanted_states)
+                and (not wanted_engines or by_id[i].engine in wanted_engines)
+            ]
+            start = bisect.bisect_right(matching, after) if after else 0
+            page = [by_id[i] for i in matching[start : start + size]]
+            total = len(matching)
+            more = start + size < len(matching)
+        token = base64.urlsafe_b64encode(page[-1].id.encode()).decode() if more and page else ""
+        return page, token, total
+
+    async def get(self, model_id: str) -> model_pb2.Model:
+        folder, stem = self._split(model_id)
+        index = await self.refresh_folder(folder)
+        return self._entry_or_raise(index, folder, stem).pb
+
+    def problems(self) -> list[model_pb2.Problem]:
+        return sorted((p for f in self._folders.values() for p in f.problems.values()), key=lambda p: p.path)
+
+    def _split(self, model_id: str) -> tuple[str, str]:
+        try:
+            return split_id(model_id)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), code="invalid_model_id", param="id") from None
+
+    def _entry_or_raise(self, index: FolderIndex | None, folder: str, stem: str) -> Any:
+        entry = index.entries.get(stem) if index else None
+        if entry is not None:
+            return entry
+        problem = index.problems.get(f"{stem}.json") if index else None
+        if problem is not None:
+            raise FailedPrecondition(
+                f"{problem.path} is not a valid model object: {problem.reason}", code="invalid_model_file"
+            )
+        raise NotFound(f"model {folder}/{stem} not found", code="model_not_found", param="id")
+
+    # --- reports from other services ----------------------------------------------------------------------
+
+    def report_runtime(self, model_id: str, runtime: Runtime) -> None:
+        """Records what a downloader or runner says about a model and republishes it."""
+        folder, stem = self._split(model_id)
+        if runtime == Runtime():
+            self._runtime.pop(model_id, None)
+        else:
+            self._runtime[model_id] = runtime
+        index = self._folders.get(folder)
+        entry = index.entries.get(stem) if index else None
+        if entry is not None:
+            entry.pb = to_pb(entry.obj, entry.binaries, runtime, self.root)
+            self._by_id[model_id] = entry.pb
+            self._publish(Change("updated", model_id, model=entry.pb))
+
+    # --- writes -------------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        source_url: str,
+        model_id: str = "",
+        name: str | None = None,
+        description: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        import_mode: str = "link",
+    ) -> model_pb2.Model:
+        source_url = source_url.strip()
+        if not source_url:
+            raise InvalidArgument(
+                "source_url is required: an http(s) URL or a local file path", param="source_url"
+            )
+        if import_mode not in IMPORT_MODES:
+            raise InvalidArgument(
+                f"import_mode must be one of {', '.join(IMPORT_MODES)}", param="import_mode"
+            )
+        metadata = dict(metadata or {})
+        data: dict[str, Any] = {}
+        local: Path | None = None
+        if is_remote_url(source_url):
+            await self._check_url(source_url)
+            url = hf_resolve_url(source_url)
+            file_name = file_name_from_url(url)
+            if hf_author(url) and "/resolve/" not in url:
+                raise Unimplemented(
+                    "importing a whole Hugging Face repository needs the downloader service; "
+                    "give the URL of one file (…/resolve/main/<file>.gguf)",
+                    code="hf_repo_import_unavailable",
+                    param="source_url",
+                )
+            if not file_name:
+                raise InvalidArgument("source_url names no file", param="source_url")
+            data["source_url"] = url
+        else:
+            local = self._check_local(source_url)
+            file_name = local.name
+            data["source_url"] = "./"
+            metadata.setdefault("binaries", [file_name])
+        if model_id:
+            folder, stem = self._split(model_id)
+        else:
+            stem = os.path.splitext(file_name)[0].lstrip(".") or "model"
+            folder = stem
+            try:
+                check_name(folder, "folder")
+            except ValueError as exc:
+                raise InvalidArgument(f"cannot derive an id from {file_name!r}: {exc}", param="id") from None
+        tag = quant_tag(file_name)
+        if tag:
+            metadata.setdefault("quantization", tag)
+        if name is not None:
+            data["name"] = name
+        if description is not None:
+            data["description"] = description
+        data["created"] = int(time.time())
+        if parameters:
+            data["parameters"] = parameters
+        if metadata:
+            data["metadata"] = metadata
+        raw = dump_json(data)
+        folder_dir = self.models_dir / folder
+        json_path = folder_dir / f"{stem}.json"
+        try:
+            parse_model(folder, stem, json_path, raw, self.models_dir)
+        except ModelFileError as exc:
+            raise InvalidArgument(f"the model object would be invalid: {exc}") from None
+
+        async with self._lock(folder):
+            await asyncio.to_thread(
+                self._create_files, folder_dir, json_path, raw, local, file_name, import_mode
+            )
+        index = await self.refresh_folder(folder)
+        return self._entry_or_raise(index, folder, stem).pb
+
+    def _create_files(
+        self, folder_dir: Path, json_path: Path, raw: bytes, local: Path | None, file_name: str, mode: str
+    ) -> None:
+        if folder_dir.is_symlink():
+            raise FailedPrecondition(f"models/{folder_dir.name} is a symbolic link", code="invalid_folder")
+        folder_dir.mkdir(parents=True, exist_ok=True)
+        if json_path.exists() or json_path.is_symlink():
+            raise AlreadyExists(
+                f"model {folder_dir.name}/{json_path.stem} already exists", code="model_exists"
+            )
+        placed = False
+        binary = folder_dir / file_name
+        if local is not None:
+            if binary.exists() or binary.is_symlink():
+                if not (binary.exists() and os.path.samefile(binary, local)):
+                    raise AlreadyExists(
+                        f"models/{folder_dir.name}/{file_name} already exists and is another file",
+                        code="binary_exists",
+                    )
+            else:
+                how = place_file(local, binary, mode)
+                placed = True
+                if how == "symlink":
+                    self.links.add(binary, local)
+        try:
+            with open(json_path, "xb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            if placed:
+                self.links.remove(binary)
+                binary.unlink(missing_ok=True)
+            raise
+
+    def _check_local(self, source: str) -> Path:
+        if source.startswith("file://"):
+            source = source[len("file://") :]
+        path = Path(os.path.expanduser(source))
+        if not path.is_absolute():
+            raise InvalidArgument("a local source_url must be an absolute path", param="source_url")
+        resolved = path.resolve()
+        allowed = self.settings.import_allowed_dirs
+        if not any(resolved == d or d in resolved.parents for d in allowed):
+            raise PermissionDenied(
+                f"{path} is outside the directories allowed for import "
+                f"(JAN_IMPORT_ALLOWED_DIRS: {', '.join(map(str, allowed))})",
+                code="import_path_not_allowed",
+                param="source_url",
+            )
+        if not resolved.is_file():
+            raise InvalidArgument(f"{path} is not a file", code="source_not_found", param="source_url")
+        if not is_binary_name(resolved.name):
+            raise InvalidArgument(
+                f"{resolved.name} does not look like a model binary (.gguf, .bin, ...)", param="source_url"
+            )
+        return resolved
+
+    async def _check_url(self, url: str) -> None:
+        try:
+            await asyncio.to_thread(
+                netsafety.check_source_url,
+                url,
+                allow_private=self.settings.allow_private_networks,
+                resolver=self._resolver,
+            )
+        except netsafety.UnsafeURLError as exc:
+            raise InvalidArgument(str(exc), code="unsafe_source_url", param="source_url") from None
+
+    async def update(
+        self,
+        model_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        parameters_patch: Any = None,
+        metadata_patch: Any = None,
+    ) -> model_pb2.Model:
+        folder, stem = self._split(model_id)
+        for label, patch in (("parameters", parameters_patch), ("metadata", metadata_patch)):
+            if patch is not None and not isinstance(patch, dict):
+                raise InvalidArgument(f"{label} must be a JSON object (a merge patch)", param=label)
+        async with self._lock(folder):
+            await asyncio.to_thread(
+                self._update_file, folder, stem, name, description, parameters_patch, metadata_patch
+            )
+        index = await self.refresh_folder(folder)
+        return self._entry_or_raise(index, folder, stem).pb
+
+    def _update_file(
+        self, folder: str, stem: str, name: str | None, description: str | None, params: Any, meta: Any
+    ) -> None:
+        path = self.models_dir / folder / f"{stem}.json"
+        try:
+            raw = read_json_nofollow(path)
+            obj = parse_model(folder, stem, path, raw, self.models_dir)
+        except FileNotFoundError:
+            raise NotFound(f"model {folder}/{stem} not found", code="model_not_found", param="id") from None
+        except (ModelFileError, OSError) as exc:
+            raise FailedPrecondition(
+                f"models/{folder}/{stem}.json is not a valid model object: {exc}", code="invalid_model_file"
+            ) from None
+        data = dict(obj.data)
+        if name is not None:
+            data["name"] = name
+        if description is not None:
+            data["description"] = description
+        if params is not None:
+            data["parameters"] = merge_patch(data.get("parameters") or {}, params)
+        if meta is not None:
+            data["metadata"] = merge_patch(data.get("metadata") or {}, meta)
+        # The rewrite makes a new file, so keep its original creation time as a property.
+        data.setdefault("created", obj.created)
+        new_raw = dump_json(data)
+        try:
+            parse_model(folder, stem, path, new_raw, self.models_dir)
+        except ModelFileError as exc:
+            raise InvalidArgument(f"the change would make the model invalid: {exc}") from None
+        write_atomic(path, new_raw)
+
+    async def delete(self, model_id: str) -> list[str]:
+        folder, stem = self._split(model_id)
+        await self.refresh_folder(folder)
+        async with self._lock(folder):
+            index = self._folders.get(folder)
+            entry = index.entries.get(stem) if index else None
+            invalid = index is not None and f"{stem}.json" in index.problems
+            if entry is None and not invalid:
+                raise NotFound(f"model {folder}/{stem} not found", code="model_not_found", param="id")
+            owned: list[str] = []
+            if entry is not None and index is not None:
+                shared = {
+                    b.spec.name
+                    for other in index.entries.values()
+                    if other is not entry
+                    for b in other.binaries
+                    if not b.spec.external_path
+                }
+                owned = [
+                    b.spec.name
+                    for b in entry.binaries
+                    if not b.spec.external_path and b.spec.name not in shared
+                ]
+            removed = await asyncio.to_thread(self._delete_files, folder, stem, owned)
+        await self.refresh_folder(folder)
+        return removed
+
+    def _delete_files(self, folder: str, stem: str, binaries: list[str]) -> list[str]:
+        folder_dir = self.models_dir / folder
+        removed = []
+        json_path = folder_dir / f"{stem}.json"
+        json_path.unlink(missing_ok=True)
+        removed.append(f"models/{folder}/{stem}.json")
+        for name in binaries:
+            path = folder_dir / name
+            # unlink removes a link itself, never the user's original it points to.
+            if path.is_symlink() or path.exists():
+                path.unlink(missing_ok=True)
+                self.links.remove(path)
+                removed.append(f"models/{folder}/{name}")
+            for leftover in folder_dir.glob(f".{name}.*"):
+                leftover.unlink(missing_ok=True)
+        remaining = [n for n in os.listdir(folder_dir) if not n.startswith(".")]
+        if not remaining:
+            shutil.rmtree(folder_dir, ignore_errors=True)
+        return removed
+
+    # --- watch --------------------------------------------------------------------------------------------
+
+    async def watch(self, include_initial: bool = False) -> AsyncIterator[Change]:
+        queue: asyncio.Queue[Change | None] = asyncio.Queue(maxsize=10_000)
+        self._subscribers.add(queue)
+        try:
+            if include_initial:
+                for model_id in list(self._ids()):
+                    pb = self._by_id.get(model_id)
+                    if pb is not None:
+                        yield Change("added", model_id, model=pb)
+                for problem in self.problems():
+                    yield Change("invalid", problem.id, problem=problem)
+            while True:
+                change = await queue.get()
+                if change is _OVERFLOW:
+                    raise ResourceExhausted("watcher fell too far behind; watch again", code="watch_overflow")
+                if change is None:
+                    return
+                yield change
+        finally:
+            self._subscribers.discard(queue)
+
+    # --- archives -----------------------------------------------------------------------------------------
+
+    def _folder_dir(self, folder: str) -> Path:
+        try:
+            check_name(folder, "folder")
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), code="invalid_folder", param="folder") from None
+        path = self.models_dir / folder
+        if path.is_symlink() or not path.is_dir():
+            raise NotFound(f"model folder {folder} not found", code="folder_not_found", param="folder")
+        return path
+
+    def export_folder(self, folder: str) -> Iterator[bytes]:
+        path = self._folder_dir(folder)
+        return archive.iter_export(path, arcname=folder, follow_symlink=self.links.is_ours)
+
+    def new_upload_file(self) -> Path:
+        """A hidden temp file on the models filesystem to receive an uploaded archive."""
+        tmp = self.settings.state_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".archive", dir=tmp)
+        os.close(fd)
+        return Path(name)
+
+    async def import_archive(
+        self, archive_path: Path, folder: str = ""
+    ) -> tuple[str, list[model_pb2.Model], list[model_pb2.Problem]]:
+        if folder:
+            try:
+                check_name(folder, "folder")
+            except ValueError as exc:
+                raise InvalidArgument(str(exc), code="invalid_folder", param="folder") from None
+        staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.models_dir))
+        try:
+            limits = archive.ArchiveLimits(max_total_bytes=self.settings.import_max_bytes)
+            try:
+                extracted = await asyncio.to_thread(
+                    archive.extract_archive, archive_path, staging, limits=limits
+                )
+            except archive.ArchiveError as exc:
+                raise InvalidArgument(f"archive refused: {exc}", code="unsafe_archive") from None
+            if not any(f.endswith(".json") for f in extracted.files):
+                raise InvalidArgument("the archive holds no model json file", code="no_model_in_archive")
+            name = folder or extracted.top_folder or ""
+            if not name:
+                raise InvalidArgument(
+                    "the archive has no top folder: name the folder to import into", param="folder"
+                )
+            try:
+                check_name(name, "folder")
+            except ValueError as exc:
+                raise InvalidArgument(f"archive top folder: {exc}", param="folder") from None
+            async with self._lock(name):
+                target = self.models_dir / name
+                if target.exists() or target.is_symlink():
+                    raise AlreadyExists(
+                        f"model folder {name} already exists", code="folder_exists", param="folder"
+                    )
+                os.rename(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        index = await self.refresh_folder(name)
+        models = sorted((e.pb for e in index.entries.values()), key=lambda m: m.id) if index else []
+        problems = list(index.problems.values()) if index else []
+        return name, models, problems
+
+
+def parse_json_object(text: str, param: str) -> Any:
+    """JSON text from a request (empty = None), or InvalidArgument naming the field."""
+    if not text:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"{param} is not valid JSON: {exc}", param=param) from None

@@ -1,0 +1,128 @@
+"""gRPC adapter of the catalog: converts messages to core calls and back, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from grpc import aio
+from jan.catalog.v1 import catalog_service_pb2 as pb
+from jan.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+
+from services.catalog.core import Catalog, parse_json_object
+from services.common.errors import InvalidArgument
+
+_IMPORT_MODES = {
+    pb.IMPORT_MODE_UNSPECIFIED: "link",
+    pb.IMPORT_MODE_LINK: "link",
+    pb.IMPORT_MODE_COPY: "copy",
+    pb.IMPORT_MODE_SYMLINK: "symlink",
+}
+_CHANGE_TYPES = {
+    "added": pb.CHANGE_TYPE_ADDED,
+    "updated": pb.CHANGE_TYPE_UPDATED,
+    "removed": pb.CHANGE_TYPE_REMOVED,
+    "invalid": pb.CHANGE_TYPE_INVALID,
+}
+
+
+class CatalogServicer(pb_grpc.CatalogServiceServicer):
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        models, token, total = self.catalog.list(
+            request.page_size, request.page_token, list(request.states), list(request.engines)
+        )
+        return pb.ListModelsResponse(models=models, next_page_token=token, total_size=total)
+
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: aio.ServicerContext
+    ) -> pb.GetModelResponse:
+        return pb.GetModelResponse(model=await self.catalog.get(request.id))
+
+    async def CreateModel(
+        self, request: pb.CreateModelRequest, context: aio.ServicerContext
+    ) -> pb.CreateModelResponse:
+        model = await self.catalog.create(
+            source_url=request.source_url,
+            model_id=request.id,
+            name=request.name if request.HasField("name") else None,
+            description=request.description if request.HasField("description") else None,
+            parameters=_object(request.parameters_json, "parameters"),
+            metadata=_object(request.metadata_json, "metadata"),
+            import_mode=_IMPORT_MODES.get(request.import_mode, "?"),
+        )
+        return pb.CreateModelResponse(model=model)
+
+    async def UpdateModel(
+        self, request: pb.UpdateModelRequest, context: aio.ServicerContext
+    ) -> pb.UpdateModelResponse:
+        model = await self.catalog.update(
+            request.id,
+            name=request.name if request.HasField("name") else None,
+            description=request.description if request.HasField("description") else None,
+            parameters_patch=parse_json_object(request.parameters_patch_json, "parameters"),
+            metadata_patch=parse_json_object(request.metadata_patch_json, "metadata"),
+        )
+        return pb.UpdateModelResponse(model=model)
+
+    async def DeleteModel(
+        self, request: pb.DeleteModelRequest, context: aio.ServicerContext
+    ) -> pb.DeleteModelResponse:
+        removed = await self.catalog.delete(request.id)
+        return pb.DeleteModelResponse(id=request.id, removed_paths=removed)
+
+    async def ListProblems(
+        self, request: pb.ListProblemsRequest, context: aio.ServicerContext
+    ) -> pb.ListProblemsResponse:
+        return pb.ListProblemsResponse(problems=self.catalog.problems())
+
+    async def WatchModels(
+        self, request: pb.WatchModelsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchModelsResponse]:
+        async for change in self.catalog.watch(request.include_initial):
+            yield pb.WatchModelsResponse(
+                change_type=_CHANGE_TYPES[change.kind],
+                id=change.id,
+                model=change.model,
+                problem=change.problem,
+            )
+
+    async def ExportFolder(
+        self, request: pb.ExportFolderRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ExportFolderResponse]:
+        chunks = self.catalog.export_folder(request.folder)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield pb.ExportFolderResponse(chunk=chunk)
+
+    async def ImportFolder(
+        self, request_iterator: AsyncIterator[pb.ImportFolderRequest], context: aio.ServicerContext
+    ) -> pb.ImportFolderResponse:
+        header: pb.ImportFolderHeader | None = None
+        upload = self.catalog.new_upload_file()
+        try:
+            with upload.open("wb") as f:
+                async for item in request_iterator:
+                    if item.HasField("header"):
+                        header = item.header
+                    elif header is None:
+                        raise InvalidArgument("the first ImportFolder message must be the header")
+                    else:
+                        await asyncio.to_thread(f.write, item.chunk)
+            if header is None:
+                raise InvalidArgument("ImportFolder got no header")
+            folder, models, problems = await self.catalog.import_archive(Path(upload), header.folder)
+        finally:
+            upload.unlink(missing_ok=True)
+        return pb.ImportFolderResponse(folder=folder, models=models, problems=problems)
+
+
+def _object(text: str, param: str) -> dict | None:
+    value = parse_json_object(text, param)
+    if value is not None and not isinstance(value, dict):
+        raise InvalidArgument(f"{param} must be a JSON object", param=param)
+    return value

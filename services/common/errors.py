@@ -1,0 +1,152 @@
+"""Domain errors shared by every service, and the one gRPC interceptor that maps them to status codes.
+
+Cores raise these; servicers never build gRPC errors by hand. The error's `code` (a stable snake_case
+string, like google.rpc.ErrorInfo.reason) travels in trailing metadata so the gateway can fill the
+OpenAI error shape without ever parsing message text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar
+
+import grpc
+from grpc import aio
+
+log = logging.getLogger(__name__)
+
+# Trailing metadata keys carrying the structured error.
+ERROR_CODE_KEY = "jan-error-code"
+ERROR_PARAM_KEY = "jan-error-param"
+
+
+class JanError(Exception):
+    """Base of every domain error: a message for humans, a stable code, an optional offending param."""
+
+    status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    default_code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.param = param
+
+
+class InvalidArgument(JanError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+    default_code = "invalid_argument"
+
+
+class NotFound(JanError):
+    status = grpc.StatusCode.NOT_FOUND
+    default_code = "not_found"
+
+
+class AlreadyExists(JanError):
+    status = grpc.StatusCode.ALREADY_EXISTS
+    default_code = "already_exists"
+
+
+class FailedPrecondition(JanError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    default_code = "failed_precondition"
+
+
+class PermissionDenied(JanError):
+    status = grpc.StatusCode.PERMISSION_DENIED
+    default_code = "permission_denied"
+
+
+class ResourceExhausted(JanError):
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_code = "resource_exhausted"
+
+
+class Unavailable(JanError):
+    status = grpc.StatusCode.UNAVAILABLE
+    default_code = "unavailable"
+
+
+class Unimplemented(JanError):
+    status = grpc.StatusCode.UNIMPLEMENTED
+    default_code = "unimplemented"
+
+
+def _trailers(err: JanError) -> tuple[tuple[str, str], ...]:
+    items = [(ERROR_CODE_KEY, err.code)]
+    if err.param:
+        items.append((ERROR_PARAM_KEY, err.param))
+    return tuple(items)
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    """Maps JanError to its status code; anything else becomes INTERNAL with a logged traceback."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+
+        async def abort(context: aio.ServicerContext, exc: BaseException) -> None:
+            if isinstance(exc, JanError):
+                context.set_trailing_metadata(_trailers(exc))
+                await context.abort(exc.status, exc.message)
+            log.exception("unexpected error in %s", method, exc_info=exc)
+            context.set_trailing_metadata(((ERROR_CODE_KEY, "internal_error"),))
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the service log)")
+
+        def wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def wrapped(request: Any, context: aio.ServicerContext) -> Any:
+                try:
+                    return await fn(request, context)
+                except (JanError, Exception) as exc:
+                    if isinstance(exc, aio.AbortError):
+                        raise
+                    await abort(context, exc)
+
+            return wrapped
+
+        def wrap_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+            async def wrapped(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                except (JanError, Exception) as exc:
+                    if isinstance(exc, aio.AbortError):
+                        raise
+                    await abort(context, exc)
+
+            return wrapped
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                wrap_stream(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,86 @@
+"""Builds and runs a service's grpc.aio server the same way for every service.
+
+Every server gets the error interceptor, the standard grpc.health.v1 health service (per-service status
+plus the overall "" entry) and server reflection, and stops gracefully on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import ErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+# Lets large model lists and archive chunks through (gRPC's default receive limit is 4 MiB).
+MESSAGE_LIMIT = 64 * 1024 * 1024
+CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+)
+
+
+class GrpcServer:
+    """A grpc.aio server with health and reflection; `service_names` are the full names it serves."""
+
+    def __init__(self, service_names: Sequence[str]) -> None:
+        self.server = aio.server(interceptors=[ErrorInterceptor()], options=CHANNEL_OPTIONS)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = list(service_names)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = 0
+
+    def bind(self, address: str) -> int:
+        port = self.server.add_insecure_port(address)
+        if port == 0:
+            raise SystemExit(f"cannot listen on {address}")
+        self.port = port
+        return port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        await self.set_serving(False)
+        await self.server.start()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def run_until_signal(
+    server: GrpcServer,
+    *,
+    on_start: Callable[[], Awaitable[None]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Starts the server, runs on_start (then reports SERVING), waits for SIGTERM/SIGINT, stops."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    if on_start is not None:
+        await on_start()
+    await server.set_serving(True)
+    log.info("serving %s on port %d", ", ".join(server.service_names), server.port)
+    await stop.wait()
+    log.info("stopping")
+    await server.stop()
+    if on_stop is not None:
+        await on_stop()
