@@ -9,11 +9,11 @@ from typing import Any
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.errors import from_rpc_error
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from jan.model.v1 import model_pb2
-
-from gateway.errors import from_rpc_error
 from services.common.grpcserver import CHANNEL_OPTIONS
 
 
@@ -73,10 +73,10 @@ class CatalogClient:
 
         async def rest() -> AsyncIterator[bytes]:
             try:
-                if first is not aio.EOF:
-                    yield first.chunk
-                    async for reply in call:
-                        yield reply.chunk
+                reply = first
+                while reply is not aio.EOF:
+                    yield reply.chunk
+                    reply = await call.read()
             finally:
                 call.cancel()
 

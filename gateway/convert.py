@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.model.v1 import model_pb2
-from pydantic import BaseModel, ConfigDict, Field
 
 STATE_NAMES = {
     model_pb2.MODEL_STATE_NOT_DOWNLOADED: "not-downloaded",

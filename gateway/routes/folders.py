@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 from gateway import convert
 from gateway.clients import CatalogClient
 from gateway.convert import ImportOut, ProblemListOut
 from gateway.errors import error_responses
+from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 router = APIRouter(tags=["folders"])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 from gateway import convert
 from gateway.clients import CatalogClient
@@ -19,6 +18,7 @@ from gateway.convert import (
     UpdateModelIn,
 )
 from gateway.errors import APIError, error_responses
+from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 JSON = "application/json"

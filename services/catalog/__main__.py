@@ -5,21 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from jan.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
-
 from services.catalog.core import Catalog
-from services.catalog.servicer import CatalogServicer
+from services.catalog.servicer import make_server
 from services.catalog.settings import CatalogSettings
-from services.common.grpcserver import GrpcServer, run_until_signal
+from services.common.grpcserver import run_until_signal
 from services.common.logs import setup_logging
-
-SERVICE_NAME = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
 
 
 async def serve(settings: CatalogSettings) -> None:
     catalog = Catalog(settings)
-    server = GrpcServer([SERVICE_NAME])
-    catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server.server)
+    server = make_server(catalog)
     server.bind(f"{settings.host}:{settings.port}")
     await run_until_signal(server, on_start=catalog.start, on_stop=catalog.close)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jan.model.v1 import model_pb2
 
+from jan.model.v1 import model_pb2
 from services.catalog import archive
 from services.catalog.files import (
     FolderIndex,

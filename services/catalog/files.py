@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jan.model.v1 import model_pb2
 
+from jan.model.v1 import model_pb2
 from services.catalog.model import (
     BinarySpec,
     BinaryState,

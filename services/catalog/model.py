@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
+
 from jan.model.v1 import model_pb2
 
 ENGINES = ("llamacpp", "api", "tensorrt")
@@ -456,7 +457,8 @@ class _Statx(ctypes.Structure):
         ("stx_btime", _StatxTimestamp),
         ("stx_ctime", _StatxTimestamp),
         ("stx_mtime", _StatxTimestamp),
-        ("spare", ctypes.c_uint64 * 14),
+        # The kernel writes its whole struct statx (256 bytes today); leave room for growth.
+        ("spare", ctypes.c_uint64 * 48),
     ]
 
 

@@ -7,11 +7,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from grpc import aio
+
 from jan.catalog.v1 import catalog_service_pb2 as pb
 from jan.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
-
 from services.catalog.core import Catalog, parse_json_object
 from services.common.errors import InvalidArgument
+from services.common.grpcserver import GrpcServer
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CatalogService"].full_name
 
 _IMPORT_MODES = {
     pb.IMPORT_MODE_UNSPECIFIED: "link",
@@ -119,6 +122,13 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         finally:
             upload.unlink(missing_ok=True)
         return pb.ImportFolderResponse(folder=folder, models=models, problems=problems)
+
+
+def make_server(catalog: Catalog) -> GrpcServer:
+    """A gRPC server (health, reflection, error mapping) serving the catalog; bind it, then start it."""
+    server = GrpcServer([SERVICE_NAME])
+    pb_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server.server)
+    return server
 
 
 def _object(text: str, param: str) -> dict | None:

@@ -1,0 +1,242 @@
+"""The gateway's REST surface against a real catalog gRPC server on a free port."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import orjson
+import pytest
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from jan.catalog.v1 import catalog_service_pb2 as pb
+from jan.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+from services.catalog.core import Catalog
+from services.catalog.servicer import SERVICE_NAME, make_server
+from services.catalog.settings import CatalogSettings
+
+
+def stub_resolver(host: str, port: int) -> list[str]:
+    table = {
+        "models.example": ["93.184.215.14"],
+        "huggingface.co": ["93.184.215.15"],
+        "intranet.example": ["192.168.1.20"],
+    }
+    return table[host]
+
+
+@dataclass
+class Env:
+    http: httpx.AsyncClient
+    catalog: Catalog
+    root: Path
+    imports: Path
+    address: str
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    root, imports = tmp_path / "jan", tmp_path / "imports"
+    imports.mkdir()
+    settings = CatalogSettings(
+        root=root, port=0, seed_models_dir=None, import_allowed_dirs=[imports], watch_debounce_ms=10
+    )
+    catalog = Catalog(settings, resolver=stub_resolver)
+    server = make_server(catalog)
+    port = server.bind("127.0.0.1:0")
+    await server.start()
+    await catalog.start()
+    await server.set_serving(True)
+    address = f"127.0.0.1:{port}"
+    app = create_app(GatewaySettings(catalog_address=address))
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+                yield Env(http, catalog, root, imports, address)
+    finally:
+        await server.stop(0)
+        await catalog.close()
+
+
+def write(path: Path, data: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else orjson.dumps(data))
+    return path
+
+
+def assert_error(resp: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+async def test_list_get_and_the_openai_object_shape(env: Env) -> None:
+    write(
+        env.root / "models" / "zephyr" / "zephyr-Q4_K_M.json",
+        {
+            "source_url": "https://huggingface.co/TheBloke/zephyr-7B-beta-GGUF/blob/main/zephyr-7b-beta.Q4_K_M.gguf",
+            "name": "Zephyr",
+            "parameters": {"ctx_len": 2048, "temperature": 0.7},
+        },
+    )
+    await env.catalog.rescan_all()
+    resp = await env.http.get("/v1/models")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["object"] == "list"
+    (model,) = body["data"]
+    assert model == {
+        "id": "zephyr/zephyr-Q4_K_M",
+        "object": "model",
+        "created": model["created"],
+        "owned_by": "TheBloke",
+        "name": "Zephyr",
+        "description": "",
+        "state": "not-downloaded",
+        "parameters": {"ctx_len": 2048, "temperature": 0.7},
+        "metadata": {"engine": "llamacpp"},
+    }
+    assert isinstance(model["created"], int) and model["created"] > 1_600_000_000
+    for path in ("/v1/models/zephyr/zephyr-Q4_K_M", "/v1/models/zephyr%2Fzephyr-Q4_K_M"):
+        resp = await env.http.get(path)
+        assert resp.status_code == 200 and resp.json() == model
+    state = (await env.http.get("/v1/models/zephyr/zephyr-Q4_K_M/state")).json()
+    assert state["state"] == "not-downloaded" and "zephyr-7b-beta.Q4_K_M.gguf" in state["reason"]
+    meta = (await env.http.get("/v1/models/zephyr/zephyr-Q4_K_M/metadata")).json()
+    assert meta["binaries"][0]["url"].endswith("/resolve/main/zephyr-7b-beta.Q4_K_M.gguf")
+    assert meta["binaries"][0]["present"] is False
+
+
+async def test_filters(env: Env) -> None:
+    write(env.root / "models" / "remote" / "gpt.json", {"metadata": {"engine": "api"}})
+    write(env.root / "models" / "local" / "m.json", {})
+    await env.catalog.rescan_all()
+    stopped = (await env.http.get("/v1/models", params={"state": "stopped"})).json()["data"]
+    assert [m["id"] for m in stopped] == ["remote/gpt"]
+    llama = (await env.http.get("/v1/models", params={"engine": "llamacpp"})).json()["data"]
+    assert [m["id"] for m in llama] == ["local/m"]
+    assert_error(await env.http.get("/v1/models", params={"state": "sleeping"}), 422)
+
+
+async def test_create_patch_delete_through_rest(env: Env) -> None:
+    original = write(env.imports / "tiny.Q4_0.gguf", b"GGUF" * 10)
+    resp = await env.http.post(
+        "/v1/models", json={"source_url": str(original), "id": "tiny/chat", "parameters": {"ctx_len": 512}}
+    )
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["state"] == "stopped"
+    assert resp.json()["metadata"]["quantization"] == "Q4_0"
+    assert_error(
+        await env.http.post("/v1/models", json={"source_url": str(original), "id": "tiny/chat"}), 409
+    )
+
+    resp = await env.http.patch(
+        "/v1/models/tiny/chat", json={"description": "hi", "parameters": {"ctx_len": None, "top_k": 20}}
+    )
+    assert resp.status_code == 200
+    assert resp.json()["description"] == "hi" and resp.json()["parameters"] == {"top_k": 20}
+
+    resp = await env.http.delete("/v1/models/tiny/chat")
+    assert resp.json() == {"id": "tiny/chat", "object": "model", "deleted": True}
+    assert original.exists()
+    assert_error(await env.http.get("/v1/models/tiny/chat"), 404, "model_not_found")
+    assert_error(await env.http.delete("/v1/models/tiny/chat"), 404, "model_not_found")
+
+
+async def test_errors_use_one_shape_and_the_right_status(env: Env) -> None:
+    write(env.root / "models" / "bad" / "b.json", b'{"metadata": {"engine": 7}}')
+    await env.catalog.rescan_all()
+    assert_error(await env.http.get("/v1/models/bad/b"), 422, "invalid_model_file")
+    problems = (await env.http.get("/v1/catalog/problems")).json()["data"]
+    assert problems == [{"path": "models/bad/b.json", "id": "bad/b", "reason": problems[0]["reason"]}]
+    assert_error(await env.http.get("/v1/models/.hidden/x"), 400, "invalid_model_id")
+    assert_error(await env.http.get("/v1/models/..%2F..%2Fetc%2Fpasswd"), 404, "invalid_model_id")
+    assert_error(await env.http.get("/v1/models/only-one-part"), 400, "invalid_model_id")
+    outside = write(env.root.parent / "outside.gguf", b"x")
+    assert_error(await env.http.post("/v1/models", json={"source_url": str(outside)}), 403)
+    err = assert_error(
+        await env.http.post("/v1/models", json={"source_url": "http://intranet.example/m.gguf"}), 400
+    )
+    assert err["code"] == "unsafe_source_url" and err["param"] == "source_url"
+    assert_error(await env.http.post("/v1/models", json={"source_url": "x", "bogus": 1}), 422)
+    assert_error(
+        await env.http.post("/v1/models", content=b"{not json", headers={"content-type": "application/json"}),
+        422,
+    )
+    assert_error(await env.http.get("/v1/nothing-here"), 404)
+    assert_error(
+        await env.http.post("/v1/models", json={"source_url": "https://huggingface.co/TheBloke/x-GGUF"}), 501
+    )
+
+
+async def test_archive_export_and_import_over_http(env: Env) -> None:
+    write(env.root / "models" / "tiny" / "tiny.json", {"name": "Tiny"})
+    write(env.root / "models" / "tiny" / "tiny.gguf", b"w" * 5000)
+    await env.catalog.rescan_all()
+    resp = await env.http.get("/v1/folders/tiny/export")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/gzip"
+    archive = resp.content
+    resp = await env.http.post("/v1/folders/import", params={"folder": "tiny2"}, content=archive)
+    assert resp.status_code == 201, resp.text
+    assert [m["id"] for m in resp.json()["data"]] == ["tiny2/tiny"]
+    assert resp.json()["data"][0]["state"] == "stopped"
+    assert_error(await env.http.post("/v1/folders/import", params={"folder": "tiny2"}, content=archive), 409)
+    assert_error(await env.http.get("/v1/folders/missing/export"), 404, "folder_not_found")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("x/link.gguf")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tar.addfile(info)
+    assert_error(await env.http.post("/v1/folders/import", content=buf.getvalue()), 400, "unsafe_archive")
+    assert_error(await env.http.post("/v1/folders/import", content=b"not an archive"), 400, "unsafe_archive")
+
+
+async def test_openapi_declares_the_error_shape(env: Env) -> None:
+    doc = (await env.http.get("/openapi.json")).json()
+    responses = doc["paths"]["/v1/models/{folder}/{file}"]["get"]["responses"]
+    assert responses["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    assert (await env.http.get("/docs")).status_code == 200
+
+
+async def test_health_and_reflection_on_the_grpc_server(env: Env) -> None:
+    async with aio.insecure_channel(env.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE_NAME):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = refl.ServerReflectionInfo()
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        reply = await call.read()
+        await call.done_writing()
+        names = {s.name for s in reply.list_services_response.service}
+        assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+        stub = pb_grpc.CatalogServiceStub(channel)
+        with pytest.raises(aio.AioRpcError) as exc:
+            await stub.GetModel(pb.GetModelRequest(id="../x"))
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert dict(exc.value.trailing_metadata())["jan-error-code"] == "invalid_model_id"
+
+
+async def test_catalog_down_gives_503_not_a_hang(tmp_path: Path) -> None:
+    app = create_app(GatewaySettings(catalog_address="127.0.0.1:1", rpc_timeout_s=2))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+            assert_error(await http.get("/v1/models"), 503, "catalog_unavailable")
+            assert (await http.get("/healthz")).status_code == 503
