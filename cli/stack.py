@@ -70,7 +70,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = self.env(extra_env)
         for name in SERVICES:
-            log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+            log = open(self.log_dir / f"{name}.log", "ab")
             proc = subprocess.Popen(
                 [sys.executable, "-m", MODULES[name]],
                 env=env,

@@ -50,7 +50,7 @@ class CatalogClient:
             while True:
                 reply = await self.stub.ListModels(
                     catalog_pb.ListModelsRequest(
-                        page_size=5000, page_token=token, states=states, engines=engines
+                        page_size=10_000, page_token=token, states=states, engines=engines
                     ),
                     timeout=self.timeout,
                 )

@@ -95,6 +95,8 @@ class Catalog:
         self._runtime: dict[str, Runtime] = {}
         self._sorted: list[str] | None = None
         self._by_id: dict[str, model_pb2.Model] = {}
+        # Serialised form of each model as a `repeated Model models = 1` element, made once per change.
+        self._wire: dict[str, tuple[model_pb2.Model, bytes]] = {}
         self._subscribers: set[asyncio.Queue[Change | None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -181,6 +183,7 @@ class Catalog:
         for stem, entry in old_entries.items():
             if stem not in new_entries:
                 self._by_id.pop(entry.obj.id, None)
+                self._wire.pop(entry.obj.id, None)
                 if not any(p.id == entry.obj.id for p in new_problems.values()):
                     changes.append(Change("removed", entry.obj.id))
         for name, problem in new_problems.items():
@@ -292,6 +295,22 @@ class Catalog:
             more = start + size < len(matching)
         token = base64.urlsafe_b64encode(page[-1].id.encode()).decode() if more and page else ""
         return page, token, total
+
+    def encode_models(self, models: list[model_pb2.Model]) -> bytes:
+        """The wire bytes of `repeated Model models = 1` for these models, from a per-model cache.
+
+        Listing 10,000 models is dominated by copying messages into the response; parsing the cached
+        bytes into it is several times cheaper (see bench/catalog).
+        """
+        parts = []
+        for m in models:
+            cached = self._wire.get(m.id)
+            if cached is None or cached[0] is not m:
+                data = m.SerializeToString()
+                cached = (m, b"\x0a" + _varint(len(data)) + data)
+                self._wire[m.id] = cached
+            parts.append(cached[1])
+        return b"".join(parts)
 
     async def get(self, model_id: str) -> model_pb2.Model:
         folder, stem = self._split(model_id)
@@ -670,6 +689,15 @@ class Catalog:
         models = sorted((e.pb for e in index.entries.values()), key=lambda m: m.id) if index else []
         problems = list(index.problems.values()) if index else []
         return name, models, problems
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def parse_json_object(text: str, param: str) -> Any:

@@ -34,13 +34,13 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
-    async def ListModels(
-        self, request: pb.ListModelsRequest, context: aio.ServicerContext
-    ) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest, context: aio.ServicerContext) -> bytes:
         models, token, total = self.catalog.list(
             request.page_size, request.page_token, list(request.states), list(request.engines)
         )
-        return pb.ListModelsResponse(models=models, next_page_token=token, total_size=total)
+        # Serialised protobuf messages concatenate into their merge: cached model bytes + the scalars.
+        tail = pb.ListModelsResponse(next_page_token=token, total_size=total).SerializeToString()
+        return self.catalog.encode_models(models) + tail
 
     async def GetModel(
         self, request: pb.GetModelRequest, context: aio.ServicerContext
@@ -127,7 +127,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
 def make_server(catalog: Catalog) -> GrpcServer:
     """A gRPC server (health, reflection, error mapping) serving the catalog; bind it, then start it."""
     server = GrpcServer([SERVICE_NAME])
-    pb_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server.server)
+    server.add_servicer(CatalogServicer(catalog), pb.DESCRIPTOR.services_by_name["CatalogService"])
     return server
 
 

@@ -43,7 +43,7 @@ class CatalogSettings(BaseSettings):
         default=30.0, ge=0.5, le=86_400, description="Full rescan period: the safety net for missed events."
     )
     default_page_size: int = Field(default=1000, ge=1, le=100_000, description="ListModels page size.")
-    max_page_size: int = Field(default=5000, ge=1, le=100_000, description="Largest page a client may ask.")
+    max_page_size: int = Field(default=10_000, ge=1, le=100_000, description="Largest page a client may ask.")
     import_max_bytes: int = Field(
         default=512 * 1024**3, ge=1, description="Largest total size an imported archive may extract to."
     )

@@ -279,7 +279,7 @@ async def test_paging_and_filters(make_catalog, tmp_path: Path) -> None:
     assert seen == sorted(f"f{i:02d}/m" for i in range(25))
     api, _, total = cat.list(engines=["api"])
     assert total == 5 and all(m.engine == "api" and m.state == STOPPED for m in api)
-    missing, _, total = cat.list(states=[NOT_DOWNLOADED])
+    _, _, total = cat.list(states=[NOT_DOWNLOADED])
     assert total == 20
     with pytest.raises(errors.InvalidArgument):
         cat.list(page_token="!!not-ours")
