@@ -35,7 +35,7 @@ class CatalogSettings(BaseSettings):
     )
     seed_models_dir: Path | None = Field(
         default=SHIPPED_MODELS,
-        description="Folder of recommended model objects copied into a new root (never overwriting).",
+        description="Recommended model objects copied into a new root, never overwriting (empty: none).",
     )
     watch: bool = Field(default=True, description="Watch the models folder with inotify for hand edits.")
     watch_debounce_ms: int = Field(default=30, ge=1, le=10_000, description="Batching window of file events.")
@@ -53,6 +53,11 @@ class CatalogSettings(BaseSettings):
     @classmethod
     def _expand_root(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("seed_models_dir", mode="before")
+    @classmethod
+    def _empty_means_none(cls, v: object) -> object:
+        return None if v == "" else v
 
     @field_validator("import_allowed_dirs", mode="before")
     @classmethod
