@@ -25,6 +25,7 @@ down:
 test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy services gateway cli
 	$(PY) -m pytest
 
 lint: venv

@@ -3,7 +3,7 @@ gRPC errors turned into APIError where the call is made."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,7 +43,9 @@ class CatalogClient:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-    async def list_all(self, states: list[int], engines: list[str]) -> list[model_pb2.Model]:
+    async def list_all(
+        self, states: Sequence[model_pb2.ModelState.ValueType], engines: Sequence[str]
+    ) -> list[model_pb2.Model]:
         models: list[model_pb2.Model] = []
         token = ""
         async with rpc_errors("catalog"):

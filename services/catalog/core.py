@@ -255,7 +255,7 @@ class Catalog:
 
     # --- queries ------------------------------------------------------------------------------------------
 
-    def list(
+    def list_models(
         self,
         page_size: int = 0,
         page_token: str = "",

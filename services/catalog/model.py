@@ -464,6 +464,7 @@ class _Statx(ctypes.Structure):
 
 _STATX_BTIME = 0x800
 _AT_FDCWD = -100
+_statx: Any
 try:
     _statx = ctypes.CDLL(None, use_errno=True).statx
 except (AttributeError, OSError):  # not glibc >= 2.28 / not Linux

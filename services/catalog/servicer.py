@@ -34,8 +34,10 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: aio.ServicerContext) -> bytes:
-        models, token, total = self.catalog.list(
+    async def ListModels(  # type: ignore[override]  # returns pre-serialised bytes, see GrpcServer.add_servicer
+        self, request: pb.ListModelsRequest, context: aio.ServicerContext
+    ) -> bytes:
+        models, token, total = self.catalog.list_models(
             request.page_size, request.page_token, list(request.states), list(request.engines)
         )
         # Serialised protobuf messages concatenate into their merge: cached model bytes + the scalars.

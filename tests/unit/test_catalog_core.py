@@ -72,7 +72,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def ids(cat: Catalog) -> list[str]:
-    return [m.id for m in cat.list(page_size=10_000)[0]]
+    return [m.id for m in cat.list_models(page_size=10_000)[0]]
 
 
 async def test_a_broken_file_is_reported_and_the_rest_still_served(make_catalog, tmp_path: Path) -> None:
@@ -271,18 +271,18 @@ async def test_paging_and_filters(make_catalog, tmp_path: Path) -> None:
     cat = await make_catalog()
     seen, token = [], ""
     while True:
-        page, token, total = cat.list(page_size=10, page_token=token)
+        page, token, total = cat.list_models(page_size=10, page_token=token)
         assert total == 25
         seen += [m.id for m in page]
         if not token:
             break
     assert seen == sorted(f"f{i:02d}/m" for i in range(25))
-    api, _, total = cat.list(engines=["api"])
+    api, _, total = cat.list_models(engines=["api"])
     assert total == 5 and all(m.engine == "api" and m.state == STOPPED for m in api)
-    _, _, total = cat.list(states=[NOT_DOWNLOADED])
+    _, _, total = cat.list_models(states=[NOT_DOWNLOADED])
     assert total == 20
     with pytest.raises(errors.InvalidArgument):
-        cat.list(page_token="!!not-ours")
+        cat.list_models(page_token="!!not-ours")
 
 
 async def test_watch_streams_changes(make_catalog, tmp_path: Path) -> None:
