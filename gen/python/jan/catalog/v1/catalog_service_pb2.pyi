@@ -550,3 +550,60 @@ class ImportFolderResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportFolderResponse: _TypeAlias = ImportFolderResponse  # noqa: Y015
+
+@_typing.final
+class ReportModelRuntimeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    BYTES_DONE_FIELD_NUMBER: _builtins.int
+    BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    RUNNER_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    state: _model_pb2.ModelState.ValueType
+    """DOWNLOADING or RUNNING while that lasts; UNSPECIFIED when it ended (the files then decide)."""
+    reason: _builtins.str
+    """Why, for humans: e.g. the error of a failed download. Kept until the next report."""
+    bytes_done: _builtins.int
+    bytes_total: _builtins.int
+    runner: _builtins.str
+    """The runner hosting the model."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        state: _model_pb2.ModelState.ValueType = ...,
+        reason: _builtins.str = ...,
+        bytes_done: _builtins.int = ...,
+        bytes_total: _builtins.int = ...,
+        runner: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "id", b"id", "reason", b"reason", "runner", b"runner", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportModelRuntimeRequest: _TypeAlias = ReportModelRuntimeRequest  # noqa: Y015
+
+@_typing.final
+class ReportModelRuntimeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> _model_pb2.Model: ...
+    def __init__(
+        self,
+        *,
+        model: _model_pb2.Model | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportModelRuntimeResponse: _TypeAlias = ReportModelRuntimeResponse  # noqa: Y015

@@ -79,6 +79,11 @@ class CatalogServiceStub:
                 request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportFolderRequest.SerializeToString,
                 response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportFolderResponse.FromString,
                 _registered_method=True)
+        self.ReportModelRuntime = channel.unary_unary(
+                '/jan.catalog.v1.CatalogService/ReportModelRuntime',
+                request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeRequest.SerializeToString,
+                response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -147,6 +152,14 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportModelRuntime(self, request, context):
+        """Other services report what they do with a model (a download in progress, a runner hosting it);
+        the catalog derives `state` from these reports and the files.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +207,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.ImportFolder,
                     request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportFolderRequest.FromString,
                     response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportFolderResponse.SerializeToString,
+            ),
+            'ReportModelRuntime': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportModelRuntime,
+                    request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeRequest.FromString,
+                    response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +457,33 @@ class CatalogService:
             '/jan.catalog.v1.CatalogService/ImportFolder',
             jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportFolderRequest.SerializeToString,
             jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportFolderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportModelRuntime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jan.catalog.v1.CatalogService/ReportModelRuntime',
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeRequest.SerializeToString,
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeResponse.FromString,
             options,
             channel_credentials,
             insecure,

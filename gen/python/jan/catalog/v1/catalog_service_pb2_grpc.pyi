@@ -52,6 +52,10 @@ class CatalogServiceStub:
     """A model folder as a gzip-compressed tar archive, in chunks."""
     ImportFolder: _grpc.StreamUnaryMultiCallable[_catalog_service_pb2.ImportFolderRequest, _catalog_service_pb2.ImportFolderResponse]
     """A model folder from a tar(.gz) or zip archive: the first message names it, chunks follow."""
+    ReportModelRuntime: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ReportModelRuntimeRequest, _catalog_service_pb2.ReportModelRuntimeResponse]
+    """Other services report what they do with a model (a download in progress, a runner hosting it);
+    the catalog derives `state` from these reports and the files.
+    """
 
 @_typing.type_check_only
 class CatalogServiceAsyncStub(CatalogServiceStub):
@@ -75,6 +79,10 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """A model folder as a gzip-compressed tar archive, in chunks."""
     ImportFolder: _aio.StreamUnaryMultiCallable[_catalog_service_pb2.ImportFolderRequest, _catalog_service_pb2.ImportFolderResponse]  # type: ignore[assignment]
     """A model folder from a tar(.gz) or zip archive: the first message names it, chunks follow."""
+    ReportModelRuntime: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ReportModelRuntimeRequest, _catalog_service_pb2.ReportModelRuntimeResponse]  # type: ignore[assignment]
+    """Other services report what they do with a model (a download in progress, a runner hosting it);
+    the catalog derives `state` from these reports and the files.
+    """
 
 class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -149,5 +157,15 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_service_pb2.ImportFolderResponse, _abc.Awaitable[_catalog_service_pb2.ImportFolderResponse]]:
         """A model folder from a tar(.gz) or zip archive: the first message names it, chunks follow."""
+
+    @_abc_1.abstractmethod
+    def ReportModelRuntime(
+        self,
+        request: _catalog_service_pb2.ReportModelRuntimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_service_pb2.ReportModelRuntimeResponse, _abc.Awaitable[_catalog_service_pb2.ReportModelRuntimeResponse]]:
+        """Other services report what they do with a model (a download in progress, a runner hosting it);
+        the catalog derives `state` from these reports and the files.
+        """
 
 def add_CatalogServiceServicer_to_server(servicer: CatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
