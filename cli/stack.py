@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 
-# Start order matters: the gateway needs the catalog.
-SERVICES = ("catalog", "gateway")
-MODULES = {"catalog": "services.catalog", "gateway": "gateway"}
-DEFAULT_PORTS = {"catalog": 13370, "gateway": 1337}
+# Start order: the catalog first (everyone reports to it), the gateway last (it fronts the others).
+SERVICES = ("catalog", "downloader", "gateway")
+MODULES = {"catalog": "services.catalog", "downloader": "services.downloader", "gateway": "gateway"}
+DEFAULT_PORTS = {"catalog": 13370, "downloader": 13371, "gateway": 1337}
 
 
 def free_port() -> int:
@@ -56,9 +56,12 @@ class Stack:
                 "JAN_ROOT": str(self.root),
                 "JAN_CATALOG_HOST": "127.0.0.1",
                 "JAN_CATALOG_PORT": str(self.ports["catalog"]),
+                "JAN_DOWNLOADER_HOST": "127.0.0.1",
+                "JAN_DOWNLOADER_PORT": str(self.ports["downloader"]),
                 "JAN_GATEWAY_HOST": "127.0.0.1",
                 "JAN_GATEWAY_PORT": str(self.ports["gateway"]),
                 "JAN_CATALOG_ADDRESS": f"127.0.0.1:{self.ports['catalog']}",
+                "JAN_DOWNLOADER_ADDRESS": f"127.0.0.1:{self.ports['downloader']}",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -150,10 +153,7 @@ def _terminate(pid: int, timeout: float) -> None:
 
 def default_stack() -> Stack:
     root = Path(os.environ.get("JAN_ROOT", "~/jan")).expanduser().resolve()
-    ports = {
-        "catalog": int(os.environ.get("JAN_CATALOG_PORT", DEFAULT_PORTS["catalog"])),
-        "gateway": int(os.environ.get("JAN_GATEWAY_PORT", DEFAULT_PORTS["gateway"])),
-    }
+    ports = {name: int(os.environ.get(f"JAN_{name.upper()}_PORT", DEFAULT_PORTS[name])) for name in SERVICES}
     return Stack(root=root, ports=ports)
 
 

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gateway.clients import CatalogClient
+from gateway.clients import CatalogClient, DownloaderClient
 from gateway.errors import install_error_handlers
-from gateway.routes import folders, models
+from gateway.routes import downloads, folders, models
 from gateway.settings import GatewaySettings
 
 
@@ -20,13 +20,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.catalog = CatalogClient(
-            settings.catalog_address, settings.rpc_timeout_s, settings.transfer_timeout_s
-        )
+        timeouts = (settings.rpc_timeout_s, settings.transfer_timeout_s)
+        app.state.catalog = CatalogClient(settings.catalog_address, *timeouts)
+        app.state.downloader = DownloaderClient(settings.downloader_address, *timeouts)
         try:
             yield
         finally:
             await app.state.catalog.close()
+            await app.state.downloader.close()
 
     app = FastAPI(
         title="Jan Models",
@@ -40,10 +41,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     async def healthz(request: Request) -> JSONResponse:
         """200 when the gateway and the services it needs answer; 503 otherwise."""
-        catalog_ok = await request.app.state.catalog.serving()
-        body = {"status": "ok" if catalog_ok else "degraded", "services": {"catalog": catalog_ok}}
-        return JSONResponse(body, status_code=200 if catalog_ok else 503)
+        services = {
+            "catalog": await request.app.state.catalog.serving(),
+            "downloader": await request.app.state.downloader.serving(),
+        }
+        ok = all(services.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "services": services}, status_code=200 if ok else 503
+        )
 
+    app.include_router(downloads.router)
     app.include_router(models.router)
     app.include_router(folders.router)
     return app

@@ -13,6 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.errors import from_rpc_error
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
+from jan.downloader.v1 import downloader_service_pb2_grpc as downloader_grpc
 from jan.model.v1 import model_pb2
 from services.common.grpcserver import CHANNEL_OPTIONS
 
@@ -25,10 +27,15 @@ async def rpc_errors(service: str) -> AsyncIterator[None]:
         raise from_rpc_error(exc, service) from None
 
 
-class CatalogClient:
+class ServiceClient:
+    """A channel to one service, its health, and unary calls with the deadline and error translation."""
+
+    service = "service"
+    stub_class: Any = None
+
     def __init__(self, address: str, timeout: float, transfer_timeout: float) -> None:
         self.channel = aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.stub = catalog_grpc.CatalogServiceStub(self.channel)
+        self.stub = self.stub_class(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
         self.transfer_timeout = transfer_timeout
@@ -42,6 +49,32 @@ class CatalogClient:
         except aio.AioRpcError:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def call(self, method: str, request: Any) -> Any:
+        async with rpc_errors(self.service):
+            return await getattr(self.stub, method)(request, timeout=self.timeout)
+
+    async def stream(self, call: Any) -> AsyncIterator[Any]:
+        """A server stream whose first message is awaited here, so that an error at the start (an unknown
+        id) becomes a normal HTTP error before any byte of the response is sent."""
+        async with rpc_errors(self.service):
+            first = await call.read()
+
+        async def rest() -> AsyncIterator[Any]:
+            try:
+                reply = first
+                while reply is not aio.EOF:
+                    yield reply
+                    reply = await call.read()
+            finally:
+                call.cancel()  # the client went away: stop the service's work for it
+
+        return rest()
+
+
+class CatalogClient(ServiceClient):
+    service = "catalog"
+    stub_class = catalog_grpc.CatalogServiceStub
 
     async def list_all(
         self, states: Sequence[model_pb2.ModelState.ValueType], engines: Sequence[str]
@@ -61,28 +94,17 @@ class CatalogClient:
                 if not token:
                     return models
 
-    async def call(self, method: str, request: Any) -> Any:
-        async with rpc_errors("catalog"):
-            return await getattr(self.stub, method)(request, timeout=self.timeout)
-
     async def export_folder(self, folder: str) -> AsyncIterator[bytes]:
-        """The archive chunks; the first is awaited here so a bad folder fails before any byte is sent."""
         call = self.stub.ExportFolder(
             catalog_pb.ExportFolderRequest(folder=folder), timeout=self.transfer_timeout
         )
-        async with rpc_errors("catalog"):
-            first = await call.read()
+        replies = await self.stream(call)
 
-        async def rest() -> AsyncIterator[bytes]:
-            try:
-                reply = first
-                while reply is not aio.EOF:
-                    yield reply.chunk
-                    reply = await call.read()
-            finally:
-                call.cancel()
+        async def chunks() -> AsyncIterator[bytes]:
+            async for reply in replies:
+                yield reply.chunk
 
-        return rest()
+        return chunks()
 
     async def import_folder(
         self, folder: str, chunks: AsyncIterator[bytes]
@@ -95,3 +117,14 @@ class CatalogClient:
 
         async with rpc_errors("catalog"):
             return await self.stub.ImportFolder(requests(), timeout=self.transfer_timeout)
+
+
+class DownloaderClient(ServiceClient):
+    service = "downloader"
+    stub_class = downloader_grpc.DownloaderServiceStub
+
+    async def watch(self, model_id: str) -> AsyncIterator[downloader_pb.WatchDownloadResponse]:
+        call = self.stub.WatchDownload(
+            downloader_pb.WatchDownloadRequest(model_id=model_id), timeout=self.transfer_timeout
+        )
+        return await self.stream(call)

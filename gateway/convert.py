@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
+from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 from jan.model.v1 import model_pb2
 
 STATE_NAMES = {
@@ -97,6 +99,54 @@ class ImportOut(BaseModel):
     folder: str
     data: list[ModelOut]
     problems: list[ProblemOut]
+
+
+Phase = Literal[
+    "queued", "connecting", "downloading", "verifying", "storing", "done", "failed", "cancelled", "paused"
+]
+PHASE_NAMES: dict[int, str] = {
+    value: name.removeprefix("PHASE_").lower()
+    for name, value in downloader_pb.Phase.items()
+    if value != downloader_pb.PHASE_UNSPECIFIED
+}
+
+
+class FileProgressOut(BaseModel):
+    name: str
+    url: str
+    phase: Phase
+    bytes_done: int
+    bytes_total: int
+    sha256: str
+    error: str
+
+
+class DownloadOut(BaseModel):
+    """A model's download job."""
+
+    object: Literal["model.download"] = "model.download"
+    model_id: str
+    phase: Phase
+    bytes_done: int
+    bytes_total: int = Field(description="0 while unknown.")
+    bytes_per_second: float
+    eta_seconds: float = Field(description="Negative while unknown.")
+    files: list[FileProgressOut]
+    error: str
+    error_code: str
+    created: int
+    updated: int
+
+
+class DownloadListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DownloadOut]
+
+
+class RepoImportOut(BaseModel):
+    object: Literal["list"] = "list"
+    folder: str
+    data: list[ModelOut]
 
 
 # --- request shapes ---------------------------------------------------------------------------------------
@@ -231,6 +281,43 @@ def metadata_dict(m: model_pb2.Model) -> dict[str, Any]:
             for b in m.binaries
         ],
     }
+
+
+def job_dict(job: downloader_pb.Job) -> dict[str, Any]:
+    return {
+        "object": "model.download",
+        "model_id": job.model_id,
+        "phase": PHASE_NAMES.get(job.phase, "queued"),
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "bytes_per_second": round(job.bytes_per_second, 1),
+        "eta_seconds": round(job.eta_seconds, 1),
+        "files": [
+            {
+                "name": f.name,
+                "url": f.url,
+                "phase": PHASE_NAMES.get(f.phase, "queued"),
+                "bytes_done": f.bytes_done,
+                "bytes_total": f.bytes_total,
+                "sha256": f.sha256,
+                "error": f.error,
+            }
+            for f in job.files
+        ],
+        "error": job.error,
+        "error_code": job.error_code,
+        "created": job.created,
+        "updated": job.updated,
+    }
+
+
+def is_hf_repo_url(url: str) -> bool:
+    """https://huggingface.co/<org>/<repo> (or .../tree/<rev>): a whole repository, not one file."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.hostname not in ("huggingface.co", "hf.co"):
+        return False
+    segments = [s for s in parts.path.split("/") if s]
+    return len(segments) == 2 or (len(segments) >= 3 and segments[2] == "tree")
 
 
 def problem_dict(p: model_pb2.Problem) -> dict[str, Any]:

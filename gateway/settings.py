@@ -16,6 +16,11 @@ class GatewaySettings(BaseSettings):
         validation_alias=AliasChoices("JAN_GATEWAY_CATALOG_ADDRESS", "JAN_CATALOG_ADDRESS"),
         description="host:port of the catalog's gRPC server.",
     )
+    downloader_address: str = Field(
+        default="127.0.0.1:13371",
+        validation_alias=AliasChoices("JAN_GATEWAY_DOWNLOADER_ADDRESS", "JAN_DOWNLOADER_ADDRESS"),
+        description="host:port of the downloader's gRPC server.",
+    )
     rpc_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Deadline of one catalog call.")
     transfer_timeout_s: float = Field(
         default=6 * 3600, gt=0, le=7 * 86400, description="Deadline of an archive import or export."

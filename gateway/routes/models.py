@@ -14,11 +14,13 @@ from gateway.convert import (
     MetadataOut,
     ModelListOut,
     ModelOut,
+    RepoImportOut,
     StateOut,
     UpdateModelIn,
 )
 from gateway.errors import APIError, error_responses
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
+from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 JSON = "application/json"
@@ -44,9 +46,21 @@ async def list_models(
 
 
 @router.post(
-    "", status_code=201, response_model=ModelOut, responses=error_responses(400, 403, 409, 422, 501, 503)
+    "",
+    status_code=201,
+    response_model=ModelOut | RepoImportOut,
+    responses=error_responses(400, 403, 404, 409, 422, 501, 503),
 )
 async def create_model(request: Request, body: CreateModelIn) -> Response:
+    """Creates a model object from a local file or a file URL; a Hugging Face repository URL creates one
+    object per GGUF quantization instead (answered as a list)."""
+    if convert.is_hf_repo_url(body.source_url):
+        folder = body.id.split("/", 1)[0] if body.id else ""
+        request_pb = downloader_pb.ImportRepositoryRequest(repo_url=body.source_url, folder=folder)
+        reply = await request.app.state.downloader.call("ImportRepository", request_pb)
+        models = [convert.model_dict(m) for m in reply.models]
+        body_json = convert.orjson.dumps({"object": "list", "folder": reply.folder, "data": models})
+        return _json(body_json, 201)
     reply = await _catalog(request).call("CreateModel", convert.create_request(body))
     return _json(convert.model_json(reply.model), 201)
 

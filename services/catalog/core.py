@@ -64,6 +64,7 @@ from services.common.errors import (
     ResourceExhausted,
     Unimplemented,
 )
+from services.common.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,15 @@ _OVERFLOW = Change("overflow", "")
 
 
 class Catalog:
-    def __init__(self, settings: CatalogSettings, resolver: netsafety.Resolver = netsafety.default_resolver):
+    def __init__(
+        self,
+        settings: CatalogSettings,
+        resolver: netsafety.Resolver = netsafety.default_resolver,
+        storage: Storage | None = None,
+    ):
         self.settings = settings
+        # Where binaries live when not beside the json files (an S3 bucket); None: in the model folders.
+        self.storage = storage if storage is not None and storage.kind != "local" else None
         self.root = settings.root
         self.models_dir = settings.models_dir
         self._resolver = resolver
@@ -140,7 +148,13 @@ class Catalog:
         runtime = dict(self._runtime)
 
         def scan() -> dict[str, FolderIndex | None]:
-            return {f: scan_folder(self.root, f, previous.get(f), runtime) for f in sorted(folders)}
+            stored = self.storage.list_all() if self.storage is not None else None
+            return {
+                f: scan_folder(
+                    self.root, f, previous.get(f), runtime, None if stored is None else stored.get(f, {})
+                )
+                for f in sorted(folders)
+            }
 
         results = await asyncio.to_thread(scan)
         for folder, index in results.items():
@@ -151,11 +165,17 @@ class Catalog:
         async with self._lock(folder):
             gen = self._gen.get(folder, 0)
             index = await asyncio.to_thread(
-                scan_folder, self.root, folder, self._folders.get(folder), dict(self._runtime)
+                self._scan_one, folder, self._folders.get(folder), dict(self._runtime)
             )
             if self._gen.get(folder, 0) == gen:
                 self._apply(folder, index)
             return self._folders.get(folder)
+
+    def _scan_one(
+        self, folder: str, previous: FolderIndex | None, runtime: dict[str, Runtime]
+    ) -> FolderIndex | None:
+        stored = self.storage.list_folder(folder) if self.storage is not None else None
+        return scan_folder(self.root, folder, previous, runtime, stored)
 
     def _lock(self, folder: str) -> asyncio.Lock:
         return self._locks.setdefault(folder, asyncio.Lock())
@@ -339,19 +359,22 @@ class Catalog:
 
     # --- reports from other services ----------------------------------------------------------------------
 
-    def report_runtime(self, model_id: str, runtime: Runtime) -> None:
-        """Records what a downloader or runner says about a model and republishes it."""
+    async def report_runtime(self, model_id: str, runtime: Runtime) -> model_pb2.Model:
+        """Records what a downloader or runner says about a model, looks at its files again (a download
+        that just ended changed them) and republishes it."""
         folder, stem = self._split(model_id)
         if runtime == Runtime():
             self._runtime.pop(model_id, None)
         else:
             self._runtime[model_id] = runtime
-        index = self._folders.get(folder)
-        entry = index.entries.get(stem) if index else None
-        if entry is not None:
-            entry.pb = to_pb(entry.obj, entry.binaries, runtime, self.root)
-            self._by_id[model_id] = entry.pb
-            self._publish(Change("updated", model_id, model=entry.pb))
+        index = await self.refresh_folder(folder)
+        entry = self._entry_or_raise(index, folder, stem)
+        pb = to_pb(entry.obj, entry.binaries, runtime, self.root)
+        if pb != entry.pb:
+            entry.pb = pb
+            self._by_id[model_id] = pb
+            self._publish(Change("updated", model_id, model=pb))
+        return entry.pb
 
     # --- writes -------------------------------------------------------------------------------------------
 
@@ -365,6 +388,7 @@ class Catalog:
         parameters: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         import_mode: str = "link",
+        owned_by: str | None = None,
     ) -> model_pb2.Model:
         source_url = source_url.strip()
         if not source_url:
@@ -382,7 +406,7 @@ class Catalog:
             await self._check_url(source_url)
             url = hf_resolve_url(source_url)
             file_name = file_name_from_url(url)
-            if hf_author(url) and "/resolve/" not in url:
+            if hf_author(url) and "/resolve/" not in url and "binaries" not in metadata:
                 raise Unimplemented(
                     "importing a whole Hugging Face repository needs the downloader service; "
                     "give the URL of one file (…/resolve/main/<file>.gguf)",
@@ -413,6 +437,8 @@ class Catalog:
             data["name"] = name
         if description is not None:
             data["description"] = description
+        if owned_by:
+            data["owned_by"] = owned_by
         data["created"] = int(time.time())
         if parameters:
             data["parameters"] = parameters
@@ -587,6 +613,9 @@ class Catalog:
         json_path.unlink(missing_ok=True)
         removed.append(f"models/{folder}/{stem}.json")
         for name in binaries:
+            if self.storage is not None:
+                self.storage.delete(folder, name)
+                removed.append(f"{self.storage.kind}:{folder}/{name}")
             path = folder_dir / name
             # unlink removes a link itself, never the user's original it points to.
             if path.is_symlink() or path.exists():

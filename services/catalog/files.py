@@ -78,11 +78,13 @@ def scan_folder(
     folder: str,
     previous: FolderIndex | None,
     runtime: dict[str, Runtime],
+    stored: dict[str, int] | None = None,
 ) -> FolderIndex | None:
     """Indexes models/<folder>, re-parsing only json files whose (mtime, size, inode) changed.
 
     Returns None when the folder no longer exists. Symbolic links are never followed out of the models
-    root: a linked folder or json file is reported as a problem instead.
+    root: a linked folder or json file is reported as a problem instead. `stored` (name -> size) is the
+    folder's content in a bucket when binaries live in object storage.
     """
     models_dir = root / "models"
     folder_dir = models_dir / folder
@@ -113,7 +115,7 @@ def scan_folder(
         return index
 
     objects: dict[str, tuple[ModelObject, tuple[int, int, int]]] = {}
-    binary_files: dict[str, os.stat_result] = {}
+    binary_files: dict[str, int] = {}
     for name in names:
         if name.startswith("."):
             continue
@@ -121,9 +123,11 @@ def scan_folder(
         if not name.endswith(".json"):
             if is_binary_name(name):
                 try:
-                    binary_files[name] = path.stat()
+                    st = path.stat()
                 except OSError:  # a dangling link: not present
-                    pass
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    binary_files[name] = st.st_size
             continue
         stem = name[:-5]
         model_id = f"{folder}/{stem}"
@@ -160,9 +164,12 @@ def scan_folder(
         if previous is None or previous.problems.get(problem.path.rsplit("/", 1)[-1]) != problem:
             log.warning("invalid model file %s: %s", problem.path, problem.reason)
 
+    if stored is not None:
+        # Binaries live in a bucket: what the bucket holds decides, not the folder.
+        binary_files = {n: size for n, size in stored.items() if is_binary_name(n)}
     discovered = assign_binaries(list(binary_files), [o for o, _ in objects.values()])
     for stem, (obj, sig) in objects.items():
-        binaries = _binary_states(obj, discovered.get(stem, []), binary_files, folder_dir)
+        binaries = _binary_states(obj, discovered.get(stem, []), binary_files)
         rt = runtime.get(obj.id, Runtime())
         old = previous.entries.get(stem) if previous else None
         if old is not None and old.obj is obj and old.binaries == binaries:
@@ -173,9 +180,8 @@ def scan_folder(
     return index
 
 
-def _binary_states(
-    obj: ModelObject, discovered: list[str], files: dict[str, os.stat_result], folder_dir: Path
-) -> list[BinaryState]:
+def _binary_states(obj: ModelObject, discovered: list[str], files: dict[str, int]) -> list[BinaryState]:
+    """`files`: the regular files (name -> size) the model folder holds in storage."""
     if obj.external_dir is not None:
         specs = [
             BinarySpec(name=n, external_path=str(obj.external_dir / n))
@@ -188,16 +194,17 @@ def _binary_states(
         specs = obj.declared
     states = []
     for spec in specs:
-        st: os.stat_result | None
+        size: int | None
         if spec.external_path:
             try:
                 st = os.stat(spec.external_path)
+                size = st.st_size if stat.S_ISREG(st.st_mode) else None
             except OSError:
-                st = None
+                size = None
         else:
-            st = files.get(spec.name)
-        present = st is not None and stat.S_ISREG(st.st_mode) and (not spec.size or st.st_size == spec.size)
-        states.append(BinaryState(spec=spec, present=present, size_on_disk=st.st_size if st else 0))
+            size = files.get(spec.name)
+        present = size is not None and (not spec.size or size == spec.size)
+        states.append(BinaryState(spec=spec, present=present, size_on_disk=size or 0))
     return states
 
 

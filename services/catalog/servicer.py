@@ -11,6 +11,7 @@ from grpc import aio
 from jan.catalog.v1 import catalog_service_pb2 as pb
 from jan.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from services.catalog.core import Catalog, parse_json_object
+from services.catalog.model import Runtime
 from services.common.errors import InvalidArgument
 from services.common.grpcserver import GrpcServer
 
@@ -60,6 +61,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             parameters=_object(request.parameters_json, "parameters"),
             metadata=_object(request.metadata_json, "metadata"),
             import_mode=_IMPORT_MODES.get(request.import_mode, "?"),
+            owned_by=request.owned_by if request.HasField("owned_by") else None,
         )
         return pb.CreateModelResponse(model=model)
 
@@ -124,6 +126,18 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         finally:
             upload.unlink(missing_ok=True)
         return pb.ImportFolderResponse(folder=folder, models=models, problems=problems)
+
+    async def ReportModelRuntime(
+        self, request: pb.ReportModelRuntimeRequest, context: aio.ServicerContext
+    ) -> pb.ReportModelRuntimeResponse:
+        runtime = Runtime(
+            state=request.state,
+            reason=request.reason,
+            runner=request.runner,
+            bytes_done=request.bytes_done,
+            bytes_total=request.bytes_total,
+        )
+        return pb.ReportModelRuntimeResponse(model=await self.catalog.report_runtime(request.id, runtime))
 
 
 def make_server(catalog: Catalog) -> GrpcServer:

@@ -108,7 +108,10 @@ def test_ids_escaping_the_root_are_refused(client: openai.OpenAI, stack: Stack) 
 def test_make_up_style_launcher_starts_and_stops_the_stack(tmp_path: Path) -> None:
     env = dict(os.environ)
     env.update(
-        JAN_ROOT=str(tmp_path / "root"), JAN_CATALOG_PORT=str(free_port()), JAN_GATEWAY_PORT=str(free_port())
+        JAN_ROOT=str(tmp_path / "root"),
+        JAN_CATALOG_PORT=str(free_port()),
+        JAN_DOWNLOADER_PORT=str(free_port()),
+        JAN_GATEWAY_PORT=str(free_port()),
     )
     up = subprocess.run(
         [sys.executable, "-m", "cli.stack", "up"], env=env, capture_output=True, text=True, timeout=90
@@ -120,7 +123,7 @@ def test_make_up_style_launcher_starts_and_stops_the_stack(tmp_path: Path) -> No
         assert httpx.get(f"{url}/healthz").status_code == 200
         assert len(httpx.get(f"{url}/v1/models").json()["data"]) >= 5
         pids = [int(p.read_text()) for p in (tmp_path / "root" / "run").glob("*.pid")]
-        assert len(pids) == 2
+        assert len(pids) == 3
     finally:
         down = subprocess.run(
             [sys.executable, "-m", "cli.stack", "down"], env=env, capture_output=True, timeout=60

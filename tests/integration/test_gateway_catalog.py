@@ -179,8 +179,11 @@ async def test_errors_use_one_shape_and_the_right_status(env: Env) -> None:
         422,
     )
     assert_error(await env.http.get("/v1/nothing-here"), 404)
+    # A whole repository goes to the downloader, which is not running here.
     assert_error(
-        await env.http.post("/v1/models", json={"source_url": "https://huggingface.co/TheBloke/x-GGUF"}), 501
+        await env.http.post("/v1/models", json={"source_url": "https://huggingface.co/TheBloke/x-GGUF"}),
+        503,
+        "downloader_unavailable",
     )
 
 

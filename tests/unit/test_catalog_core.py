@@ -303,7 +303,7 @@ async def test_watch_streams_changes(make_catalog, tmp_path: Path) -> None:
     await eventually(lambda: ("updated", "a/a") in events)
     write(models / "b" / "b.json", b"[]")
     await eventually(lambda: ("invalid", "b/b") in events)
-    cat.report_runtime("a/a", Runtime(state=model_pb2.MODEL_STATE_RUNNING, runner="r1"))
+    await cat.report_runtime("a/a", Runtime(state=model_pb2.MODEL_STATE_RUNNING, runner="r1"))
     assert (await cat.get("a/a")).state == model_pb2.MODEL_STATE_RUNNING
     await cat.delete("a/a")
     await eventually(lambda: ("removed", "a/a") in events)

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from jan.model.v1 import model_pb2 as jan_dot_model_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$jan/catalog/v1/catalog_service.proto\x12\x0ejan.catalog.v1\x1a\x18jan/model/v1/model.proto\"u\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12(\n\x06states\x18\x03 \x03(\x0e\x32\x18.jan.model.v1.ModelState\x12\x0f\n\x07\x65ngines\x18\x04 \x03(\t\"f\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.jan.model.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\"6\n\x10GetModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.jan.model.v1.Model\"\xdb\x01\n\x12\x43reateModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsource_url\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x17\n\x0fparameters_json\x18\x05 \x01(\t\x12\x15\n\rmetadata_json\x18\x06 \x01(\t\x12/\n\x0bimport_mode\x18\x07 \x01(\x0e\x32\x1a.jan.catalog.v1.ImportModeB\x07\n\x05_nameB\x0e\n\x0c_description\"9\n\x13\x43reateModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.jan.model.v1.Model\"\xa2\x01\n\x12UpdateModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1d\n\x15parameters_patch_json\x18\x04 \x01(\t\x12\x1b\n\x13metadata_patch_json\x18\x05 \x01(\tB\x07\n\x05_nameB\x0e\n\x0c_description\"9\n\x13UpdateModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.jan.model.v1.Model\" \n\x12\x44\x65leteModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x13\x44\x65leteModelResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rremoved_paths\x18\x02 \x03(\t\"\x15\n\x13ListProblemsRequest\"?\n\x14ListProblemsResponse\x12\'\n\x08problems\x18\x01 \x03(\x0b\x32\x15.jan.model.v1.Problem\"-\n\x12WatchModelsRequest\x12\x17\n\x0finclude_initial\x18\x01 \x01(\x08\"\x9e\x01\n\x13WatchModelsResponse\x12/\n\x0b\x63hange_type\x18\x01 \x01(\x0e\x32\x1a.jan.catalog.v1.ChangeType\x12\n\n\x02id\x18\x02 \x01(\t\x12\"\n\x05model\x18\x03 \x01(\x0b\x32\x13.jan.model.v1.Model\x12&\n\x07problem\x18\x04 \x01(\x0b\x32\x15.jan.model.v1.Problem\"%\n\x13\x45xportFolderRequest\x12\x0e\n\x06\x66older\x18\x01 \x01(\t\"%\n\x14\x45xportFolderResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"d\n\x13ImportFolderRequest\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".jan.catalog.v1.ImportFolderHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"$\n\x12ImportFolderHeader\x12\x0e\n\x06\x66older\x18\x01 \x01(\t\"t\n\x14ImportFolderResponse\x12\x0e\n\x06\x66older\x18\x01 \x01(\t\x12#\n\x06models\x18\x02 \x03(\x0b\x32\x13.jan.model.v1.Model\x12\'\n\x08problems\x18\x03 \x03(\x0b\x32\x15.jan.model.v1.Problem\"\x99\x01\n\x19ReportModelRuntimeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.jan.model.v1.ModelState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nbytes_done\x18\x04 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x03\x12\x0e\n\x06runner\x18\x06 \x01(\t\"@\n\x1aReportModelRuntimeResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.jan.model.v1.Model*n\n\nImportMode\x12\x1b\n\x17IMPORT_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10IMPORT_MODE_LINK\x10\x01\x12\x14\n\x10IMPORT_MODE_COPY\x10\x02\x12\x17\n\x13IMPORT_MODE_SYMLINK\x10\x03*\x8b\x01\n\nChangeType\x12\x1b\n\x17\x43HANGE_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANGE_TYPE_ADDED\x10\x01\x12\x17\n\x13\x43HANGE_TYPE_UPDATED\x10\x02\x12\x17\n\x13\x43HANGE_TYPE_REMOVED\x10\x03\x12\x17\n\x13\x43HANGE_TYPE_INVALID\x10\x04\x32\x98\x07\n\x0e\x43\x61talogService\x12S\n\nListModels\x12!.jan.catalog.v1.ListModelsRequest\x1a\".jan.catalog.v1.ListModelsResponse\x12M\n\x08GetModel\x12\x1f.jan.catalog.v1.GetModelRequest\x1a .jan.catalog.v1.GetModelResponse\x12V\n\x0b\x43reateModel\x12\".jan.catalog.v1.CreateModelRequest\x1a#.jan.catalog.v1.CreateModelResponse\x12V\n\x0bUpdateModel\x12\".jan.catalog.v1.UpdateModelRequest\x1a#.jan.catalog.v1.UpdateModelResponse\x12V\n\x0b\x44\x65leteModel\x12\".jan.catalog.v1.DeleteModelRequest\x1a#.jan.catalog.v1.DeleteModelResponse\x12Y\n\x0cListProblems\x12#.jan.catalog.v1.ListProblemsRequest\x1a$.jan.catalog.v1.ListProblemsResponse\x12X\n\x0bWatchModels\x12\".jan.catalog.v1.WatchModelsRequest\x1a#.jan.catalog.v1.WatchModelsResponse0\x01\x12[\n\x0c\x45xportFolder\x12#.jan.catalog.v1.ExportFolderRequest\x1a$.jan.catalog.v1.ExportFolderResponse0\x01\x12[\n\x0cImportFolder\x12#.jan.catalog.v1.ImportFolderRequest\x1a$.jan.catalog.v1.ImportFolderResponse(\x01\x12k\n\x12ReportModelRuntime\x12).jan.catalog.v1.ReportModelRuntimeRequest\x1a*.jan.catalog.v1.ReportModelRuntimeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$jan/catalog/v1/catalog_service.proto\x12\x0ejan.catalog.v1\x1a\x18jan/model/v1/model.proto\"u\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12(\n\x06states\x18\x03 \x03(\x0e\x32\x18.jan.model.v1.ModelState\x12\x0f\n\x07\x65ngines\x18\x04 \x03(\t\"f\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.jan.model.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\"6\n\x10GetModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.jan.model.v1.Model\"\xff\x01\n\x12\x43reateModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsource_url\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x17\n\x0fparameters_json\x18\x05 \x01(\t\x12\x15\n\rmetadata_json\x18\x06 \x01(\t\x12/\n\x0bimport_mode\x18\x07 \x01(\x0e\x32\x1a.jan.catalog.v1.ImportMode\x12\x15\n\x08owned_by\x18\x08 \x01(\tH\x02\x88\x01\x01\x42\x07\n\x05_nameB\x0e\n\x0c_descriptionB\x0b\n\t_owned_by\"9\n\x13\x43reateModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.jan.model.v1.Model\"\xa2\x01\n\x12UpdateModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1d\n\x15parameters_patch_json\x18\x04 \x01(\t\x12\x1b\n\x13metadata_patch_json\x18\x05 \x01(\tB\x07\n\x05_nameB\x0e\n\x0c_description\"9\n\x13UpdateModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.jan.model.v1.Model\" \n\x12\x44\x65leteModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x13\x44\x65leteModelResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rremoved_paths\x18\x02 \x03(\t\"\x15\n\x13ListProblemsRequest\"?\n\x14ListProblemsResponse\x12\'\n\x08problems\x18\x01 \x03(\x0b\x32\x15.jan.model.v1.Problem\"-\n\x12WatchModelsRequest\x12\x17\n\x0finclude_initial\x18\x01 \x01(\x08\"\x9e\x01\n\x13WatchModelsResponse\x12/\n\x0b\x63hange_type\x18\x01 \x01(\x0e\x32\x1a.jan.catalog.v1.ChangeType\x12\n\n\x02id\x18\x02 \x01(\t\x12\"\n\x05model\x18\x03 \x01(\x0b\x32\x13.jan.model.v1.Model\x12&\n\x07problem\x18\x04 \x01(\x0b\x32\x15.jan.model.v1.Problem\"%\n\x13\x45xportFolderRequest\x12\x0e\n\x06\x66older\x18\x01 \x01(\t\"%\n\x14\x45xportFolderResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"d\n\x13ImportFolderRequest\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".jan.catalog.v1.ImportFolderHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"$\n\x12ImportFolderHeader\x12\x0e\n\x06\x66older\x18\x01 \x01(\t\"t\n\x14ImportFolderResponse\x12\x0e\n\x06\x66older\x18\x01 \x01(\t\x12#\n\x06models\x18\x02 \x03(\x0b\x32\x13.jan.model.v1.Model\x12\'\n\x08problems\x18\x03 \x03(\x0b\x32\x15.jan.model.v1.Problem\"\x99\x01\n\x19ReportModelRuntimeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.jan.model.v1.ModelState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nbytes_done\x18\x04 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x03\x12\x0e\n\x06runner\x18\x06 \x01(\t\"@\n\x1aReportModelRuntimeResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.jan.model.v1.Model*n\n\nImportMode\x12\x1b\n\x17IMPORT_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10IMPORT_MODE_LINK\x10\x01\x12\x14\n\x10IMPORT_MODE_COPY\x10\x02\x12\x17\n\x13IMPORT_MODE_SYMLINK\x10\x03*\x8b\x01\n\nChangeType\x12\x1b\n\x17\x43HANGE_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANGE_TYPE_ADDED\x10\x01\x12\x17\n\x13\x43HANGE_TYPE_UPDATED\x10\x02\x12\x17\n\x13\x43HANGE_TYPE_REMOVED\x10\x03\x12\x17\n\x13\x43HANGE_TYPE_INVALID\x10\x04\x32\x98\x07\n\x0e\x43\x61talogService\x12S\n\nListModels\x12!.jan.catalog.v1.ListModelsRequest\x1a\".jan.catalog.v1.ListModelsResponse\x12M\n\x08GetModel\x12\x1f.jan.catalog.v1.GetModelRequest\x1a .jan.catalog.v1.GetModelResponse\x12V\n\x0b\x43reateModel\x12\".jan.catalog.v1.CreateModelRequest\x1a#.jan.catalog.v1.CreateModelResponse\x12V\n\x0bUpdateModel\x12\".jan.catalog.v1.UpdateModelRequest\x1a#.jan.catalog.v1.UpdateModelResponse\x12V\n\x0b\x44\x65leteModel\x12\".jan.catalog.v1.DeleteModelRequest\x1a#.jan.catalog.v1.DeleteModelResponse\x12Y\n\x0cListProblems\x12#.jan.catalog.v1.ListProblemsRequest\x1a$.jan.catalog.v1.ListProblemsResponse\x12X\n\x0bWatchModels\x12\".jan.catalog.v1.WatchModelsRequest\x1a#.jan.catalog.v1.WatchModelsResponse0\x01\x12[\n\x0c\x45xportFolder\x12#.jan.catalog.v1.ExportFolderRequest\x1a$.jan.catalog.v1.ExportFolderResponse0\x01\x12[\n\x0cImportFolder\x12#.jan.catalog.v1.ImportFolderRequest\x1a$.jan.catalog.v1.ImportFolderResponse(\x01\x12k\n\x12ReportModelRuntime\x12).jan.catalog.v1.ReportModelRuntimeRequest\x1a*.jan.catalog.v1.ReportModelRuntimeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jan.catalog.v1.catalog_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMPORTMODE']._serialized_start=1843
-  _globals['_IMPORTMODE']._serialized_end=1953
-  _globals['_CHANGETYPE']._serialized_start=1956
-  _globals['_CHANGETYPE']._serialized_end=2095
+  _globals['_IMPORTMODE']._serialized_start=1879
+  _globals['_IMPORTMODE']._serialized_end=1989
+  _globals['_CHANGETYPE']._serialized_start=1992
+  _globals['_CHANGETYPE']._serialized_end=2131
   _globals['_LISTMODELSREQUEST']._serialized_start=82
   _globals['_LISTMODELSREQUEST']._serialized_end=199
   _globals['_LISTMODELSRESPONSE']._serialized_start=201
@@ -45,39 +45,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELRESPONSE']._serialized_start=336
   _globals['_GETMODELRESPONSE']._serialized_end=390
   _globals['_CREATEMODELREQUEST']._serialized_start=393
-  _globals['_CREATEMODELREQUEST']._serialized_end=612
-  _globals['_CREATEMODELRESPONSE']._serialized_start=614
-  _globals['_CREATEMODELRESPONSE']._serialized_end=671
-  _globals['_UPDATEMODELREQUEST']._serialized_start=674
-  _globals['_UPDATEMODELREQUEST']._serialized_end=836
-  _globals['_UPDATEMODELRESPONSE']._serialized_start=838
-  _globals['_UPDATEMODELRESPONSE']._serialized_end=895
-  _globals['_DELETEMODELREQUEST']._serialized_start=897
-  _globals['_DELETEMODELREQUEST']._serialized_end=929
-  _globals['_DELETEMODELRESPONSE']._serialized_start=931
-  _globals['_DELETEMODELRESPONSE']._serialized_end=987
-  _globals['_LISTPROBLEMSREQUEST']._serialized_start=989
-  _globals['_LISTPROBLEMSREQUEST']._serialized_end=1010
-  _globals['_LISTPROBLEMSRESPONSE']._serialized_start=1012
-  _globals['_LISTPROBLEMSRESPONSE']._serialized_end=1075
-  _globals['_WATCHMODELSREQUEST']._serialized_start=1077
-  _globals['_WATCHMODELSREQUEST']._serialized_end=1122
-  _globals['_WATCHMODELSRESPONSE']._serialized_start=1125
-  _globals['_WATCHMODELSRESPONSE']._serialized_end=1283
-  _globals['_EXPORTFOLDERREQUEST']._serialized_start=1285
-  _globals['_EXPORTFOLDERREQUEST']._serialized_end=1322
-  _globals['_EXPORTFOLDERRESPONSE']._serialized_start=1324
-  _globals['_EXPORTFOLDERRESPONSE']._serialized_end=1361
-  _globals['_IMPORTFOLDERREQUEST']._serialized_start=1363
-  _globals['_IMPORTFOLDERREQUEST']._serialized_end=1463
-  _globals['_IMPORTFOLDERHEADER']._serialized_start=1465
-  _globals['_IMPORTFOLDERHEADER']._serialized_end=1501
-  _globals['_IMPORTFOLDERRESPONSE']._serialized_start=1503
-  _globals['_IMPORTFOLDERRESPONSE']._serialized_end=1619
-  _globals['_REPORTMODELRUNTIMEREQUEST']._serialized_start=1622
-  _globals['_REPORTMODELRUNTIMEREQUEST']._serialized_end=1775
-  _globals['_REPORTMODELRUNTIMERESPONSE']._serialized_start=1777
-  _globals['_REPORTMODELRUNTIMERESPONSE']._serialized_end=1841
-  _globals['_CATALOGSERVICE']._serialized_start=2098
-  _globals['_CATALOGSERVICE']._serialized_end=3018
+  _globals['_CREATEMODELREQUEST']._serialized_end=648
+  _globals['_CREATEMODELRESPONSE']._serialized_start=650
+  _globals['_CREATEMODELRESPONSE']._serialized_end=707
+  _globals['_UPDATEMODELREQUEST']._serialized_start=710
+  _globals['_UPDATEMODELREQUEST']._serialized_end=872
+  _globals['_UPDATEMODELRESPONSE']._serialized_start=874
+  _globals['_UPDATEMODELRESPONSE']._serialized_end=931
+  _globals['_DELETEMODELREQUEST']._serialized_start=933
+  _globals['_DELETEMODELREQUEST']._serialized_end=965
+  _globals['_DELETEMODELRESPONSE']._serialized_start=967
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1023
+  _globals['_LISTPROBLEMSREQUEST']._serialized_start=1025
+  _globals['_LISTPROBLEMSREQUEST']._serialized_end=1046
+  _globals['_LISTPROBLEMSRESPONSE']._serialized_start=1048
+  _globals['_LISTPROBLEMSRESPONSE']._serialized_end=1111
+  _globals['_WATCHMODELSREQUEST']._serialized_start=1113
+  _globals['_WATCHMODELSREQUEST']._serialized_end=1158
+  _globals['_WATCHMODELSRESPONSE']._serialized_start=1161
+  _globals['_WATCHMODELSRESPONSE']._serialized_end=1319
+  _globals['_EXPORTFOLDERREQUEST']._serialized_start=1321
+  _globals['_EXPORTFOLDERREQUEST']._serialized_end=1358
+  _globals['_EXPORTFOLDERRESPONSE']._serialized_start=1360
+  _globals['_EXPORTFOLDERRESPONSE']._serialized_end=1397
+  _globals['_IMPORTFOLDERREQUEST']._serialized_start=1399
+  _globals['_IMPORTFOLDERREQUEST']._serialized_end=1499
+  _globals['_IMPORTFOLDERHEADER']._serialized_start=1501
+  _globals['_IMPORTFOLDERHEADER']._serialized_end=1537
+  _globals['_IMPORTFOLDERRESPONSE']._serialized_start=1539
+  _globals['_IMPORTFOLDERRESPONSE']._serialized_end=1655
+  _globals['_REPORTMODELRUNTIMEREQUEST']._serialized_start=1658
+  _globals['_REPORTMODELRUNTIMEREQUEST']._serialized_end=1811
+  _globals['_REPORTMODELRUNTIMERESPONSE']._serialized_start=1813
+  _globals['_REPORTMODELRUNTIMERESPONSE']._serialized_end=1877
+  _globals['_CATALOGSERVICE']._serialized_start=2134
+  _globals['_CATALOGSERVICE']._serialized_end=3054
 # @@protoc_insertion_point(module_scope)

@@ -185,6 +185,7 @@ class CreateModelRequest(_message.Message):
     PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     METADATA_JSON_FIELD_NUMBER: _builtins.int
     IMPORT_MODE_FIELD_NUMBER: _builtins.int
+    OWNED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """"<folder>/<file>"; derived from the source's file name when empty."""
     source_url: _builtins.str
@@ -197,6 +198,8 @@ class CreateModelRequest(_message.Message):
     """JSON object text; empty = {}."""
     import_mode: Global___ImportMode.ValueType
     """For local files; UNSPECIFIED means LINK."""
+    owned_by: _builtins.str
+    """Written as the object's owned_by (e.g. the organisation of an imported repository)."""
     def __init__(
         self,
         *,
@@ -207,19 +210,24 @@ class CreateModelRequest(_message.Message):
         parameters_json: _builtins.str = ...,
         metadata_json: _builtins.str = ...,
         import_mode: Global___ImportMode.ValueType = ...,
+        owned_by: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_name", b"_name", "description", b"description", "name", b"name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_name", b"_name", "_owned_by", b"_owned_by", "description", b"description", "name", b"name", "owned_by", b"owned_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_name", b"_name", "description", b"description", "id", b"id", "import_mode", b"import_mode", "metadata_json", b"metadata_json", "name", b"name", "parameters_json", b"parameters_json", "source_url", b"source_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_name", b"_name", "_owned_by", b"_owned_by", "description", b"description", "id", b"id", "import_mode", b"import_mode", "metadata_json", b"metadata_json", "name", b"name", "owned_by", b"owned_by", "parameters_json", b"parameters_json", "source_url", b"source_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
     _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__owned_by: _TypeAlias = _typing.Literal["owned_by"]  # noqa: Y015
+    _WhichOneofArgType__owned_by: _TypeAlias = _typing.Literal["_owned_by", b"_owned_by"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__owned_by) -> _WhichOneofReturnType__owned_by | None: ...
 
 Global___CreateModelRequest: _TypeAlias = CreateModelRequest  # noqa: Y015
 
