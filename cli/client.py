@@ -7,6 +7,7 @@ exceptions never leave this module.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -279,3 +280,77 @@ class JanClient:
                 "POST", "/v1/folders/import", content=body(), headers=headers, params=params, timeout=timeout
             )
         return result
+
+    # --- downloads ----------------------------------------------------------------------------------------
+
+    def start_download(self, model_id: str) -> JSONObject:
+        """Starts fetching the model's missing binaries; joins a running job, resumes a paused one."""
+        result: JSONObject = self._json("POST", model_path(model_id) + "/download")
+        return result
+
+    def get_download(self, model_id: str) -> JSONObject:
+        """A snapshot of the model's download job."""
+        result: JSONObject = self._json("GET", model_path(model_id) + "/download")
+        return result
+
+    def pause_download(self, model_id: str) -> JSONObject:
+        result: JSONObject = self._json("POST", model_path(model_id) + "/download/pause")
+        return result
+
+    def resume_download(self, model_id: str) -> JSONObject:
+        result: JSONObject = self._json("POST", model_path(model_id) + "/download/resume")
+        return result
+
+    def cancel_download(self, model_id: str) -> JSONObject:
+        result: JSONObject = self._json("DELETE", model_path(model_id) + "/download")
+        return result
+
+    def list_downloads(self) -> list[JSONObject]:
+        data: list[JSONObject] = self._json("GET", "/v1/downloads").get("data", [])
+        return data
+
+    def watch_download(self, model_id: str) -> Iterator[JSONObject]:
+        """The job's states from the gateway's Server-Sent Events, until it ends or is paused.
+
+        An error event (sent once the stream has begun) is raised as CliError; so is a transport failure.
+        """
+        path = model_path(model_id) + "/download"
+        # No read deadline: events come as the job changes; a stalled transfer may send none for a while.
+        timeout = httpx.Timeout(self.timeout, read=None)
+        headers = {"Accept": "text/event-stream"}
+        try:
+            with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for_error(response)
+                data: list[str] = []
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                        continue
+                    if line or not data:
+                        continue  # a comment, another field, or a blank line between events
+                    payload, data = "\n".join(data), []
+                    if payload == "[DONE]":
+                        return
+                    yield _sse_job(payload, path)
+                if data and "\n".join(data) != "[DONE]":
+                    yield _sse_job("\n".join(data), path)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise self._transport_error(exc) from None
+
+
+def _sse_job(payload: str, path: str) -> JSONObject:
+    """One event of a download's progress stream: the job, or the error it carries as CliError."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise CliError(f"the gateway sent an event that is not JSON on {path}") from None
+    if not isinstance(event, dict):
+        raise CliError(f"the gateway sent an unexpected event on {path}")
+    error = event.get("error")
+    if isinstance(error, dict):
+        message = str(error.get("message") or "the progress stream failed")
+        code = error.get("code")
+        raise CliError(message, code=code if isinstance(code, str) else None)
+    return event

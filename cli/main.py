@@ -6,9 +6,13 @@
     jan models import PATH_OR_URL [--id ID] [--name NAME] [--mode link|copy|symlink]
     jan models export FOLDER [-o FILE]
     jan models import-archive FILE [--folder NAME]
+    jan pull ID_OR_URL [--quant Q] [--id ID]
+    jan downloads list [--json]
+    jan downloads pause|resume|cancel ID
 
 The gateway is found at --url (JAN_URL, default http://127.0.0.1:1337). Expected failures print one red
-line `error: ...` on stderr and exit with status 1.
+line `error: ...` on stderr and exit with status 1; `jan pull` interrupted by Ctrl-C pauses the download
+and exits with status 130 (running it again resumes).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +29,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import typer
 from rich.console import Console
@@ -49,6 +56,23 @@ R = TypeVar("R")
 PIPE_WIDTH = 200
 
 STATE_STYLES = {"running": "green", "stopped": "", "not-downloaded": "dim", "downloading": "yellow"}
+PHASE_STYLES = {
+    "queued": "dim",
+    "connecting": "yellow",
+    "downloading": "yellow",
+    "verifying": "cyan",
+    "storing": "cyan",
+    "done": "green",
+    "failed": "red",
+    "cancelled": "dim red",
+    "paused": "magenta",
+}
+# Phases of a download job that is still under way (the others: done, failed, cancelled, paused).
+ACTIVE_PHASES = ("queued", "connecting", "downloading", "verifying", "storing")
+# The quantization `jan pull` takes from a repository when --quant is not given (or not there).
+DEFAULT_QUANT = "Q4_K_M"
+# How often `jan pull` follows a progress stream again after it ended early without progress.
+MAX_STREAM_RETRIES = 5
 
 
 class StateName(StrEnum):
@@ -73,6 +97,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List, inspect, import, export and delete models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+downloads_app = typer.Typer(help="List, pause, resume and cancel model downloads.", no_args_is_help=True)
+app.add_typer(downloads_app, name="downloads")
 
 
 def make_console(*, stderr: bool = False) -> Console:

@@ -36,6 +36,7 @@ class Stack:
     root: Path
     ports: dict[str, int]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -71,21 +72,30 @@ class Stack:
     def start(self, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = self.env(extra_env)
+        self.extra_env = dict(extra_env or {})
         for name in SERVICES:
-            log = open(self.log_dir / f"{name}.log", "ab")
+            self.start_service(name)
+        self.wait_ready(timeout)
+
+    def start_service(self, name: str) -> None:
+        """Starts one service process (also used by tests to bring back one they killed)."""
+        with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", MODULES[name]],
-                env=env,
+                env=self.env(self.extra_env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            log.close()
-            self.procs[name] = proc
-            (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
-        self.wait_ready(timeout)
+        self.procs[name] = proc
+        (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
+
+    def kill(self, name: str) -> None:
+        """kill -9 of one service, as a crash would."""
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -101,6 +101,7 @@ class Catalog:
         self._gen: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._runtime: dict[str, Runtime] = {}
+        self._reported_at: dict[str, float] = {}
         self._sorted: list[str] | None = None
         self._by_id: dict[str, model_pb2.Model] = {}
         # Serialised form of each model as a `repeated Model models = 1` element, made once per change.
@@ -128,6 +129,7 @@ class Catalog:
         if self.settings.watch:
             self._tasks.append(asyncio.create_task(self._watch_loop(), name="catalog-watch"))
         self._tasks.append(asyncio.create_task(self._rescan_loop(), name="catalog-rescan"))
+        self._tasks.append(asyncio.create_task(self._expire_reports_loop(), name="catalog-report-expiry"))
 
     async def close(self) -> None:
         self._stop.set()
@@ -365,8 +367,10 @@ class Catalog:
         folder, stem = self._split(model_id)
         if runtime == Runtime():
             self._runtime.pop(model_id, None)
+            self._reported_at.pop(model_id, None)
         else:
             self._runtime[model_id] = runtime
+            self._reported_at[model_id] = time.monotonic()
         index = await self.refresh_folder(folder)
         entry = self._entry_or_raise(index, folder, stem)
         pb = to_pb(entry.obj, entry.binaries, runtime, self.root)
@@ -375,6 +379,24 @@ class Catalog:
             self._by_id[model_id] = pb
             self._publish(Change("updated", model_id, model=pb))
         return entry.pb
+
+    async def _expire_reports_loop(self) -> None:
+        """A download or a runner that stops reporting (its process died) no longer makes a model
+        downloading or running: after report_ttl_s without a report the files decide again."""
+        ttl = self.settings.report_ttl_s
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), ttl / 3)
+                return
+            now = time.monotonic()
+            for model_id, runtime in list(self._runtime.items()):
+                live = runtime.state in (model_pb2.MODEL_STATE_DOWNLOADING, model_pb2.MODEL_STATE_RUNNING)
+                if live and now - self._reported_at.get(model_id, now) > ttl:
+                    what = "download" if runtime.state == model_pb2.MODEL_STATE_DOWNLOADING else "runner"
+                    log.warning("no report about %s for %.0f s: its %s is gone", model_id, ttl, what)
+                    reason = f"the {what} stopped reporting ({runtime.runner or 'process gone'})"
+                    with contextlib.suppress(Exception):
+                        await self.report_runtime(model_id, Runtime(reason=reason))
 
     # --- writes -------------------------------------------------------------------------------------------
 

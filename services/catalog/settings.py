@@ -42,6 +42,9 @@ class CatalogSettings(BaseSettings):
     rescan_interval_s: float = Field(
         default=30.0, ge=0.5, le=86_400, description="Full rescan period: the safety net for missed events."
     )
+    report_ttl_s: float = Field(
+        default=15.0, ge=0.3, le=3600, description="A download/runner report older than this is stale."
+    )
     default_page_size: int = Field(default=1000, ge=1, le=100_000, description="ListModels page size.")
     max_page_size: int = Field(default=10_000, ge=1, le=100_000, description="Largest page a client may ask.")
     import_max_bytes: int = Field(

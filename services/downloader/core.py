@@ -363,6 +363,7 @@ class Downloader:
         assert self.fetcher is not None
         ticker = asyncio.create_task(self._tick(job))
         try:
+            await self._report(job)  # the model is "downloading" from the first moment
             for f in job.files:
                 if f.phase == P.PHASE_DONE:
                     continue

@@ -19,7 +19,6 @@ import os
 import random
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -394,17 +393,21 @@ class Fetcher:
         assert sidecar is not None
         sidecar.save(sidecar_path)
 
-        last_save = time.monotonic()
-
         def on_written() -> None:
-            nonlocal last_save
-            done = sum(s.done for s in sidecar.segments)
-            progress(done, total)
-            if time.monotonic() - last_save > 1.0:
-                last_save = time.monotonic()
-                sidecar.save(sidecar_path)
+            progress(sum(s.done for s in sidecar.segments), total)
+
+        async def keep_saving() -> None:
+            # What the sidecar records is what a restart keeps: a crash loses at most this much time.
+            saved = -1
+            while True:
+                await asyncio.sleep(0.5)
+                done = sum(s.done for s in sidecar.segments)
+                if done != saved:
+                    await asyncio.to_thread(sidecar.save, sidecar_path)
+                    saved = done
 
         writer = _Writer(partial, sidecar.segments, on_written)
+        saver = asyncio.create_task(keep_saving())
         try:
             progress(sum(s.done for s in sidecar.segments), total)
             pending = [s for s in sidecar.segments if s.remaining != 0]
@@ -413,6 +416,9 @@ class Fetcher:
             )
             sha = await writer.finish()
         finally:
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saver
             writer.close()
             sidecar.save(sidecar_path)
         size = partial.stat().st_size

@@ -349,3 +349,14 @@ async def test_an_unsafe_archive_is_refused_and_leaves_nothing(make_catalog, tmp
     assert exc.value.code == "unsafe_archive"
     assert not (tmp_path / "evil.json").exists()
     assert os.listdir(tmp_path / "jan" / "models") == []
+
+
+async def test_reports_that_stop_coming_expire(make_catalog, tmp_path: Path) -> None:
+    write(tmp_path / "jan" / "models" / "m" / "m.json", {"source_url": "https://models.example/m.gguf"})
+    cat = await make_catalog(report_ttl_s=0.3)
+    model = await cat.report_runtime(
+        "m/m", Runtime(state=model_pb2.MODEL_STATE_DOWNLOADING, bytes_done=5, bytes_total=10)
+    )
+    assert model.state == model_pb2.MODEL_STATE_DOWNLOADING and model.state_detail.bytes_done == 5
+    await eventually(lambda: cat._by_id["m/m"].state == NOT_DOWNLOADED, timeout=3)
+    assert "stopped reporting" in cat._by_id["m/m"].state_detail.reason
