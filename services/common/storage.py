@@ -34,7 +34,7 @@ import urllib3
 from minio import Minio
 from minio.datatypes import Object, Part
 from minio.error import MinioException, S3Error
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -85,10 +85,9 @@ class StorageSettings(BaseSettings):
         validation_alias=AliasChoices("JAN_STORAGE_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
         description="S3 access key ('' = anonymous access).",
     )
-    s3_secret_key: str = Field(
-        default="",
-        max_length=256,
-        repr=False,  # never end up in logs that print the settings
+    s3_secret_key: SecretStr = Field(
+        default=SecretStr(""),
+        # SecretStr: shown as ****** by repr and --print-settings, never in logs.
         validation_alias=AliasChoices("JAN_STORAGE_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
         description="S3 secret key.",
     )
@@ -471,7 +470,7 @@ class S3Storage(Storage):
         self.client = client or Minio(
             settings.s3_endpoint,
             access_key=settings.s3_access_key or None,
-            secret_key=settings.s3_secret_key or None,
+            secret_key=settings.s3_secret_key.get_secret_value() or None,
             secure=settings.s3_secure,
             region=settings.s3_region or None,
         )

@@ -477,7 +477,7 @@ def test_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sk")
     settings = StorageSettings()
     assert (settings.backend, settings.s3_prefix) == ("s3", "jan/models")
-    assert (settings.s3_access_key, settings.s3_secret_key) == ("ak", "sk")
+    assert (settings.s3_access_key, settings.s3_secret_key.get_secret_value()) == ("ak", "sk")
     assert "sk" not in repr(settings)
     monkeypatch.setenv("JAN_STORAGE_S3_ACCESS_KEY", "own")
     assert StorageSettings().s3_access_key == "own"
