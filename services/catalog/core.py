@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.model.v1 import model_pb2
 from services.catalog import archive
 from services.catalog.files import (
@@ -59,9 +60,11 @@ from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    JanError,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unavailable,
     Unimplemented,
 )
 from services.common.storage import Storage
@@ -102,6 +105,7 @@ class Catalog:
         self._locks: dict[str, asyncio.Lock] = {}
         self._runtime: dict[str, Runtime] = {}
         self._reported_at: dict[str, float] = {}
+        self._runners: dict[str, catalog_pb.Runner] = {}
         self._sorted: list[str] | None = None
         self._by_id: dict[str, model_pb2.Model] = {}
         # Serialised form of each model as a `repeated Model models = 1` element, made once per change.
@@ -379,6 +383,58 @@ class Catalog:
             self._by_id[model_id] = pb
             self._publish(Change("updated", model_id, model=pb))
         return entry.pb
+
+    # --- runners and placement ----------------------------------------------------------------------------
+
+    async def register_runner(self, runner: catalog_pb.Runner) -> float:
+        """A runner's heartbeat: remembers it and marks the models it hosts running (or no longer)."""
+        if not runner.name or not runner.address:
+            raise InvalidArgument("a runner needs a name and an address", param="runner")
+        previous = self._runners.get(runner.name)
+        stored = catalog_pb.Runner()
+        stored.CopyFrom(runner)
+        stored.last_seen = time.time()
+        self._runners[runner.name] = stored
+        now = time.monotonic()
+        hosted = set(runner.model_ids)
+        for model_id in hosted:
+            current = self._runtime.get(model_id)
+            self._reported_at[model_id] = now
+            if (
+                current is None
+                or current.state != model_pb2.MODEL_STATE_RUNNING
+                or current.runner != runner.name
+            ):
+                with contextlib.suppress(JanError):
+                    await self.report_runtime(
+                        model_id, Runtime(state=model_pb2.MODEL_STATE_RUNNING, runner=runner.name)
+                    )
+        for model_id in set(previous.model_ids if previous else ()) - hosted:
+            current = self._runtime.get(model_id)
+            if current is not None and current.runner == runner.name:
+                with contextlib.suppress(JanError):
+                    await self.report_runtime(model_id, Runtime())
+        return self.settings.report_ttl_s / 4
+
+    def live_runners(self) -> list[catalog_pb.Runner]:
+        cutoff = time.time() - self.settings.report_ttl_s
+        return sorted((r for r in self._runners.values() if r.last_seen >= cutoff), key=lambda r: r.name)
+
+    async def place(self, model_id: str) -> tuple[catalog_pb.Runner, bool]:
+        model = await self.get(model_id)
+        runners = self.live_runners()
+        for runner in runners:
+            if model_id in runner.model_ids:
+                return runner, True
+        able = [r for r in runners if not r.engines or model.engine in r.engines]
+        if not able:
+            raise Unavailable(
+                f"no runner is available for {model.engine} models"
+                + ("" if runners else " (none has registered with the catalog)"),
+                code="no_runner",
+            )
+        best = max(able, key=lambda r: (r.memory_budget_bytes - r.memory_used_bytes, r.name))
+        return best, False
 
     async def _expire_reports_loop(self) -> None:
         """A download or a runner that stops reporting (its process died) no longer makes a model

@@ -139,6 +139,23 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         )
         return pb.ReportModelRuntimeResponse(model=await self.catalog.report_runtime(request.id, runtime))
 
+    async def RegisterRunner(
+        self, request: pb.RegisterRunnerRequest, context: aio.ServicerContext
+    ) -> pb.RegisterRunnerResponse:
+        interval = await self.catalog.register_runner(request.runner)
+        return pb.RegisterRunnerResponse(heartbeat_interval_s=interval)
+
+    async def PlaceModel(
+        self, request: pb.PlaceModelRequest, context: aio.ServicerContext
+    ) -> pb.PlaceModelResponse:
+        runner, loaded = await self.catalog.place(request.model_id)
+        return pb.PlaceModelResponse(runner=runner, loaded=loaded)
+
+    async def ListRunners(
+        self, request: pb.ListRunnersRequest, context: aio.ServicerContext
+    ) -> pb.ListRunnersResponse:
+        return pb.ListRunnersResponse(runners=self.catalog.live_runners())
+
 
 def make_server(catalog: Catalog) -> GrpcServer:
     """A gRPC server (health, reflection, error mapping) serving the catalog; bind it, then start it."""

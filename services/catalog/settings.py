@@ -43,7 +43,10 @@ class CatalogSettings(BaseSettings):
         default=30.0, ge=0.5, le=86_400, description="Full rescan period: the safety net for missed events."
     )
     report_ttl_s: float = Field(
-        default=15.0, ge=0.3, le=3600, description="A download/runner report older than this is stale."
+        default=10.0,
+        ge=0.3,
+        le=3600,
+        description="A download report or runner heartbeat older than this is stale (the process is gone).",
     )
     default_page_size: int = Field(default=1000, ge=1, le=100_000, description="ListModels page size.")
     max_page_size: int = Field(default=10_000, ge=1, le=100_000, description="Largest page a client may ask.")

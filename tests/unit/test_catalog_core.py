@@ -360,3 +360,41 @@ async def test_reports_that_stop_coming_expire(make_catalog, tmp_path: Path) -> 
     assert model.state == model_pb2.MODEL_STATE_DOWNLOADING and model.state_detail.bytes_done == 5
     await eventually(lambda: cat._by_id["m/m"].state == NOT_DOWNLOADED, timeout=3)
     assert "stopped reporting" in cat._by_id["m/m"].state_detail.reason
+
+
+async def test_runner_heartbeats_drive_running_state_and_placement(make_catalog, tmp_path: Path) -> None:
+    from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
+
+    models = tmp_path / "jan" / "models"
+    write(models / "a" / "a.json", {})
+    write(models / "a" / "a.gguf", b"x")
+    write(models / "r" / "r.json", {"metadata": {"engine": "api"}})
+    cat = await make_catalog(report_ttl_s=0.6)
+    with pytest.raises(errors.Unavailable) as exc:
+        await cat.place("a/a")
+    assert exc.value.code == "no_runner"
+    small = catalog_pb.Runner(
+        name="small", address="127.0.0.1:1", memory_budget_bytes=100, engines=["llamacpp"]
+    )
+    big = catalog_pb.Runner(name="big", address="127.0.0.1:2", memory_budget_bytes=1000, engines=["llamacpp"])
+    assert await cat.register_runner(small) > 0
+    await cat.register_runner(big)
+    runner, loaded = await cat.place("a/a")
+    assert (runner.name, loaded) == ("big", False)
+    with pytest.raises(errors.Unavailable):
+        await cat.place("r/r")  # nobody runs api models
+    small.model_ids.append("a/a")
+    await cat.register_runner(small)
+    assert (await cat.get("a/a")).state == model_pb2.MODEL_STATE_RUNNING
+    assert (await cat.get("a/a")).state_detail.runner == "small"
+    runner, loaded = await cat.place("a/a")
+    assert (runner.name, loaded) == ("small", True)
+    # The runner unloads it: the files decide again.
+    del small.model_ids[:]
+    await cat.register_runner(small)
+    assert (await cat.get("a/a")).state == STOPPED
+    # A runner that stops calling is dead: its models stop being running, it is not chosen.
+    small.model_ids.append("a/a")
+    await cat.register_runner(small)
+    await eventually(lambda: cat._by_id["a/a"].state == STOPPED, timeout=3)
+    assert cat.live_runners() == []

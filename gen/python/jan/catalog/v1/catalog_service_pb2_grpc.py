@@ -84,6 +84,21 @@ class CatalogServiceStub:
                 request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeRequest.SerializeToString,
                 response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeResponse.FromString,
                 _registered_method=True)
+        self.RegisterRunner = channel.unary_unary(
+                '/jan.catalog.v1.CatalogService/RegisterRunner',
+                request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.RegisterRunnerRequest.SerializeToString,
+                response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.RegisterRunnerResponse.FromString,
+                _registered_method=True)
+        self.PlaceModel = channel.unary_unary(
+                '/jan.catalog.v1.CatalogService/PlaceModel',
+                request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelRequest.SerializeToString,
+                response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelResponse.FromString,
+                _registered_method=True)
+        self.ListRunners = channel.unary_unary(
+                '/jan.catalog.v1.CatalogService/ListRunners',
+                request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersRequest.SerializeToString,
+                response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -160,6 +175,27 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterRunner(self, request, context):
+        """Runners announce themselves and the models they host, every few seconds (a heartbeat): the catalog
+        marks those models running, and stops doing so when the heartbeats stop.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlaceModel(self, request, context):
+        """Which runner serves a model: the one hosting it, else the live runner with the most free memory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRunners(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -212,6 +248,21 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.ReportModelRuntime,
                     request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeRequest.FromString,
                     response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeResponse.SerializeToString,
+            ),
+            'RegisterRunner': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterRunner,
+                    request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.RegisterRunnerRequest.FromString,
+                    response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.RegisterRunnerResponse.SerializeToString,
+            ),
+            'PlaceModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceModel,
+                    request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelRequest.FromString,
+                    response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelResponse.SerializeToString,
+            ),
+            'ListRunners': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunners,
+                    request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersRequest.FromString,
+                    response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -484,6 +535,87 @@ class CatalogService:
             '/jan.catalog.v1.CatalogService/ReportModelRuntime',
             jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeRequest.SerializeToString,
             jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReportModelRuntimeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterRunner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jan.catalog.v1.CatalogService/RegisterRunner',
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.RegisterRunnerRequest.SerializeToString,
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.RegisterRunnerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jan.catalog.v1.CatalogService/PlaceModel',
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelRequest.SerializeToString,
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunners(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jan.catalog.v1.CatalogService/ListRunners',
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersRequest.SerializeToString,
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,13 @@ class CatalogServiceStub:
     """Other services report what they do with a model (a download in progress, a runner hosting it);
     the catalog derives `state` from these reports and the files.
     """
+    RegisterRunner: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.RegisterRunnerRequest, _catalog_service_pb2.RegisterRunnerResponse]
+    """Runners announce themselves and the models they host, every few seconds (a heartbeat): the catalog
+    marks those models running, and stops doing so when the heartbeats stop.
+    """
+    PlaceModel: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.PlaceModelRequest, _catalog_service_pb2.PlaceModelResponse]
+    """Which runner serves a model: the one hosting it, else the live runner with the most free memory."""
+    ListRunners: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ListRunnersRequest, _catalog_service_pb2.ListRunnersResponse]
 
 @_typing.type_check_only
 class CatalogServiceAsyncStub(CatalogServiceStub):
@@ -83,6 +90,13 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """Other services report what they do with a model (a download in progress, a runner hosting it);
     the catalog derives `state` from these reports and the files.
     """
+    RegisterRunner: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.RegisterRunnerRequest, _catalog_service_pb2.RegisterRunnerResponse]  # type: ignore[assignment]
+    """Runners announce themselves and the models they host, every few seconds (a heartbeat): the catalog
+    marks those models running, and stops doing so when the heartbeats stop.
+    """
+    PlaceModel: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.PlaceModelRequest, _catalog_service_pb2.PlaceModelResponse]  # type: ignore[assignment]
+    """Which runner serves a model: the one hosting it, else the live runner with the most free memory."""
+    ListRunners: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ListRunnersRequest, _catalog_service_pb2.ListRunnersResponse]  # type: ignore[assignment]
 
 class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -167,5 +181,30 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         """Other services report what they do with a model (a download in progress, a runner hosting it);
         the catalog derives `state` from these reports and the files.
         """
+
+    @_abc_1.abstractmethod
+    def RegisterRunner(
+        self,
+        request: _catalog_service_pb2.RegisterRunnerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_service_pb2.RegisterRunnerResponse, _abc.Awaitable[_catalog_service_pb2.RegisterRunnerResponse]]:
+        """Runners announce themselves and the models they host, every few seconds (a heartbeat): the catalog
+        marks those models running, and stops doing so when the heartbeats stop.
+        """
+
+    @_abc_1.abstractmethod
+    def PlaceModel(
+        self,
+        request: _catalog_service_pb2.PlaceModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_service_pb2.PlaceModelResponse, _abc.Awaitable[_catalog_service_pb2.PlaceModelResponse]]:
+        """Which runner serves a model: the one hosting it, else the live runner with the most free memory."""
+
+    @_abc_1.abstractmethod
+    def ListRunners(
+        self,
+        request: _catalog_service_pb2.ListRunnersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_service_pb2.ListRunnersResponse, _abc.Awaitable[_catalog_service_pb2.ListRunnersResponse]]: ...
 
 def add_CatalogServiceServicer_to_server(servicer: CatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
