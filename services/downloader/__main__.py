@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from services.common.catalog_client import CatalogClient
 from services.common.grpcserver import run_until_signal
 from services.common.logs import setup_logging
 from services.common.storage import StorageSettings, make_storage
-from services.downloader.catalog_client import CatalogClient
 from services.downloader.core import Downloader
 from services.downloader.servicer import make_server
 from services.downloader.settings import DownloaderSettings

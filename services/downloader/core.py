@@ -23,10 +23,10 @@ import orjson
 from jan.downloader.v1 import downloader_service_pb2 as pb
 from jan.model.v1 import model_pb2
 from services.common import netsafety
+from services.common.catalog_client import CatalogClient
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.storage import Storage
 from services.downloader import hf
-from services.downloader.catalog_client import CatalogClient
 from services.downloader.fetch import Fetcher, FetchError, FetchOptions
 from services.downloader.settings import DownloaderSettings
 

@@ -18,8 +18,8 @@ from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
 from services.catalog.servicer import make_server as make_catalog_server
 from services.catalog.settings import CatalogSettings
+from services.common.catalog_client import CatalogClient
 from services.common.storage import Storage, StorageSettings, make_storage
-from services.downloader.catalog_client import CatalogClient
 from services.downloader.core import Downloader
 from services.downloader.servicer import make_server as make_downloader_server
 from services.downloader.settings import DownloaderSettings

@@ -1,5 +1,5 @@
-"""The downloader's view of the catalog: the few calls it makes, each with a deadline, and gRPC errors
-turned back into domain errors so the downloader's own clients see the catalog's answer."""
+"""The catalog as the other services (downloader, runners) call it: each call with a deadline, and gRPC
+errors turned back into domain errors, so a service's own clients see the catalog's answer."""
 
 from __future__ import annotations
 
@@ -80,3 +80,8 @@ class CatalogClient:
             id=model_id, state=state, reason=reason, bytes_done=done, bytes_total=total
         )
         await self._call("ReportModelRuntime", request)
+
+    async def register_runner(self, runner: pb.Runner) -> float:
+        return float(
+            (await self._call("RegisterRunner", pb.RegisterRunnerRequest(runner=runner))).heartbeat_interval_s
+        )
