@@ -24,7 +24,13 @@ from jan.downloader.v1 import downloader_service_pb2 as pb
 from jan.model.v1 import model_pb2
 from services.common import netsafety
 from services.common.catalog_client import CatalogClient
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from services.common.storage import Storage
 from services.downloader import hf
 from services.downloader.fetch import Fetcher, FetchError, FetchOptions
@@ -209,6 +215,8 @@ class Downloader:
             return await self.resume(model_id), False
         model = await self.catalog.get_model(model_id)
         files = self._files_to_fetch(model)
+        if not files and job is not None:
+            return job, False  # complete already: the record of the download that made it stays
         await asyncio.to_thread(self._preflight, model, files)
         job = Job(model_id=model_id, files=files)
         self.jobs[model_id] = job
@@ -361,13 +369,22 @@ class Downloader:
 
     async def _run(self, job: Job) -> None:
         assert self.fetcher is not None
-        ticker = asyncio.create_task(self._tick(job))
+        ticking = asyncio.Event()
+        ticker = asyncio.create_task(self._tick(job, ticking))
+
+        async def stop_ticking() -> None:
+            # Before the final report: a periodic "downloading" report must not arrive after it.
+            ticking.set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(ticker)
+
         try:
             await self._report(job)  # the model is "downloading" from the first moment
             for f in job.files:
                 if f.phase == P.PHASE_DONE:
                     continue
                 await self._fetch_file(job, f)
+            await stop_ticking()
             job.phase = P.PHASE_DONE
             job.error = job.error_code = ""
             self._save(job)
@@ -377,12 +394,15 @@ class Downloader:
         except asyncio.CancelledError:
             raise
         except FetchError as exc:
+            await stop_ticking()
             await self._fail(job, exc.code, exc.message)
         except Exception as exc:
             log.exception("download of %s failed", job.model_id)
+            await stop_ticking()
             await self._fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
         finally:
-            ticker.cancel()
+            # Also when the job is cancelled (pause, cancel): the caller reports next.
+            await stop_ticking()
             self._publish(job)
 
     async def _fetch_file(self, job: Job, f: FileJob) -> None:
@@ -429,12 +449,15 @@ class Downloader:
         self._save(job)
         self._publish(job)
 
-    async def _tick(self, job: Job) -> None:
-        """Publishes progress, computes the speed, persists and reports to the catalog now and then."""
+    async def _tick(self, job: Job, stop: asyncio.Event) -> None:
+        """Publishes progress, computes the speed, persists and reports to the catalog now and then.
+        It ends only between reports (when `stop` is set), so no report of it can overtake the final one."""
         last_bytes, last_time = job.bytes_done, time.monotonic()
         last_report = 0.0
-        while True:
-            await asyncio.sleep(self.settings.progress_interval_s)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.progress_interval_s)
+                return
             now = time.monotonic()
             done = job.bytes_done
             instant = (done - last_bytes) / max(now - last_time, 1e-6)
@@ -537,15 +560,19 @@ class Downloader:
             }
             if plan.quantization:
                 metadata["quantization"] = plan.quantization
-            created.append(
-                await self.catalog.create_model(
-                    model_id=f"{folder}/{plan.stem}",
+            model_id = f"{folder}/{plan.stem}"
+            try:
+                model = await self.catalog.create_model(
+                    model_id=model_id,
                     source_url=repo_page,
                     name=plan.name,
                     metadata=metadata,
                     owned_by=ref.org,
                 )
-            )
+            except AlreadyExists:
+                # Imported before: keep the user's object, and still add quantizations that are new.
+                model = await self.catalog.get_model(model_id)
+            created.append(model)
         return folder, created
 
 

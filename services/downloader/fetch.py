@@ -477,7 +477,9 @@ class Fetcher:
                         chunk = chunk[:limit]
                     in_flight.append(writer.write(seg, offset, chunk))
                     if len(in_flight) > 4:
-                        await in_flight.popleft()
+                        # Shielded: a cancelled job (pause, cancel) must not drop a queued write while
+                        # later ones still land, which would leave a hole that `seg.done` counts as data.
+                        await asyncio.shield(in_flight.popleft())
                     offset += len(chunk)
                     limit -= len(chunk)
                     if limit <= 0:
