@@ -8,6 +8,10 @@ export JAN_ROOT ?= $(HOME)/jan
 
 .PHONY: up down test lint typecheck proto venv bench clean
 
+# llama-cpp-python compiles llama.cpp (~8 minutes on 2 cores the first time; pip caches the wheel).
+# The multimodal module is left out to halve that; GPU images set their own CMAKE_ARGS.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip

@@ -1,0 +1,46 @@
+"""Runs a runner: `python -m services.runner [--print-settings]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from services.common.catalog_client import CatalogClient
+from services.common.grpcserver import run_until_signal
+from services.common.logs import setup_logging
+from services.common.storage import StorageSettings, make_storage
+from services.runner.core import Runner
+from services.runner.servicer import make_server
+from services.runner.settings import RunnerSettings
+
+
+async def serve(settings: RunnerSettings, storage_settings: StorageSettings) -> None:
+    catalog = CatalogClient(settings.catalog_address)
+    runner = Runner(settings, catalog, make_storage(storage_settings, settings.root))
+    server = make_server(runner)
+    port = server.bind(f"{settings.host}:{settings.port}")
+    if not settings.advertise_address:
+        settings.advertise_address = f"{settings.host}:{port}"
+
+    async def stop() -> None:
+        await runner.close()
+        await catalog.close()
+
+    await run_until_signal(server, on_start=runner.start, on_stop=stop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.runner", description=__doc__)
+    parser.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
+    args = parser.parse_args()
+    settings, storage = RunnerSettings(), StorageSettings()
+    if args.print_settings:
+        print(settings.model_dump_json(indent=2))
+        print(storage.model_dump_json(indent=2))
+        return
+    setup_logging(settings.log_level)
+    asyncio.run(serve(settings, storage))
+
+
+if __name__ == "__main__":
+    main()

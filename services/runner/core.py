@@ -1,0 +1,301 @@
+"""The runner core: which models are loaded, within a memory budget, for how long, and who waits.
+
+Loading resolves the model's binaries through the catalog (materialising them from a bucket when they
+live in object storage), estimates the memory first and refuses clearly when it cannot fit, makes room
+by unloading the least recently used idle models, and tells the catalog at once (the heartbeat carries
+the loaded models: the catalog derives `running` from it). Requests beyond a model's slots wait in a
+FIFO up to `max_queue`; more get RESOURCE_EXHAUSTED (HTTP 429). Idle models unload after their
+keep-alive. Knows nothing about gRPC servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
+from jan.model.v1 import model_pb2
+from services.common.catalog_client import CatalogClient
+from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable, Unimplemented
+from services.common.storage import Storage
+from services.runner.engines.base import Delta, Engine, GenerateRequest, LoadSpec
+from services.runner.settings import RunnerSettings
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[LoadSpec, RunnerSettings], Engine]
+
+
+@dataclass
+class Hosted:
+    model_id: str
+    engine: Engine
+    overrides: dict[str, Any]
+    keep_alive_s: float
+    last_used: float = field(default_factory=time.monotonic)
+    active: int = 0  # requests inside generate/embed (running or waiting for a slot)
+
+    @property
+    def expires_at(self) -> float:
+        """Unix seconds when an idle model unloads; 0 = never (or busy)."""
+        if self.keep_alive_s < 0 or self.active:
+            return 0.0
+        return time.time() + self.keep_alive_s - (time.monotonic() - self.last_used)
+
+    def touch(self, keep_alive_s: float = 0.0) -> None:
+        self.last_used = time.monotonic()
+        if keep_alive_s:
+            self.keep_alive_s = keep_alive_s
+
+
+def llamacpp_factory(spec: LoadSpec, settings: RunnerSettings) -> Engine:
+    from services.runner.engines.llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine(spec, threads=settings.threads, default_ctx_len=settings.default_ctx_len)
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        catalog: CatalogClient,
+        storage: Storage,
+        engines: dict[str, EngineFactory] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.storage = storage
+        self.engines = engines or {"llamacpp": llamacpp_factory}
+        self.loaded: dict[str, Hosted] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+        self._memory_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._heartbeat_interval = 2.0
+
+    # --- life cycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="runner-heartbeat"))
+        self._tasks.append(asyncio.create_task(self._reaper_loop(), name="runner-keep-alive"))
+
+    async def close(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for model_id in list(self.loaded):
+            with contextlib.suppress(Exception):
+                await self.unload(model_id, report=False)
+        with contextlib.suppress(Exception):
+            await self.heartbeat()  # tells the catalog nothing runs here any more
+
+    @property
+    def memory_used(self) -> int:
+        return sum(h.engine.memory_bytes for h in self.loaded.values())
+
+    def describe(self) -> catalog_pb.Runner:
+        return catalog_pb.Runner(
+            name=self.settings.name,
+            address=self.settings.address,
+            memory_budget_bytes=self.settings.memory_budget_bytes,
+            memory_used_bytes=self.memory_used,
+            model_ids=sorted(self.loaded),
+            engines=sorted(self.engines),
+        )
+
+    async def heartbeat(self) -> None:
+        self._heartbeat_interval = await self.catalog.register_runner(self.describe())
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.heartbeat()
+            except Exception as exc:
+                log.warning("cannot reach the catalog: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), max(0.2, self._heartbeat_interval))
+
+    async def _reaper_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+            now = time.time()
+            for hosted in list(self.loaded.values()):
+                expires = hosted.expires_at
+                if expires and expires <= now and hosted.active == 0:
+                    log.info(
+                        "unloading %s: idle for its keep-alive (%.0f s)", hosted.model_id, hosted.keep_alive_s
+                    )
+                    with contextlib.suppress(Exception):
+                        await self.unload(hosted.model_id)
+
+    # --- loading ------------------------------------------------------------------------------------------
+
+    async def load(
+        self, model_id: str, overrides: dict[str, Any] | None = None, keep_alive_s: float = 0.0
+    ) -> Hosted:
+        overrides = overrides or {}
+        keep = keep_alive_s or self.settings.keep_alive_s
+        lock = self._loading.setdefault(model_id, asyncio.Lock())
+        async with lock:
+            hosted = self.loaded.get(model_id)
+            if hosted is not None and (not overrides or overrides == hosted.overrides):
+                hosted.touch(keep_alive_s)
+                return hosted
+            if hosted is not None:
+                await self.unload(model_id, report=False)
+            model = await self.catalog.get_model(model_id)
+            factory = self.engines.get(model.engine)
+            if factory is None:
+                raise Unimplemented(
+                    f"this runner has no {model.engine} engine (it runs {', '.join(sorted(self.engines))})",
+                    code="engine_unavailable",
+                )
+            spec = await asyncio.to_thread(self._spec, model, overrides)
+            engine = factory(spec, self.settings)
+            need = await asyncio.to_thread(type(engine).estimate_memory, spec)
+            await self._make_room(model_id, need)
+            started = time.perf_counter()
+            try:
+                await engine.load()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await engine.unload()
+                raise
+            hosted = Hosted(model_id=model_id, engine=engine, overrides=overrides, keep_alive_s=keep)
+            self.loaded[model_id] = hosted
+            log.info(
+                "loaded %s in %.2f s (%s, ~%d MiB)",
+                model_id,
+                time.perf_counter() - started,
+                engine.name,
+                engine.memory_bytes >> 20,
+            )
+        with contextlib.suppress(Exception):
+            await self.heartbeat()  # the model is "running" as soon as the load returns
+        return hosted
+
+    def _spec(self, model: model_pb2.Model, overrides: dict[str, Any]) -> LoadSpec:
+        missing = [b.name for b in model.binaries if not b.present]
+        if missing or not model.binaries:
+            raise FailedPrecondition(
+                f"{model.id} is not downloaded ({', '.join(missing) or 'no binary'} missing): pull it first",
+                code="model_not_downloaded",
+            )
+        folder = model.id.split("/", 1)[0]
+        paths: list[Path] = []
+        mmproj: Path | None = None
+        for b in model.binaries:
+            if b.external_path:
+                path = Path(b.external_path)
+            else:
+                path = self.storage.materialize(folder, b.name, sha256=b.sha256)
+            if "mmproj" in b.name.lower():
+                mmproj = path
+            else:
+                paths.append(path)
+        if not paths:
+            raise FailedPrecondition(f"{model.id} has no model weights, only a projector", code="no_weights")
+        parameters = {**orjson.loads(model.parameters_json or "{}"), **overrides}
+        return LoadSpec(
+            model_id=model.id,
+            files=paths,
+            mmproj=mmproj,
+            parameters=parameters,
+            metadata=orjson.loads(model.metadata_json or "{}"),
+            source_url=model.source_url,
+        )
+
+    async def _make_room(self, model_id: str, need: int) -> None:
+        budget = self.settings.memory_budget_bytes
+        if need > budget:
+            raise ResourceExhausted(
+                f"{model_id} needs ~{need >> 20} MiB (weights + KV cache) and this runner's budget is "
+                f"{budget >> 20} MiB: lower ctx_len or n_parallel, or use a bigger runner",
+                code="model_too_large",
+            )
+        async with self._memory_lock:
+            idle = sorted((h for h in self.loaded.values() if h.active == 0), key=lambda h: h.last_used)
+            while self.memory_used + need > budget and idle:
+                victim = idle.pop(0)
+                log.info("unloading %s to make room for %s", victim.model_id, model_id)
+                await self.unload(victim.model_id, report=False)
+            if self.memory_used + need > budget:
+                busy = ", ".join(sorted(self.loaded))
+                raise ResourceExhausted(
+                    f"{model_id} needs ~{need >> 20} MiB; {self.memory_used >> 20} of {budget >> 20} MiB are "
+                    f"used by models serving requests ({busy}): try again when they are idle",
+                    code="insufficient_memory",
+                )
+
+    async def unload(self, model_id: str, *, report: bool = True) -> None:
+        hosted = self.loaded.pop(model_id, None)
+        if hosted is None:
+            raise NotFound(
+                f"{model_id} is not loaded on this runner", code="model_not_loaded", param="model_id"
+            )
+        await hosted.engine.unload()
+        log.info("unloaded %s", model_id)
+        if report:
+            with contextlib.suppress(Exception):
+                await self.heartbeat()
+
+    # --- serving ------------------------------------------------------------------------------------------
+
+    def _hosted(self, model_id: str) -> Hosted:
+        hosted = self.loaded.get(model_id)
+        if hosted is None:
+            raise FailedPrecondition(f"{model_id} is not loaded on this runner", code="model_not_loaded")
+        if hosted.active >= hosted.engine.slots + self.settings.max_queue:
+            raise ResourceExhausted(
+                f"{model_id} is busy: {hosted.engine.slots} requests run and {self.settings.max_queue} wait",
+                code="queue_full",
+            )
+        return hosted
+
+    async def generate(
+        self, model_id: str, request: GenerateRequest, keep_alive_s: float = 0.0
+    ) -> AsyncIterator[Delta]:
+        hosted = self._hosted(model_id)
+        hosted.active += 1
+        hosted.touch(keep_alive_s)
+        try:
+            stream = hosted.engine.generate(request)
+            try:
+                first = await asyncio.wait_for(anext(stream), self.settings.queue_timeout_s)
+            except TimeoutError:
+                raise Unavailable(
+                    f"{model_id} did not start answering within {self.settings.queue_timeout_s:.0f} s",
+                    code="queue_timeout",
+                ) from None
+            except StopAsyncIteration:
+                return
+            yield first
+            async for delta in stream:
+                yield delta
+        finally:
+            hosted.active -= 1
+            hosted.touch()
+
+    async def embed(
+        self, model_id: str, inputs: list[str], keep_alive_s: float = 0.0
+    ) -> tuple[list[list[float]], int]:
+        hosted = self._hosted(model_id)
+        hosted.active += 1
+        hosted.touch(keep_alive_s)
+        try:
+            return await hosted.engine.embed(inputs)
+        finally:
+            hosted.active -= 1
+            hosted.touch()
