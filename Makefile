@@ -9,8 +9,10 @@ export JAN_ROOT ?= $(HOME)/jan
 .PHONY: up down test lint typecheck proto venv bench clean
 
 # llama-cpp-python compiles llama.cpp (~8 minutes on 2 cores the first time; pip caches the wheel).
-# The multimodal module is left out to halve that; GPU images set their own CMAKE_ARGS.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# The multimodal module is left out to halve that. GGML_NATIVE=OFF: a -march=native build turns on
+# Intel AMX kernels wherever the CPU advertises AMX, and they crash (SIGSEGV in ggml_backend_amx_mul_mat)
+# in VMs that do not grant AMX state; the portable build keeps AVX2/FMA/F16C. GPU images set their own.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

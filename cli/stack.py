@@ -20,9 +20,14 @@ from pathlib import Path
 import httpx
 
 # Start order: the catalog first (everyone reports to it), the gateway last (it fronts the others).
-SERVICES = ("catalog", "downloader", "gateway")
-MODULES = {"catalog": "services.catalog", "downloader": "services.downloader", "gateway": "gateway"}
-DEFAULT_PORTS = {"catalog": 13370, "downloader": 13371, "gateway": 1337}
+SERVICES = ("catalog", "downloader", "runner", "gateway")
+MODULES = {
+    "catalog": "services.catalog",
+    "downloader": "services.downloader",
+    "runner": "services.runner",
+    "gateway": "gateway",
+}
+DEFAULT_PORTS = {"catalog": 13370, "downloader": 13371, "runner": 13372, "gateway": 1337}
 
 
 def free_port() -> int:
@@ -59,6 +64,9 @@ class Stack:
                 "JAN_CATALOG_PORT": str(self.ports["catalog"]),
                 "JAN_DOWNLOADER_HOST": "127.0.0.1",
                 "JAN_DOWNLOADER_PORT": str(self.ports["downloader"]),
+                "JAN_RUNNER_HOST": "127.0.0.1",
+                "JAN_RUNNER_PORT": str(self.ports["runner"]),
+                "JAN_RUNNER_NAME": "local",
                 "JAN_GATEWAY_HOST": "127.0.0.1",
                 "JAN_GATEWAY_PORT": str(self.ports["gateway"]),
                 "JAN_CATALOG_ADDRESS": f"127.0.0.1:{self.ports['catalog']}",
@@ -106,7 +114,11 @@ class Stack:
                     self.stop()
                     raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                resp = httpx.get(f"{self.url}/healthz", timeout=1.0)
+                # Ready when every service answers and the runner has registered with the catalog.
+                if resp.status_code == 200 and (
+                    resp.json().get("runners", 0) >= 1 or "runner" not in self.procs
+                ):
                     return
             except httpx.HTTPError:
                 pass

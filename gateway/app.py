@@ -3,16 +3,18 @@ business state: every route translates a request into a service call and the rep
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gateway.clients import CatalogClient, DownloaderClient
-from gateway.errors import install_error_handlers
-from gateway.routes import downloads, folders, models
+from gateway.clients import CatalogClient, DownloaderClient, RunnerPool
+from gateway.errors import APIError, install_error_handlers
+from gateway.routes import downloads, folders, inference, models
 from gateway.settings import GatewaySettings
+from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -23,11 +25,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         timeouts = (settings.rpc_timeout_s, settings.transfer_timeout_s)
         app.state.catalog = CatalogClient(settings.catalog_address, *timeouts)
         app.state.downloader = DownloaderClient(settings.downloader_address, *timeouts)
+        app.state.runners = RunnerPool(*timeouts)
         try:
             yield
         finally:
             await app.state.catalog.close()
             await app.state.downloader.close()
+            await app.state.runners.close()
 
     app = FastAPI(
         title="Jan Models",
@@ -40,17 +44,23 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     async def healthz(request: Request) -> JSONResponse:
-        """200 when the gateway and the services it needs answer; 503 otherwise."""
+        """200 when the gateway and the services it needs answer (503 otherwise), with the number of
+        live runners (a model can run only when one has registered)."""
         services = {
             "catalog": await request.app.state.catalog.serving(),
             "downloader": await request.app.state.downloader.serving(),
         }
         ok = all(services.values())
-        return JSONResponse(
-            {"status": "ok" if ok else "degraded", "services": services}, status_code=200 if ok else 503
-        )
+        runners = 0
+        if services["catalog"]:
+            with contextlib.suppress(APIError):
+                reply = await request.app.state.catalog.call("ListRunners", catalog_pb.ListRunnersRequest())
+                runners = len(reply.runners)
+        body = {"status": "ok" if ok else "degraded", "services": services, "runners": runners}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     app.include_router(downloads.router)
+    app.include_router(inference.router)
     app.include_router(models.router)
     app.include_router(folders.router)
     return app

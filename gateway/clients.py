@@ -16,6 +16,8 @@ from jan.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 from jan.downloader.v1 import downloader_service_pb2_grpc as downloader_grpc
 from jan.model.v1 import model_pb2
+from jan.runner.v1 import runner_service_pb2 as runner_pb
+from jan.runner.v1 import runner_service_pb2_grpc as runner_grpc
 from services.common.grpcserver import CHANNEL_OPTIONS
 
 
@@ -128,3 +130,31 @@ class DownloaderClient(ServiceClient):
             downloader_pb.WatchDownloadRequest(model_id=model_id), timeout=self.transfer_timeout
         )
         return await self.stream(call)
+
+
+class RunnerClient(ServiceClient):
+    service = "runner"
+    stub_class = runner_grpc.RunnerServiceStub
+
+    async def generate(self, request: runner_pb.GenerateRequest) -> AsyncIterator[runner_pb.GenerateResponse]:
+        return await self.stream(self.stub.Generate(request, timeout=self.transfer_timeout))
+
+
+class RunnerPool:
+    """One channel per runner address, made on first use (runners come and go; the catalog knows them)."""
+
+    def __init__(self, timeout: float, transfer_timeout: float) -> None:
+        self.timeout = timeout
+        self.transfer_timeout = transfer_timeout
+        self._clients: dict[str, RunnerClient] = {}
+
+    def get(self, address: str) -> RunnerClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = RunnerClient(address, self.timeout, self.transfer_timeout)
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

@@ -21,6 +21,11 @@ class GatewaySettings(BaseSettings):
         validation_alias=AliasChoices("JAN_GATEWAY_DOWNLOADER_ADDRESS", "JAN_DOWNLOADER_ADDRESS"),
         description="host:port of the downloader's gRPC server.",
     )
+    jit_start: bool = Field(
+        default=True, description="Start a downloaded model that is not running when a request names it."
+    )
+    load_timeout_s: float = Field(default=600.0, gt=0, description="Deadline of loading a model.")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest JSON request body.")
     rpc_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Deadline of one catalog call.")
     transfer_timeout_s: float = Field(
         default=6 * 3600, gt=0, le=7 * 86400, description="Deadline of an archive import or export."

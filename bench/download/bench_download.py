@@ -1,30 +1,37 @@
 """Benchmark: downloading one large file through the real downloader, against curl on the same server.
 
-A loopback HTTP server (`tests.fakes.hub.FakeHub`, with Range support and generated content) serves one
-file (`--size-mib`, 2 GiB by default) from a process of its own, so that it shares no GIL with the
-measuring code. In the same run, alternating, it measures:
+A loopback HTTP server (`tests.fakes.hub.FakeHub`: Range support, generated content) serves one file
+(`--size-mib`, 2 GiB by default) from a process of its own, so that it shares no GIL with the measuring
+code. In the same run, alternating (curl, ours c=1, curl, ours c=4, ... `--runs` times), it measures:
 
-  - curl (baseline): `curl -sS -o <tmp>/curl.bin <url>`, wall time. For context, and not counted in the
-    baseline: `fsync` of curl's file right after it (curl leaves the bytes in the page cache, while the
-    downloader makes them durable before it reports `done`) and `sha256sum` of it (curl verifies nothing,
-    the downloader always computes the sha256 while bytes arrive).
-  - ours: the real catalog, downloader and gateway processes started as `make up` does (`cli.stack.Stack`,
-    free ports, a fresh JAN_ROOT per run), the model object `models/big/big.json` = {"source_url": url};
-    once GET /v1/models/big/big answers, the wall time from `POST /v1/models/big/big/download` until the
-    job's phase is `done`, polling `GET /v1/models/big/big/download` (Accept: application/json) every
-    50 ms. Once per connection count (`JAN_DOWNLOADER_CONNECTIONS`, `--connections`, default 1 and 4).
-    Also recorded: the downloader's peak RSS (VmHWM of its process), that the final file's sha256 (read
-    back here) and the job's equal the server's, and where the time and CPU go: the job's timeline as the
-    polls saw it (all bytes written -> done is the tail: the rest of the hash, fsync, commit, write-back)
-    and the CPU seconds of the downloader's threads (event loop, the `fetch-io` writer thread that does
-    pwrite + sha256, the rest), of the server, the catalog, the gateway and curl.
+  - curl (the baseline): `curl -sS -o <tmp>/curl.bin <url>`, wall time. For context only (not in the
+    baseline), right after it: `fsync` of curl's file (curl leaves the bytes in the page cache; the
+    downloader makes them durable before it reports `done`) and `sha256sum` of it (curl verifies nothing;
+    the downloader always computes the sha256 while the bytes arrive).
+  - ours: the real catalog, downloader and gateway processes started as `make up` does (`cli.stack.Stack`
+    on free ports, a fresh JAN_ROOT per run) with the model object `models/big/big.json` =
+    {"source_url": url}. Once GET /v1/models/big/big answers: the wall time from
+    `POST /v1/models/big/big/download` until the job's phase is `done`, polling
+    `GET /v1/models/big/big/download` (Accept: application/json) every 50 ms. Once per connection count
+    (`JAN_DOWNLOADER_CONNECTIONS`, `--connections`, default 1 and 4). Also recorded: the downloader's
+    peak RSS (VmHWM of its process) and that the final file's sha256 (read back here, with hashlib, timed
+    for context) and the job's both equal the server's.
 
-Every run writes the whole file and removes it right after (2 GiB files are never left behind). Medians over
-`--runs` runs are printed with MB/s (MB = 10^6 bytes), the ratio ours/curl (target >= 0.95) and the
-downloader's peak RSS (target < 150 MB).
+Where the downloader's time goes, without a profiler: a sampling thread reads every 10 ms what each thread
+of the downloader process is doing (/proc/<pid>/task/<tid>/syscall: runnable, or the system call it is
+blocked in: fsync, pwrite, futex = waiting for the GIL or for work, epoll = the event loop idle) and, from
+/proc/.../schedstat, each thread's CPU time and time spent runnable but waiting for a CPU. The threads
+reported: "loop" (the main thread: asyncio event loop, aiohttp reads, gRPC) and "writer" (the `fetch-io`
+thread of services/downloader/fetch.py `_Writer`: pwrite + sha256; Python 3.11 does not name OS threads,
+so it is recognised as the thread that wrote the file's bytes, /proc/.../io wchar). CPU seconds of the
+server process, the catalog, the gateway and curl are printed too.
+
+Every run writes the whole file and removes it right after (no 2 GiB file is left behind). Medians over
+`--runs` runs are printed with MB/s (MB = 10^6 bytes), the ratio ours/curl of MB/s (target >= 0.95) and
+the downloader's peak RSS (target < 150 MB).
 
 Usage: python bench/download/bench_download.py [--size-mib 2048] [--runs 3] [--connections 1,4]
-                                               [--env JAN_DOWNLOADER_CHUNK_BYTES=4194304 ...]
+           [--env JAN_DOWNLOADER_CHUNK_BYTES=4194304 ...] [--tmp DIR]
 """
 
 from __future__ import annotations
@@ -34,13 +41,16 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import platform
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -58,7 +68,26 @@ ROUTE = "/files/big.gguf"
 SEED = 42
 MODEL_ID = "big/big"
 POLL_S = 0.05
+SAMPLE_S = 0.01
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# System call numbers a blocked thread of the downloader is seen in (x86_64; elsewhere shown as numbers).
+SYSCALLS = (
+    {
+        "0": "read",
+        "1": "write",
+        "7": "poll",
+        "17": "pread",
+        "18": "pwrite",
+        "45": "recv",
+        "74": "fsync",
+        "75": "fsync",
+        "202": "futex",
+        "232": "epoll",
+        "281": "epoll",
+    }
+    if platform.machine() == "x86_64"
+    else {}
+)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -75,70 +104,17 @@ def _serve_hub(size: int, conn: Connection) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# CPU and memory from /proc
-
-
-def _ticks(stat_line: str) -> tuple[str, float]:
-    """(comm, user + system CPU seconds) from a /proc/.../stat line."""
-    comm = stat_line[stat_line.index("(") + 1 : stat_line.rindex(")")]
-    rest = stat_line[stat_line.rindex(")") + 2 :].split()
-    return comm, (int(rest[11]) + int(rest[12])) / CLK_TCK  # fields 14 and 15: utime, stime
+# /proc
 
 
 def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a whole process (its ended threads included)."""
     try:
-        return _ticks(Path(f"/proc/{pid}/stat").read_text())[1]
+        line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
-
-
-@dataclass
-class Snapshot:
-    total: float  # CPU seconds of the whole process (threads that ended included)
-    threads: dict[int, tuple[float, int]]  # tid -> (CPU seconds, wchar bytes), last seen values
-
-
-class ThreadCPU:
-    """Per-thread CPU of the downloader, sampled at every poll. Python 3.11 does not name OS threads, so the
-    `fetch-io` writer thread is told by what it writes (/proc/.../io wchar: the file's pwrites)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.last: dict[int, tuple[float, int]] = {}
-        self.base = self.snap()
-
-    def snap(self) -> Snapshot:
-        try:
-            tasks = list(Path(f"/proc/{self.pid}/task").iterdir())
-        except OSError:
-            tasks = []
-        for task in tasks:
-            try:
-                cpu = _ticks((task / "stat").read_text())[1]
-                io = dict(line.split(": ", 1) for line in (task / "io").read_text().splitlines())
-                self.last[int(task.name)] = (cpu, int(io["wchar"]))
-            except (OSError, KeyError, ValueError):
-                continue
-        return Snapshot(process_cpu(self.pid), dict(self.last))
-
-    def writers(self, end: Snapshot, size: int) -> set[int]:
-        return {
-            tid
-            for tid, (_, wchar) in end.threads.items()
-            if tid != self.pid and wchar - self.base.threads.get(tid, (0.0, 0))[1] >= size // 2
-        }
-
-    def split(self, a: Snapshot, b: Snapshot, writers: set[int]) -> dict[str, float]:
-        """CPU seconds between two snapshots: "loop" (the main thread: the asyncio event loop), "fetch-io"
-        (the writer thread: pwrite + sha256), "other" (every other thread), "total"."""
-
-        def cpu(snap: Snapshot, tid: int) -> float:
-            return snap.threads.get(tid, (0.0, 0))[0]
-
-        loop = cpu(b, self.pid) - cpu(a, self.pid)
-        writer = sum(cpu(b, t) - cpu(a, t) for t in writers)
-        total = b.total - a.total
-        return {"total": total, "loop": loop, "fetch-io": writer, "other": total - loop - writer}
+    fields = line[line.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15: utime, stime
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -151,6 +127,100 @@ def peak_rss_mb(pid: int) -> float:
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class ThreadCounters:
+    cpu_ns: int = 0  # on a CPU
+    wait_ns: int = 0  # runnable, waiting for a CPU
+    wchar: int = 0  # bytes passed to write-like system calls
+
+
+@dataclass
+class ThreadProfile:
+    cpu_s: float = 0.0
+    cpu_wait_s: float = 0.0
+    states: dict[str, float] = field(default_factory=dict)  # wall seconds seen in each state
+
+
+@dataclass
+class Profile:
+    process_cpu_s: float
+    loop: ThreadProfile
+    writer: ThreadProfile
+
+
+class Sampler(threading.Thread):
+    """A poor man's profiler of one process: every SAMPLE_S, the state of each of its threads ("running" =
+    runnable, else the system call it is blocked in); every few samples, their schedstat and io counters
+    (kept after a thread ends, as last seen)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(name="bench-sampler", daemon=True)
+        self.pid = pid
+        self.tasks = Path(f"/proc/{pid}/task")
+        self.halt = threading.Event()
+        self.states: dict[int, Counter[str]] = defaultdict(Counter)
+        self.samples = 0
+        self.elapsed = 0.0
+        self.counters: dict[int, ThreadCounters] = {}
+        self._read_counters()
+        self.base = dict(self.counters)
+        self.base_cpu = process_cpu(pid)
+
+    def _tids(self) -> list[str]:
+        try:
+            return os.listdir(self.tasks)
+        except OSError:
+            return []
+
+    def _read_counters(self) -> None:
+        for tid in self._tids():
+            try:
+                run_ns, wait_ns = (int(x) for x in (self.tasks / tid / "schedstat").read_text().split()[:2])
+                io = dict(line.split(": ", 1) for line in (self.tasks / tid / "io").read_text().splitlines())
+                self.counters[int(tid)] = ThreadCounters(run_ns, wait_ns, int(io["wchar"]))
+            except (OSError, KeyError, ValueError):
+                continue
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        while not self.halt.wait(SAMPLE_S):
+            for tid in self._tids():
+                try:
+                    call = (self.tasks / tid / "syscall").read_text().split(maxsplit=1)[0]
+                except (OSError, IndexError):
+                    continue
+                self.states[int(tid)]["running" if call == "running" else SYSCALLS.get(call, call)] += 1
+            self.samples += 1
+            if self.samples % 5 == 0:
+                self._read_counters()
+        self._read_counters()
+        self.elapsed = time.perf_counter() - started
+
+    def finish(self, size: int) -> Profile:
+        self.halt.set()
+        self.join()
+        cpu = process_cpu(self.pid) - self.base_cpu
+        zero = ThreadCounters()
+
+        def delta(tid: int) -> ThreadCounters:
+            a, b = self.base.get(tid, zero), self.counters.get(tid, zero)
+            return ThreadCounters(b.cpu_ns - a.cpu_ns, b.wait_ns - a.wait_ns, b.wchar - a.wchar)
+
+        def profile(tid: int | None) -> ThreadProfile:
+            if tid is None:
+                return ThreadProfile()
+            d = delta(tid)
+            per_sample = self.elapsed / max(self.samples, 1)
+            states = {name: n * per_sample for name, n in self.states[tid].most_common()}
+            return ThreadProfile(d.cpu_ns / 1e9, d.wait_ns / 1e9, states)
+
+        others = [tid for tid in self.counters if tid != self.pid]
+        writer = max(others, key=lambda tid: delta(tid).wchar, default=None)
+        if writer is not None and delta(writer).wchar < size // 2:
+            writer = None
+        return Profile(cpu, profile(self.pid), profile(writer))
 
 
 def sha256_file(path: Path) -> str:
@@ -171,7 +241,7 @@ class CurlRun:
     fsync_s: float
     sha256sum_s: float
     curl_cpu: float
-    hub_cpu: float
+    server_cpu: float
 
 
 @dataclass
@@ -179,23 +249,19 @@ class OursRun:
     seconds: float
     rss_mb: float
     sha_ok: bool
-    # Timeline as the polls saw it (seconds after the POST; nan when a phase was not seen).
-    t_downloading: float
-    t_all_bytes: float
-    t_storing: float
-    cpu_transfer: dict[str, float]  # downloader threads, POST -> all bytes written
-    cpu_tail: dict[str, float]  # downloader threads, all bytes written -> done
-    other_cpu: dict[str, float] = field(default_factory=dict)  # hub, catalog, gateway, whole run
+    hashlib_s: float  # sha256 of the final file here (context: the hashing work the downloader does)
+    profile: Profile
+    cpu: dict[str, float]  # CPU seconds of the server, catalog and gateway processes
 
 
-def run_curl(url: str, sha: str, size: int, tmp: Path, hub_pid: int) -> CurlRun:
+def run_curl(url: str, sha: str, size: int, tmp: Path, server_pid: int) -> CurlRun:
     out = tmp / "curl.bin"
     try:
-        cpu0, hub0 = children_cpu(), process_cpu(hub_pid)
+        cpu0, server0 = children_cpu(), process_cpu(server_pid)
         t = time.perf_counter()
         subprocess.run(["curl", "-sS", "-o", str(out), url], check=True)
         seconds = time.perf_counter() - t
-        curl_cpu, hub_cpu = children_cpu() - cpu0, process_cpu(hub_pid) - hub0
+        curl_cpu, server_cpu = children_cpu() - cpu0, process_cpu(server_pid) - server0
         assert out.stat().st_size == size, f"curl wrote {out.stat().st_size} bytes, not {size}"
         t = time.perf_counter()
         fd = os.open(out, os.O_RDONLY)
@@ -210,37 +276,56 @@ def run_curl(url: str, sha: str, size: int, tmp: Path, hub_pid: int) -> CurlRun:
         assert digest.stdout.split()[0] == sha, "curl's file has another sha256 than the server's"
     finally:
         out.unlink(missing_ok=True)
-    return CurlRun(seconds, fsync_s, sha256sum_s, curl_cpu, hub_cpu)
+    return CurlRun(seconds, fsync_s, sha256sum_s, curl_cpu, server_cpu)
+
+
+def start_stack(root: Path, env: dict[str, str], attempts: int = 2) -> Stack:
+    """The stack as `make up` starts it, on free ports over a fresh root; one more try (new ports) if it
+    does not come up (a free port can be taken by another process between the check and the bind)."""
+    for attempt in range(1, attempts + 1):
+        shutil.rmtree(root, ignore_errors=True)
+        stack = Stack(root, ports={name: free_port() for name in SERVICES})
+        try:
+            stack.start(extra_env=env, timeout=120)
+            return stack
+        except RuntimeError as exc:
+            logs = "\n".join(f"--- {name}.log\n{stack.log_tail(name, 15)}" for name in SERVICES)
+            print(f"the stack did not start (attempt {attempt}): {exc}\n{logs}", flush=True)
+            if attempt == attempts:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+    raise AssertionError("unreachable")
 
 
 def run_ours(
-    url: str, sha: str, size: int, tmp: Path, hub_pid: int, connections: int, extra_env: dict[str, str]
+    url: str, sha: str, size: int, tmp: Path, server_pid: int, connections: int, extra_env: dict[str, str]
 ) -> OursRun:
     root = tmp / f"jan-c{connections}"
-    shutil.rmtree(root, ignore_errors=True)
-    stack = Stack(root, ports={name: free_port() for name in SERVICES})
     env = {
         "JAN_ALLOW_PRIVATE_NETWORKS": "true",
         "JAN_CATALOG_SEED_MODELS_DIR": "",
         "JAN_DOWNLOADER_CONNECTIONS": str(connections),
         **extra_env,
     }
-    stack.start(extra_env=env)
+    stack = start_stack(root, env)
     try:
         model_json = root / "models" / "big" / "big.json"
         model_json.parent.mkdir(parents=True, exist_ok=True)
         model_json.write_text(json.dumps({"source_url": url}))
-        pids = {name: stack.procs[name].pid for name in SERVICES}
-        dl_pid = pids["downloader"]
-        with httpx.Client(base_url=stack.url, timeout=30) as http:
+        pids = {
+            "server": server_pid,
+            "catalog": stack.procs["catalog"].pid,
+            "gateway": stack.procs["gateway"].pid,
+        }
+        downloader = stack.procs["downloader"].pid
+        with httpx.Client(base_url=stack.url, timeout=60) as http:
             deadline = time.monotonic() + 30
             while http.get(f"/v1/models/{MODEL_ID}").status_code != 200:
                 assert time.monotonic() < deadline, "the catalog never listed the model"
                 time.sleep(POLL_S)
-            others0 = {name: process_cpu(pid) for name, pid in {**pids, "hub": hub_pid}.items()}
-            threads = ThreadCPU(dl_pid)
-            cpu_mid: Snapshot | None = None
-            seen: dict[str, float] = {}
+            cpu0 = {name: process_cpu(pid) for name, pid in pids.items()}
+            sampler = Sampler(downloader)
+            sampler.start()
             t0 = time.perf_counter()
             resp = http.post(f"/v1/models/{MODEL_ID}/download")
             assert resp.status_code == 202, resp.text
@@ -248,42 +333,21 @@ def run_ours(
                 job = http.get(
                     f"/v1/models/{MODEL_ID}/download", headers={"accept": "application/json"}
                 ).json()
-                now = time.perf_counter() - t0
-                seen.setdefault(job["phase"], now)
-                snap = threads.snap()
-                if cpu_mid is None and job["bytes_done"] >= size:
-                    cpu_mid = snap
-                    seen.setdefault("all_bytes", now)
                 if job["phase"] in ("done", "failed", "cancelled"):
                     break
-                assert now < 1800, f"download stuck: {job}"
+                assert time.perf_counter() - t0 < 1800, f"download stuck: {job}"
                 time.sleep(POLL_S)
             seconds = time.perf_counter() - t0
-            cpu_end = threads.snap()
-            others = {
-                name: process_cpu(pid) - others0[name] for name, pid in {**pids, "hub": hub_pid}.items()
-            }
+            profile = sampler.finish(size)
+            cpu = {name: process_cpu(pid) - cpu0[name] for name, pid in pids.items()}
             assert job["phase"] == "done", f"download ended {job['phase']}: {job['error']}"
-            rss = peak_rss_mb(dl_pid)
-        if cpu_mid is None:
-            cpu_mid = cpu_end
-        writers = threads.writers(cpu_end, size)
+            rss = peak_rss_mb(downloader)
         binary = root / "models" / "big" / "big.gguf"
-        sha_ok = (
-            job["files"][0]["sha256"] == sha and binary.stat().st_size == size and sha256_file(binary) == sha
-        )
-        nan = float("nan")
-        return OursRun(
-            seconds=seconds,
-            rss_mb=rss,
-            sha_ok=sha_ok,
-            t_downloading=seen.get("downloading", nan),
-            t_all_bytes=seen.get("all_bytes", nan),
-            t_storing=seen.get("storing", nan),
-            cpu_transfer=threads.split(threads.base, cpu_mid, writers),
-            cpu_tail=threads.split(cpu_mid, cpu_end, writers),
-            other_cpu=others,
-        )
+        t = time.perf_counter()
+        digest = sha256_file(binary)
+        hashlib_s = time.perf_counter() - t
+        sha_ok = job["files"][0]["sha256"] == sha and binary.stat().st_size == size and digest == sha
+        return OursRun(seconds, rss, sha_ok, hashlib_s, profile, cpu)
     finally:
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -294,12 +358,23 @@ def run_ours(
 
 
 def med(values: list[float]) -> float:
-    values = [v for v in values if v == v]  # drop nan
     return statistics.median(values) if values else float("nan")
 
 
 def mbps(size: int, seconds: float) -> float:
     return size / seconds / 1e6
+
+
+def state_line(profiles: list[ThreadProfile]) -> str:
+    """Median wall seconds per state, the largest first, with CPU time and waiting for a CPU."""
+    names = Counter[str]()
+    for p in profiles:
+        names.update(p.states)
+    parts = [
+        f"{name} {med([p.states.get(name, 0.0) for p in profiles]):.2f}" for name, _ in names.most_common(5)
+    ]
+    cpu, wait = med([p.cpu_s for p in profiles]), med([p.cpu_wait_s for p in profiles])
+    return f"CPU {cpu:.2f} s, waiting for a CPU {wait:.2f} s; seen (s): {', '.join(parts)}"
 
 
 def main() -> None:
@@ -324,107 +399,114 @@ def main() -> None:
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    hub = ctx.Process(target=_serve_hub, args=(size, child), name="bench-hub", daemon=True)
+    server = ctx.Process(target=_serve_hub, args=(size, child), name="bench-server", daemon=True)
     t = time.perf_counter()
-    hub.start()
+    server.start()
     curl_runs: list[CurlRun] = []
     ours: dict[int, list[OursRun]] = {c: [] for c in conns}
     try:
         url, sha = parent.recv()
-        assert hub.pid is not None
+        assert server.pid is not None
         print(
             f"server: {url} ({size / MiB:.0f} MiB, sha256 {sha[:16]}...,"
-            f" ready in {time.perf_counter() - t:.1f} s)"
+            f" up in {time.perf_counter() - t:.1f} s)"
         )
-        print(f"machine: {os.cpu_count()} CPUs; extra env: {extra_env or 'none'}")
+        print(f"machine: {os.cpu_count()} CPUs; extra env for ours: {extra_env or 'none'}")
         with tempfile.TemporaryDirectory(prefix="jan-bench-dl-", dir=args.tmp) as tmp_name:
             tmp = Path(tmp_name)
             for r in range(args.runs):
-                for c in conns:  # alternate: curl, ours c=..., curl, ours c=...
-                    cr = run_curl(url, sha, size, tmp, hub.pid)
+                for c in conns:
+                    cr = run_curl(url, sha, size, tmp, server.pid)
                     curl_runs.append(cr)
                     print(
-                        f"run {r + 1} curl: {cr.seconds:.2f} s {mbps(size, cr.seconds):.0f} MB/s"
-                        f" (fsync after it {cr.fsync_s:.2f} s, sha256sum {cr.sha256sum_s:.2f} s,"
-                        f" CPU curl {cr.curl_cpu:.2f} s server {cr.hub_cpu:.2f} s)",
+                        f"run {r + 1} curl: {cr.seconds:.2f} s, {mbps(size, cr.seconds):.0f} MB/s"
+                        f" (then fsync {cr.fsync_s:.2f} s, sha256sum {cr.sha256sum_s:.2f} s;"
+                        f" CPU s: curl {cr.curl_cpu:.2f}, server {cr.server_cpu:.2f})",
                         flush=True,
                     )
-                    o = run_ours(url, sha, size, tmp, hub.pid, c, extra_env)
+                    o = run_ours(url, sha, size, tmp, server.pid, c, extra_env)
                     ours[c].append(o)
+                    p = o.profile
                     print(
-                        f"run {r + 1} ours c={c}: {o.seconds:.2f} s {mbps(size, o.seconds):.0f} MB/s,"
-                        f" all bytes at {o.t_all_bytes:.2f} s, peak RSS {o.rss_mb:.0f} MB,"
-                        f" sha256 {'ok' if o.sha_ok else 'WRONG'};"
-                        f" CPU transfer loop {o.cpu_transfer['loop']:.2f} s"
-                        f" fetch-io {o.cpu_transfer['fetch-io']:.2f} s other {o.cpu_transfer['other']:.2f} s,"
-                        f" tail loop {o.cpu_tail['loop']:.2f} s fetch-io {o.cpu_tail['fetch-io']:.2f} s;"
-                        f" server {o.other_cpu['hub']:.2f} s catalog {o.other_cpu['catalog']:.2f} s"
-                        f" gateway {o.other_cpu['gateway']:.2f} s",
+                        f"run {r + 1} ours c={c}: {o.seconds:.2f} s, {mbps(size, o.seconds):.0f} MB/s,"
+                        f" peak RSS {o.rss_mb:.0f} MB, sha256 {'ok' if o.sha_ok else 'WRONG'}"
+                        f" (hashlib re-read {o.hashlib_s:.2f} s); CPU s: downloader {p.process_cpu_s:.2f}"
+                        f" (loop {p.loop.cpu_s:.2f}, writer {p.writer.cpu_s:.2f}),"
+                        f" server {o.cpu['server']:.2f}, catalog {o.cpu['catalog']:.2f},"
+                        f" gateway {o.cpu['gateway']:.2f};"
+                        f" loop in fsync {p.loop.states.get('fsync', 0):.2f} s",
                         flush=True,
                     )
     finally:
-        if hub.is_alive():
+        if server.is_alive():
             parent.send("stop")
-            hub.join(timeout=30)
-        if hub.is_alive():
-            hub.terminate()
+            server.join(timeout=30)
+        if server.is_alive():
+            server.terminate()
 
     curl_s = med([c.seconds for c in curl_runs])
     fsync_s = med([c.fsync_s for c in curl_runs])
     sum_s = med([c.sha256sum_s for c in curl_runs])
-    curl_mbps = mbps(size, curl_s)
     print()
     print(
-        f"Summary: {size / MiB:.0f} MiB over loopback, medians of {args.runs} runs (curl: {len(curl_runs)})"
+        f"Summary: {size / MiB:.0f} MiB over loopback, medians of {args.runs} runs"
+        f" (curl: {len(curl_runs)} runs)"
     )
     header = (
-        f"{'variant':<22} {'seconds':>8} {'MB/s':>7} {'ours/curl':>9} {'peak RSS':>9} {'sha256':>7}"
-        f" {'all bytes':>9} {'tail':>6} {'CPU loop':>8} {'fetch-io':>8} {'other':>6} {'server':>6}"
+        f"{'variant':<24} {'seconds':>7} {'MB/s':>6} {'ours/curl':>9} {'peak RSS':>9} {'sha256':>6}"
+        f" {'CPU s':>6} {'loop':>5} {'writer':>6} {'server':>6}"
     )
     print(header)
     print("-" * len(header))
     print(
-        f"{'curl (baseline)':<22} {curl_s:>8.2f} {curl_mbps:>7.0f} {1:>9.2f} {'-':>9} {'ok':>7}"
-        f" {'-':>9} {'-':>6} {med([c.curl_cpu for c in curl_runs]):>8.2f} {'-':>8} {'-':>6}"
-        f" {med([c.hub_cpu for c in curl_runs]):>6.2f}"
+        f"{'curl (baseline)':<24} {curl_s:>7.2f} {mbps(size, curl_s):>6.0f} {1:>9.2f} {'-':>9} {'ok':>6}"
+        f" {med([c.curl_cpu for c in curl_runs]):>6.2f} {'-':>5} {'-':>6}"
+        f" {med([c.server_cpu for c in curl_runs]):>6.2f}"
     )
     print(
-        f"{'curl + fsync (context)':<22} {curl_s + fsync_s:>8.2f} {mbps(size, curl_s + fsync_s):>7.0f}"
+        f"{'curl + fsync (context)':<24} {curl_s + fsync_s:>7.2f} {mbps(size, curl_s + fsync_s):>6.0f}"
         f" {curl_s / (curl_s + fsync_s):>9.2f}"
     )
     verdicts = []
     for c, runs in ours.items():
         s = med([o.seconds for o in runs])
         rss = max(o.rss_mb for o in runs)
-        all_bytes = med([o.t_all_bytes for o in runs])
         ok = all(o.sha_ok for o in runs)
         ratio = curl_s / s
         print(
-            f"{f'ours, {c} connection(s)':<22} {s:>8.2f} {mbps(size, s):>7.0f} {ratio:>9.2f}"
-            f" {med([o.rss_mb for o in runs]):>6.0f} MB {'ok' if ok else 'WRONG':>7}"
-            f" {all_bytes:>9.2f} {s - all_bytes:>6.2f}"
-            f" {med([o.cpu_transfer['loop'] + o.cpu_tail['loop'] for o in runs]):>8.2f}"
-            f" {med([o.cpu_transfer['fetch-io'] + o.cpu_tail['fetch-io'] for o in runs]):>8.2f}"
-            f" {med([o.cpu_transfer['other'] + o.cpu_tail['other'] for o in runs]):>6.2f}"
-            f" {med([o.other_cpu['hub'] for o in runs]):>6.2f}"
+            f"{f'ours, {c} connection(s)':<24} {s:>7.2f} {mbps(size, s):>6.0f} {ratio:>9.2f}"
+            f" {med([o.rss_mb for o in runs]):>6.0f} MB {'ok' if ok else 'WRONG':>6}"
+            f" {med([o.profile.process_cpu_s for o in runs]):>6.2f}"
+            f" {med([o.profile.loop.cpu_s for o in runs]):>5.2f}"
+            f" {med([o.profile.writer.cpu_s for o in runs]):>6.2f}"
+            f" {med([o.cpu['server'] for o in runs]):>6.2f}"
         )
         verdicts.append(
-            f"ours c={c}: ratio {ratio:.2f} ({'met' if ratio >= 0.95 else 'NOT met'} >= 0.95),"
-            f" max peak RSS {rss:.0f} MB ({'met' if rss < 150 else 'NOT met'} < 150 MB),"
-            f" sha256 {'verified' if ok else 'WRONG'}"
+            f"ours c={c}: ratio {ratio:.2f} ({'met' if ratio >= 0.95 else 'NOT met'}: >= 0.95),"
+            f" max peak RSS {rss:.0f} MB ({'met' if rss < 150 else 'NOT met'}: < 150 MB),"
+            f" sha256 {'verified' if ok else 'WRONG'} in every run"
         )
     print(
-        f"sha256sum of curl's file (context, not in the baseline): {sum_s:.2f} s"
-        f" ({mbps(size, sum_s):.0f} MB/s);"
-        f" fsync of curl's file: {fsync_s:.2f} s"
+        "seconds: wall (curl: its run; ours: POST -> phase done); MB = 10^6 bytes; ours/curl: ratio of MB/s;"
+        " CPU s: CPU seconds of curl / of the downloader process (loop: its event-loop thread, writer: its"
+        " fetch-io thread); server: of the HTTP server process"
     )
+    hashlib_s = med([o.hashlib_s for runs in ours.values() for o in runs])
     print(
-        "columns: seconds = wall time (curl: its run; ours: POST -> phase done); MB = 10^6 bytes;"
-        " ours/curl = MB/s ratio; all bytes = when the polls first saw every byte written (s after the"
-        " POST); tail = all bytes -> done (rest of the hash, fsync, commit); CPU loop / fetch-io / other ="
-        " CPU seconds of the downloader's event-loop thread / writer thread (pwrite + sha256) / other"
-        " threads (curl row: curl's own CPU); server = CPU seconds of the HTTP server process"
+        f"context: sha256sum of curl's file {sum_s:.2f} s ({mbps(size, sum_s):.0f} MB/s);"
+        f" sha256 with hashlib (page cache) {hashlib_s:.2f} s ({mbps(size, hashlib_s):.0f} MB/s);"
+        f" fsync of curl's file {fsync_s:.2f} s"
     )
+    print()
+    print("Where the downloader's wall time goes (medians; states sampled every 10 ms from /proc):")
+    for c, runs in ours.items():
+        print(f"  c={c} loop thread:   {state_line([o.profile.loop for o in runs])}")
+        print(f"  c={c} writer thread: {state_line([o.profile.writer for o in runs])}")
+    print(
+        "  (running = on a CPU or waiting for one; futex = waiting for the GIL or for work; epoll = the event"
+        " loop idle; fsync/pwrite/pread = blocked in that system call)"
+    )
+    print()
     for v in verdicts:
         print(v)
 

@@ -119,12 +119,14 @@ class Runner:
 
     async def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
+            interval = self._heartbeat_interval
             try:
                 await self.heartbeat()
             except Exception as exc:
                 log.warning("cannot reach the catalog: %s", exc)
+                interval = 0.5  # registering soon matters more than a quiet log
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), max(0.2, self._heartbeat_interval))
+                await asyncio.wait_for(self._stop.wait(), max(0.2, interval))
 
     async def _reaper_loop(self) -> None:
         while not self._stop.is_set():

@@ -111,6 +111,7 @@ def test_make_up_style_launcher_starts_and_stops_the_stack(tmp_path: Path) -> No
         JAN_ROOT=str(tmp_path / "root"),
         JAN_CATALOG_PORT=str(free_port()),
         JAN_DOWNLOADER_PORT=str(free_port()),
+        JAN_RUNNER_PORT=str(free_port()),
         JAN_GATEWAY_PORT=str(free_port()),
     )
     up = subprocess.run(
@@ -123,7 +124,7 @@ def test_make_up_style_launcher_starts_and_stops_the_stack(tmp_path: Path) -> No
         assert httpx.get(f"{url}/healthz").status_code == 200
         assert len(httpx.get(f"{url}/v1/models").json()["data"]) >= 5
         pids = [int(p.read_text()) for p in (tmp_path / "root" / "run").glob("*.pid")]
-        assert len(pids) == 3
+        assert len(pids) == 4
     finally:
         down = subprocess.run(
             [sys.executable, "-m", "cli.stack", "down"], env=env, capture_output=True, timeout=60

@@ -120,9 +120,9 @@ async def test_load_generate_embed_unload(make_env) -> None:
         assert last.usage.completion_tokens == 12 and last.usage.prompt_tokens > 3
         again, _ = await collect(env.stub.Generate(chat("tiny/chat")))
         assert text == again and text.strip()  # greedy from the object's parameters: deterministic
-        short, last = await collect(env.stub.Generate(chat("tiny/chat", max_tokens=3)))
+        _, last = await collect(env.stub.Generate(chat("tiny/chat", max_tokens=3)))
         assert last.usage.completion_tokens == 3  # the request's own field wins
-        plain, last = await collect(
+        _, last = await collect(
             env.stub.Generate(
                 pb.GenerateRequest(model_id="tiny/chat", text="the dog", sampling=pb.Sampling(max_tokens=5))
             )
@@ -197,7 +197,7 @@ async def test_queue_bound_and_a_new_request_never_cuts_a_stream(make_env) -> No
         with pytest.raises(aio.AioRpcError) as exc:  # one runs, one waits: the third is refused
             await collect(env.stub.Generate(chat("q/m", max_tokens=4)))
         assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        text, last = await collect(long, first)
+        _, last = await collect(long, first)
         assert last.usage.completion_tokens == 400  # the running stream was not cut off
         _, last = await waiting
         assert last.usage.completion_tokens == 4

@@ -20,6 +20,7 @@ import ctypes
 import logging
 import os
 import random
+import struct
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,19 +43,58 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def _gguf_facts(path: Path) -> dict[str, Any]:
-    """The few header values the memory estimate needs, read without loading the model."""
-    import gguf
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 
-    reader = gguf.GGUFReader(str(path), "r")
+
+def _gguf_facts(path: Path) -> dict[str, Any]:
+    """The scalar header values of a GGUF file (arrays such as the vocabulary are skipped), read
+    without loading the model: the memory estimate needs a few of them before deciding to load."""
     facts: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("tokenizer."):
-            continue
-        try:
-            facts[key] = field.contents()
-        except Exception:  # a field this reader cannot decode is not one we need
-            continue
+    with open(path, "rb") as f:
+        magic, _version, _tensors, count = struct.unpack("<4sIQQ", f.read(24))
+        if magic != b"GGUF":
+            raise ValueError(f"{path.name} is not a GGUF file")
+
+        def string() -> bytes:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return f.read(n)
+
+        def skip(kind: int) -> None:
+            if kind == 8:
+                (n,) = struct.unpack("<Q", f.read(8))
+                f.seek(n, os.SEEK_CUR)
+            elif kind == 9:
+                item, n = struct.unpack("<IQ", f.read(12))
+                if item in _SCALARS:
+                    f.seek(n * struct.calcsize(_SCALARS[item]), os.SEEK_CUR)
+                else:
+                    for _ in range(n):
+                        skip(item)
+            else:
+                f.seek(struct.calcsize(_SCALARS[kind]), os.SEEK_CUR)
+
+        for _ in range(count):
+            key = string().decode(errors="replace")
+            (kind,) = struct.unpack("<I", f.read(4))
+            if kind in _SCALARS:
+                fmt = _SCALARS[kind]
+                (facts[key],) = struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+            elif kind == 8:
+                facts[key] = string().decode(errors="replace")
+            else:
+                skip(kind)
     return facts
 
 
@@ -90,6 +130,7 @@ class LlamaCppEngine(Engine):
         self._embed_lock = asyncio.Lock()
         self._format: Callable[[list[dict[str, str]]], tuple[str, list[str], bool]] | None = None
         self.chat_format = ""
+        self._memory: int | None = None
 
     # --- memory -------------------------------------------------------------------------------------------
 
@@ -109,17 +150,17 @@ class LlamaCppEngine(Engine):
 
     @property
     def memory_bytes(self) -> int:
-        spec = LoadSpec(
-            model_id=self.spec.model_id,
-            files=self.spec.files,
-            mmproj=self.spec.mmproj,
-            parameters={**self.spec.parameters, "ctx_len": self.ctx_len, "n_parallel": self.n_parallel},
-            metadata=self.spec.metadata,
-        )
-        base = self.estimate_memory(spec)
-        if self._embedder is not None:
-            base += base // self.n_parallel
-        return base
+        if self._memory is None:  # estimated once: it reads the file's header
+            spec = LoadSpec(
+                model_id=self.spec.model_id,
+                files=self.spec.files,
+                mmproj=self.spec.mmproj,
+                parameters={**self.spec.parameters, "ctx_len": self.ctx_len, "n_parallel": self.n_parallel},
+                metadata=self.spec.metadata,
+            )
+            self._memory = self.estimate_memory(spec)
+        # The embedding instance, once made, holds one more copy.
+        return self._memory + (self._memory // self.n_parallel if self._embedder is not None else 0)
 
     @property
     def slots(self) -> int:
@@ -166,6 +207,7 @@ class LlamaCppEngine(Engine):
             self._instances.append(await loop.run_in_executor(pool, self._new_llama, False))
             self._free.put_nowait(i)
         self._format = self._choose_format(self._instances[0])
+        await asyncio.to_thread(lambda: self.memory_bytes)
 
     async def unload(self) -> None:
         loop = asyncio.get_running_loop()

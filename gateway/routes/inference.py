@@ -1,0 +1,282 @@
+"""Running models: start/stop, the OpenAI inference endpoints (chat, completions, embeddings) with SSE
+streaming, and the list of loaded models. The catalog says which runner serves a model (placement
+lives there); tokens then flow from that runner straight to the client."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from grpc import aio
+
+from gateway import convert
+from gateway.clients import CatalogClient, RunnerClient, RunnerPool, rpc_errors
+from gateway.convert import (
+    ChatCompletionIn,
+    ChatCompletionOut,
+    CompletionIn,
+    CompletionOut,
+    EmbeddingIn,
+    EmbeddingListOut,
+    ModelOut,
+    RunningListOut,
+    StartIn,
+)
+from gateway.errors import APIError, error_responses, from_rpc_error
+from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
+from jan.runner.v1 import runner_service_pb2 as runner_pb
+
+router = APIRouter(tags=["inference"])
+INFERENCE_ERRORS = error_responses(400, 404, 409, 422, 429, 503)
+
+
+def _catalog(request: Request) -> CatalogClient:
+    return request.app.state.catalog
+
+
+def _runners(request: Request) -> RunnerPool:
+    return request.app.state.runners
+
+
+def _bad(message: str, param: str | None = None) -> APIError:
+    return APIError(400, message, code="invalid_request", param=param)
+
+
+async def _runner_for(
+    request: Request,
+    model_id: str,
+    *,
+    start: bool,
+    overrides: dict[str, Any] | None = None,
+    keep_alive: float = 0.0,
+) -> RunnerClient:
+    """The runner serving `model_id`, loading it there first when needed (just-in-time start)."""
+    placed = await _catalog(request).call("PlaceModel", catalog_pb.PlaceModelRequest(model_id=model_id))
+    client = _runners(request).get(placed.runner.address)
+    if placed.loaded and not overrides:
+        return client
+    if not start:
+        raise APIError(
+            409,
+            f"{model_id} is not running: start it (POST /v1/models/{model_id}/start)",
+            code="model_not_running",
+        )
+    load = runner_pb.LoadModelRequest(
+        model_id=model_id,
+        overrides_json=orjson.dumps(overrides).decode() if overrides else "",
+        keep_alive_s=keep_alive,
+    )
+    async with rpc_errors("runner"):
+        await client.stub.LoadModel(load, timeout=request.app.state.settings.load_timeout_s)
+    return client
+
+
+# --- start / stop / running ------------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/models/{folder}/{file}/start",
+    response_model=ModelOut,
+    responses=error_responses(400, 404, 409, 429, 501, 503),
+)
+async def start_model(request: Request, folder: str, file: str, body: StartIn | None = None) -> Response:
+    """Loads the model on a runner (with optional parameter overrides); returns once it runs."""
+    model_id = f"{folder}/{file}"
+    body = body or StartIn()
+    try:
+        keep_alive = convert.parse_keep_alive(body.keep_alive)
+    except ValueError as exc:
+        raise _bad(str(exc), "keep_alive") from None
+    await _runner_for(request, model_id, start=True, overrides=body.parameters, keep_alive=keep_alive)
+    reply = await _catalog(request).call("GetModel", catalog_pb.GetModelRequest(id=model_id))
+    return Response(convert.model_json(reply.model), media_type="application/json")
+
+
+@router.post(
+    "/v1/models/{folder}/{file}/stop", response_model=ModelOut, responses=error_responses(400, 404, 503)
+)
+async def stop_model(request: Request, folder: str, file: str) -> Response:
+    """Unloads the model from the runner that hosts it (nothing to do when it is not running)."""
+    model_id = f"{folder}/{file}"
+    catalog = _catalog(request)
+    runners = await catalog.call("ListRunners", catalog_pb.ListRunnersRequest())
+    for runner in runners.runners:
+        if model_id in runner.model_ids:
+            await (
+                _runners(request)
+                .get(runner.address)
+                .call("UnloadModel", runner_pb.UnloadModelRequest(model_id=model_id))
+            )
+    reply = await catalog.call("GetModel", catalog_pb.GetModelRequest(id=model_id))
+    return Response(convert.model_json(reply.model), media_type="application/json")
+
+
+@router.get("/v1/running", response_model=RunningListOut, responses=error_responses(503))
+async def running_models(request: Request) -> Response:
+    """Models loaded on every live runner, with their memory and when they unload if idle."""
+    runners = await _catalog(request).call("ListRunners", catalog_pb.ListRunnersRequest())
+    data = []
+    for runner in runners.runners:
+        try:
+            listed = (
+                await _runners(request).get(runner.address).call("ListLoaded", runner_pb.ListLoadedRequest())
+            )
+        except APIError:
+            continue  # a runner that just died: its models are no longer running
+        for m in listed.models:
+            data.append(
+                {
+                    "model_id": m.model_id,
+                    "runner": runner.name,
+                    "engine": m.engine,
+                    "memory_bytes": m.memory_bytes,
+                    "expires_at": round(m.expires_at, 1),
+                    "active": m.active,
+                    "queued": m.queued,
+                }
+            )
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+# --- generation ------------------------------------------------------------------------------------------
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+async def _generate(
+    request: Request,
+    model_id: str,
+    generate: runner_pb.GenerateRequest,
+    *,
+    stream: bool,
+    include_usage: bool,
+    render_chunk: Callable[[str, str | None], dict[str, Any]],
+    render_full: Callable[[str, runner_pb.GenerateResponse], dict[str, Any]],
+    first_chunk: dict[str, Any] | None,
+) -> Response:
+    settings = request.app.state.settings
+    runner = await _runner_for(request, model_id, start=settings.jit_start, keep_alive=generate.keep_alive_s)
+    # The first message is awaited before answering: a failure at the start is a normal HTTP error.
+    try:
+        replies = await runner.generate(generate)
+    except APIError as exc:
+        if exc.code != "model_not_loaded" or not settings.jit_start:
+            raise
+        # Unloaded between placement and the request (keep-alive ran out): load it again, once.
+        runner = await _runner_for(request, model_id, start=True, keep_alive=generate.keep_alive_s)
+        replies = await runner.generate(generate)
+    if not stream:
+        text, last = [], None
+        async with rpc_errors("runner"):
+            async for reply in replies:
+                text.append(reply.text)
+                last = reply
+        if last is None:
+            raise APIError(503, "the runner ended the stream without an answer", code="runner_unavailable")
+        return Response(orjson.dumps(render_full("".join(text), last)), media_type="application/json")
+
+    async def events() -> AsyncIterator[bytes]:
+        usage = None
+        try:
+            if first_chunk is not None:
+                yield _sse(first_chunk)
+            async for reply in replies:
+                finish = convert.FINISH_NAMES.get(reply.finish_reason) if reply.finish_reason else None
+                if reply.text or finish:
+                    yield _sse(render_chunk(reply.text, finish))
+                if finish:
+                    usage = reply.usage
+            if include_usage and usage is not None:
+                chunk = render_chunk("", None)
+                chunk["choices"] = []
+                chunk["usage"] = convert.usage_dict(usage)
+                yield _sse(chunk)
+        except aio.AioRpcError as exc:
+            # After the headers an error can only travel as an event (a runner that died mid-stream).
+            err = from_rpc_error(exc, "runner")
+            yield _sse(
+                {
+                    "error": {
+                        "message": err.message,
+                        "type": "server_error",
+                        "param": err.param,
+                        "code": err.code,
+                    }
+                }
+            )
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionOut, responses=INFERENCE_ERRORS)
+async def chat_completions(request: Request, body: ChatCompletionIn) -> Response:
+    """OpenAI chat completions, streamed as Server-Sent Events when `stream` is true."""
+    try:
+        generate = convert.chat_request(body)
+    except ValueError as exc:
+        raise _bad(str(exc), "messages") from None
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(text: str, finish: str | None) -> dict[str, Any]:
+        return convert.chat_chunk(cid, created, body.model, {"content": text} if text else {}, finish)
+
+    return await _generate(
+        request,
+        body.model,
+        generate,
+        stream=body.stream,
+        include_usage=body.include_usage,
+        render_chunk=chunk,
+        render_full=lambda text, last: convert.chat_completion(cid, created, body.model, text, last),
+        first_chunk=convert.chat_chunk(cid, created, body.model, {"role": "assistant", "content": ""}),
+    )
+
+
+@router.post("/v1/completions", response_model=CompletionOut, responses=INFERENCE_ERRORS)
+async def completions(request: Request, body: CompletionIn) -> Response:
+    """OpenAI (legacy) text completions."""
+    try:
+        generate = convert.completion_request(body)
+    except ValueError as exc:
+        raise _bad(str(exc), "prompt") from None
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    return await _generate(
+        request,
+        body.model,
+        generate,
+        stream=body.stream,
+        include_usage=body.include_usage,
+        render_chunk=lambda text, finish: convert.text_chunk(cid, created, body.model, text, finish),
+        render_full=lambda text, last: convert.text_completion(cid, created, body.model, text, last),
+        first_chunk=None,
+    )
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingListOut, responses=INFERENCE_ERRORS)
+async def embeddings(request: Request, body: EmbeddingIn) -> Response:
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    if not inputs:
+        raise _bad("input must not be empty", "input")
+    try:
+        keep_alive = convert.parse_keep_alive(body.keep_alive)
+    except ValueError as exc:
+        raise _bad(str(exc), "keep_alive") from None
+    settings = request.app.state.settings
+    runner = await _runner_for(request, body.model, start=settings.jit_start, keep_alive=keep_alive)
+    reply = await runner.call("Embed", runner_pb.EmbedRequest(model_id=body.model, inputs=inputs))
+    return Response(
+        orjson.dumps(convert.embedding_list(body.model, reply, body.encoding_format)),
+        media_type="application/json",
+    )

@@ -1,0 +1,182 @@
+"""The gateway's OpenAI inference surface against a real catalog and a real runner (llama.cpp with a tiny
+GGUF written by the tests), driven by the official openai SDK over ASGI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from services.catalog.core import Catalog
+from services.catalog.servicer import make_server as make_catalog_server
+from services.catalog.settings import CatalogSettings
+from services.common.catalog_client import CatalogClient
+from services.common.storage import StorageSettings, make_storage
+from services.runner.core import Runner
+from services.runner.servicer import make_server as make_runner_server
+from services.runner.settings import RunnerSettings
+from tests.fakes.tiny_gguf import write_tiny_gguf
+
+pytest.importorskip("llama_cpp")
+
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+MODEL = "tiny/chat"
+
+
+@dataclass
+class Env:
+    http: httpx.AsyncClient
+    sdk: openai.AsyncOpenAI
+    catalog: Catalog
+    runner: Runner
+
+
+@pytest.fixture
+def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
+    async def make(jit_start: bool = True) -> AsyncIterator[Env]:
+        root = tmp_path / "jan"
+        folder = root / "models" / "tiny"
+        folder.mkdir(parents=True)
+        write_tiny_gguf(folder / "chat.gguf", chat_template=TEMPLATE)
+        params = {"ctx_len": 512, "temperature": 0, "max_tokens": 12}
+        (folder / "chat.json").write_bytes(orjson.dumps({"parameters": params}))
+        catalog = Catalog(CatalogSettings(root=root, port=0, seed_models_dir=None))
+        cat_server = make_catalog_server(catalog)
+        cat_port = cat_server.bind("127.0.0.1:0")
+        await cat_server.start()
+        await catalog.start()
+        await cat_server.set_serving(True)
+        settings = RunnerSettings(
+            root=root, name="r1", port=0, catalog_address=f"127.0.0.1:{cat_port}", threads=1
+        )
+        client = CatalogClient(settings.catalog_address)
+        runner = Runner(settings, client, make_storage(StorageSettings(), root))
+        server = make_runner_server(runner)
+        settings.advertise_address = f"127.0.0.1:{server.bind('127.0.0.1:0')}"
+        await server.start()
+        await runner.start()
+        await server.set_serving(True)
+        await runner.heartbeat()
+        app = create_app(GatewaySettings(catalog_address=f"127.0.0.1:{cat_port}", jit_start=jit_start))
+        try:
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60) as http:
+                    sdk = openai.AsyncOpenAI(
+                        base_url="http://gw/v1", api_key="x", http_client=http, max_retries=0
+                    )
+                    yield Env(http, sdk, catalog, runner)
+        finally:
+            await server.stop(0)
+            await runner.close()
+            await client.close()
+            await cat_server.stop(0)
+            await catalog.close()
+
+    return make
+
+
+async def test_chat_completion_shapes_and_usage(make_env) -> None:
+    async for env in make_env():
+        answer = await env.sdk.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "the cat"}]
+        )
+        assert answer.id.startswith("chatcmpl-") and answer.model == MODEL
+        assert answer.choices[0].finish_reason == "length" and answer.choices[0].message.content
+        assert answer.usage is not None and answer.usage.completion_tokens == 12
+        assert answer.usage.total_tokens == answer.usage.prompt_tokens + 12
+        assert (await env.catalog.get(MODEL)).state == 4  # started just in time, running
+
+        stream = await env.sdk.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "the cat"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+        assert chunks[0].choices[0].delta.role == "assistant"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == answer.choices[0].message.content  # greedy: streaming gives the same text
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finishes == ["length"]
+        assert chunks[-1].choices == [] and chunks[-1].usage is not None
+        assert chunks[-1].usage.completion_tokens == 12
+
+
+async def test_the_sse_transcript(make_env) -> None:
+    async for env in make_env():
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "max_tokens": 3,
+        }
+        async with env.http.stream("POST", "/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+            lines = [line async for line in resp.aiter_lines() if line]
+        assert all(line.startswith("data: ") for line in lines)
+        assert lines[-1] == "data: [DONE]"
+        events = [orjson.loads(line[6:]) for line in lines[:-1]]
+        assert [e["object"] for e in events] == ["chat.completion.chunk"] * len(events)
+        assert len({e["id"] for e in events}) == 1
+        assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert events[-1]["choices"][0]["finish_reason"] == "length"
+        assert all(e["choices"][0]["finish_reason"] is None for e in events[:-1])
+
+
+async def test_completions_embeddings_and_overrides(make_env) -> None:
+    async for env in make_env():
+        done = await env.sdk.completions.create(model=MODEL, prompt="the dog", max_tokens=5, temperature=0)
+        assert (
+            done.object == "text_completion" and done.usage is not None and done.usage.completion_tokens == 5
+        )
+        stream = await env.sdk.completions.create(
+            model=MODEL, prompt="the dog", max_tokens=5, temperature=0, stream=True
+        )
+        assert "".join([c.choices[0].text async for c in stream]) == done.choices[0].text
+        emb = await env.sdk.embeddings.create(model=MODEL, input="the cat")
+        assert len(emb.data) == 1 and len(emb.data[0].embedding) == 64
+        b64 = await env.http.post(
+            "/v1/embeddings", json={"model": MODEL, "input": ["a", "b"], "encoding_format": "base64"}
+        )
+        assert b64.status_code == 200 and isinstance(b64.json()["data"][1]["embedding"], str)
+        start = await env.http.post(f"/v1/models/{MODEL}/start", json={"parameters": {"ctx_len": 256}})
+        assert start.status_code == 200 and start.json()["state"] == "running"
+        running = (await env.http.get("/v1/running")).json()["data"]
+        assert running[0]["model_id"] == MODEL and running[0]["runner"] == "r1"
+        stop = await env.http.post(f"/v1/models/{MODEL}/stop")
+        assert stop.json()["state"] == "stopped" and (await env.http.get("/v1/running")).json()["data"] == []
+
+
+async def test_errors(make_env) -> None:
+    async for env in make_env(jit_start=False):
+        with pytest.raises(openai.ConflictError) as exc:
+            await env.sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert exc.value.body["code"] == "model_not_running"  # type: ignore[index]
+        with pytest.raises(openai.NotFoundError):
+            await env.sdk.chat.completions.create(
+                model="no/model", messages=[{"role": "user", "content": "hi"}]
+            )
+        with pytest.raises(openai.BadRequestError):
+            await env.sdk.chat.completions.create(
+                model="../etc", messages=[{"role": "user", "content": "hi"}]
+            )
+        await env.http.post(f"/v1/models/{MODEL}/start")
+        too_long = "the cat " * 400
+        with pytest.raises(openai.BadRequestError) as exc:
+            await env.sdk.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": too_long}]
+            )
+        assert exc.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+        bad = await env.http.post("/v1/models/tiny/chat/start", json={"keep_alive": "soon"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive"
