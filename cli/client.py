@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -315,11 +316,51 @@ class JanClient:
         An error event (sent once the stream has begun) is raised as CliError; so is a transport failure.
         """
         path = model_path(model_id) + "/download"
-        # No read deadline: events come as the job changes; a stalled transfer may send none for a while.
+        with closing(self._sse("GET", path)) as events:
+            for payload in events:
+                yield _sse_event(payload, path, "the progress stream failed")
+
+    # --- running models -----------------------------------------------------------------------------------
+
+    def start_model(
+        self, model_id: str, *, parameters: JSONObject | None = None, keep_alive: float | str | None = None
+    ) -> JSONObject:
+        """Loads the model on a runner (answers once it runs); `keep_alive`: seconds, "5m", -1 = forever."""
+        optional = {"parameters": parameters, "keep_alive": keep_alive}
+        body = {key: value for key, value in optional.items() if value is not None}
+        # No read deadline: loading a large model takes a while; the gateway bounds it (load_timeout_s).
+        timeout = httpx.Timeout(self.timeout, read=None)
+        result: JSONObject = self._json("POST", model_path(model_id) + "/start", json=body, timeout=timeout)
+        return result
+
+    def stop_model(self, model_id: str) -> JSONObject:
+        result: JSONObject = self._json("POST", model_path(model_id) + "/stop")
+        return result
+
+    def list_running(self) -> list[JSONObject]:
+        """The models loaded on every live runner: model_id, runner, engine, memory_bytes, expires_at..."""
+        data: list[JSONObject] = self._json("GET", "/v1/running").get("data", [])
+        return data
+
+    def chat_stream(self, body: JSONObject) -> Iterator[JSONObject]:
+        """POST /v1/chat/completions with `"stream": true`: yields the chat.completion.chunk objects.
+
+        An error event (sent once the stream has begun) is raised as CliError; so is a transport failure.
+        Closing the generator early (or an exception inside it, such as KeyboardInterrupt) closes the
+        connection, which cancels the generation on the server.
+        """
+        path = "/v1/chat/completions"
+        with closing(self._sse("POST", path, json={**body, "stream": True})) as events:
+            for payload in events:
+                yield _sse_event(payload, path, "the answer stream failed")
+
+    def _sse(self, method: str, path: str, **kwargs: Any) -> Iterator[str]:
+        """The data of each Server-Sent Event of a streamed response, until `[DONE]` or its end."""
+        # No read deadline: events come as the work goes on, and there may be none for a while.
         timeout = httpx.Timeout(self.timeout, read=None)
         headers = {"Accept": "text/event-stream"}
         try:
-            with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+            with self._http.stream(method, path, headers=headers, timeout=timeout, **kwargs) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise_for_error(response)
@@ -333,15 +374,15 @@ class JanClient:
                     payload, data = "\n".join(data), []
                     if payload == "[DONE]":
                         return
-                    yield _sse_job(payload, path)
+                    yield payload
                 if data and "\n".join(data) != "[DONE]":
-                    yield _sse_job("\n".join(data), path)
+                    yield "\n".join(data)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._transport_error(exc) from None
 
 
-def _sse_job(payload: str, path: str) -> JSONObject:
-    """One event of a download's progress stream: the job, or the error it carries as CliError."""
+def _sse_event(payload: str, path: str, failed: str) -> JSONObject:
+    """One event of a stream (a job state, a chunk), or the error it carries raised as CliError."""
     try:
         event = json.loads(payload)
     except ValueError:
@@ -350,7 +391,7 @@ def _sse_job(payload: str, path: str) -> JSONObject:
         raise CliError(f"the gateway sent an unexpected event on {path}")
     error = event.get("error")
     if isinstance(error, dict):
-        message = str(error.get("message") or "the progress stream failed")
+        message = str(error.get("message") or failed)
         code = error.get("code")
         raise CliError(message, code=code if isinstance(code, str) else None)
     return event

@@ -152,6 +152,31 @@ def test_just_in_time_start_and_two_concurrent_streams(stack: Stack, client: ope
     assert state(stack)["state"] == "running"  # started just in time by the first request
 
 
+def test_a_client_that_disconnects_cancels_the_generation(stack: Stack) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 1500,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{stack.url}/v1/chat/completions", json=body, timeout=60) as resp:
+        for i, _line in enumerate(resp.iter_lines()):
+            if i == 4:
+                break  # leaving the block closes the connection
+    # The runner stops generating: the slot is free long before 1500 tokens could have been produced.
+    started = time.monotonic()
+    wait_for(
+        lambda: all(r["active"] == 0 for r in httpx.get(f"{stack.url}/v1/running").json()["data"]), timeout=10
+    )
+    assert time.monotonic() - started < 10
+    quick = httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        timeout=30,
+    )
+    assert quick.status_code == 200
+
+
 def test_errors_in_the_openai_shape(stack: Stack, client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no/such-model", messages=[{"role": "user", "content": "hi"}])

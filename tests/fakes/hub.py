@@ -296,6 +296,15 @@ class FakeHub:
         loop = self._loop
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(timeout=30)
+
+        async def cancel_leftovers() -> None:
+            # Handlers still stalled (fault injection) are cancelled and awaited, not abandoned.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel_leftovers(), loop).result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(timeout=30)
         self._thread = None
