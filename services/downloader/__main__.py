@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-
 from services.common.catalog_client import CatalogClient
 from services.common.grpcserver import run_until_signal
-from services.common.logs import setup_logging
+from services.common.main import service_main
 from services.common.storage import StorageSettings, make_storage
 from services.downloader.core import Downloader
 from services.downloader.servicer import make_server
@@ -28,16 +25,7 @@ async def serve(settings: DownloaderSettings, storage_settings: StorageSettings)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.downloader", description=__doc__)
-    parser.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
-    args = parser.parse_args()
-    settings, storage = DownloaderSettings(), StorageSettings()
-    if args.print_settings:
-        print(settings.model_dump_json(indent=2))
-        print(storage.model_dump_json(indent=2))
-        return
-    setup_logging(settings.log_level)
-    asyncio.run(serve(settings, storage))
+    service_main("python -m services.downloader", __doc__, (DownloaderSettings, StorageSettings), serve)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""The command line every service process shares: `--print-settings`, logging, then serve until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic_settings import BaseSettings
+
+from services.common.logs import setup_logging
+
+
+def service_main(
+    prog: str,
+    description: str | None,
+    settings_types: tuple[type[BaseSettings], ...],
+    serve: Callable[..., Awaitable[None]],
+) -> None:
+    """Reads the settings (bad ones fail here, with pydantic's message), then runs `serve(*settings)`.
+    The first settings class is the service's own and gives the log level."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
+    args = parser.parse_args()
+    settings: list[Any] = [cls() for cls in settings_types]
+    if args.print_settings:
+        for s in settings:  # secrets are SecretStr: printed as **********
+            print(s.model_dump_json(indent=2))
+        return
+    setup_logging(settings[0].log_level)
+    asyncio.run(serve(*settings))
