@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pydantic_settings import BaseSettings
@@ -16,7 +16,7 @@ def service_main(
     prog: str,
     description: str | None,
     settings_types: tuple[type[BaseSettings], ...],
-    serve: Callable[..., Awaitable[None]],
+    serve: Callable[..., Coroutine[Any, Any, None]],
 ) -> None:
     """Reads the settings (bad ones fail here, with pydantic's message), then runs `serve(*settings)`.
     The first settings class is the service's own and gives the log level."""
