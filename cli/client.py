@@ -8,7 +8,7 @@ exceptions never leave this module.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -342,7 +342,7 @@ class JanClient:
         data: list[JSONObject] = self._json("GET", "/v1/running").get("data", [])
         return data
 
-    def chat_stream(self, body: JSONObject) -> Iterator[JSONObject]:
+    def chat_stream(self, body: JSONObject) -> Generator[JSONObject, None, None]:
         """POST /v1/chat/completions with `"stream": true`: yields the chat.completion.chunk objects.
 
         An error event (sent once the stream has begun) is raised as CliError; so is a transport failure.
@@ -354,7 +354,7 @@ class JanClient:
             for payload in events:
                 yield _sse_event(payload, path, "the answer stream failed")
 
-    def _sse(self, method: str, path: str, **kwargs: Any) -> Iterator[str]:
+    def _sse(self, method: str, path: str, **kwargs: Any) -> Generator[str, None, None]:
         """The data of each Server-Sent Event of a streamed response, until `[DONE]` or its end."""
         # No read deadline: events come as the work goes on, and there may be none for a while.
         timeout = httpx.Timeout(self.timeout, read=None)

@@ -411,7 +411,10 @@ def main() -> None:
             f"server: {url} ({size / MiB:.0f} MiB, sha256 {sha[:16]}...,"
             f" up in {time.perf_counter() - t:.1f} s)"
         )
-        print(f"machine: {os.cpu_count()} CPUs; extra env for ours: {extra_env or 'none'}")
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(
+            f"machine: {os.cpu_count()} CPUs, load average {load}; extra env for ours: {extra_env or 'none'}"
+        )
         with tempfile.TemporaryDirectory(prefix="jan-bench-dl-", dir=args.tmp) as tmp_name:
             tmp = Path(tmp_name)
             for r in range(args.runs):
@@ -444,6 +447,8 @@ def main() -> None:
         if server.is_alive():
             server.terminate()
 
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average at the end: {load} (other work on this machine makes every number noisier)")
     curl_s = med([c.seconds for c in curl_runs])
     fsync_s = med([c.fsync_s for c in curl_runs])
     sum_s = med([c.sha256sum_s for c in curl_runs])
