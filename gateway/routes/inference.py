@@ -54,11 +54,13 @@ async def _runner_for(
     start: bool,
     overrides: dict[str, Any] | None = None,
     keep_alive: float = 0.0,
+    always_load: bool = False,
 ) -> RunnerClient:
-    """The runner serving `model_id`, loading it there first when needed (just-in-time start)."""
+    """The runner serving `model_id`, loading it there first when needed (just-in-time start).
+    `always_load`: ask the runner even when the model runs (an explicit start renews its keep-alive)."""
     placed = await _catalog(request).call("PlaceModel", catalog_pb.PlaceModelRequest(model_id=model_id))
     client = _runners(request).get(placed.runner.address)
-    if placed.loaded and not overrides:
+    if placed.loaded and not overrides and not always_load:
         return client
     if not start:
         raise APIError(
@@ -92,7 +94,9 @@ async def start_model(request: Request, folder: str, file: str, body: StartIn | 
         keep_alive = convert.parse_keep_alive(body.keep_alive)
     except ValueError as exc:
         raise _bad(str(exc), "keep_alive") from None
-    await _runner_for(request, model_id, start=True, overrides=body.parameters, keep_alive=keep_alive)
+    await _runner_for(
+        request, model_id, start=True, overrides=body.parameters, keep_alive=keep_alive, always_load=True
+    )
     reply = await _catalog(request).call("GetModel", catalog_pb.GetModelRequest(id=model_id))
     return Response(convert.model_json(reply.model), media_type="application/json")
 
