@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -59,6 +60,17 @@ class Hosted:
 def llamacpp_factory(spec: LoadSpec, settings: RunnerSettings) -> Engine:
     from services.runner.engines.llamacpp import LlamaCppEngine
 
+    params = dict(spec.parameters)
+    if not params.get("n_parallel"):
+        # Like Ollama: several slots by default, fewer when the KV caches of all would not fit.
+        params.setdefault("ctx_len", settings.default_ctx_len)
+        n = settings.default_n_parallel
+        while n > 1:
+            trial = dataclasses.replace(spec, parameters={**params, "n_parallel": n})
+            if LlamaCppEngine.estimate_memory(trial) <= settings.memory_budget_bytes:
+                break
+            n //= 2
+        spec = dataclasses.replace(spec, parameters={**params, "n_parallel": n})
     return LlamaCppEngine(spec, threads=settings.threads, default_ctx_len=settings.default_ctx_len)
 
 
@@ -166,7 +178,7 @@ class Runner:
                 )
             spec = await asyncio.to_thread(self._spec, model, overrides)
             engine = factory(spec, self.settings)
-            need = await asyncio.to_thread(type(engine).estimate_memory, spec)
+            need = await asyncio.to_thread(lambda: engine.memory_bytes)
             await self._make_room(model_id, need)
             started = time.perf_counter()
             try:

@@ -62,6 +62,13 @@ class RunnerSettings(BaseSettings):
     default_ctx_len: int = Field(
         default=4096, ge=64, le=1_048_576, description="ctx_len when the model sets none."
     )
+    default_n_parallel: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Slots (requests decoded together) of a llama.cpp model that sets no n_parallel; "
+        "halved until the KV caches fit the memory budget.",
+    )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
 
     @field_validator("root", mode="after")

@@ -187,7 +187,7 @@ async def test_refusals(make_env) -> None:
 
 async def test_queue_bound_and_a_new_request_never_cuts_a_stream(make_env) -> None:
     async for env in make_env(max_queue=1):
-        model(env.root, "q/m", {"parameters": {"ctx_len": 512, "temperature": 0}})
+        model(env.root, "q/m", {"parameters": {"ctx_len": 512, "temperature": 0, "n_parallel": 1}})
         await env.catalog.rescan_all()
         await env.stub.LoadModel(pb.LoadModelRequest(model_id="q/m"))
         long = env.stub.Generate(chat("q/m", max_tokens=400))
