@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export JAN_ROOT ?= $(HOME)/jan
 
-.PHONY: up down test lint typecheck proto venv bench clean
+.PHONY: up down test lint typecheck proto venv bench clean images compose-up compose-down compose-e2e k8s-render
 
 # llama-cpp-python compiles llama.cpp (~8 minutes on 2 cores the first time; pip caches the wheel).
 # The multimodal module is left out to halve that. GGML_NATIVE=OFF: a -march=native build turns on
@@ -49,3 +49,27 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+# Container homes (docs/deploy.md). `images` builds the CPU images with BuildKit, installing the
+# llama-cpp-python wheel from pip's cache (build/wheels) instead of compiling llama.cpp in the image.
+DOCKER ?= docker
+IMAGE_TAG ?= dev
+images: venv
+	$(VENV)/bin/pip wheel -q --no-deps "$$($(PY) docker/requirements.py pyproject.toml --only llama-cpp-python)" -w build/wheels
+	for t in catalog downloader gateway runner; do \
+		DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile --target $$t -t jan-models/$$t:$(IMAGE_TAG) . || exit 1; \
+	done
+
+compose-up: images
+	JAN_TAG=$(IMAGE_TAG) docker compose up -d
+
+compose-down:
+	docker compose down -t 2
+
+# The whole compose scenario as CI runs it (installs and starts Docker when needed).
+compose-e2e: venv
+	scripts/ci/compose-e2e.sh
+
+# Renders each Kubernetes overlay (the tests validate them: tests/deploy).
+k8s-render:
+	for o in deploy/k8s/overlays/*/; do echo "# $$o"; kubectl kustomize $$o || exit 1; done

@@ -1,0 +1,110 @@
+"""The compose stack's scenario, driven from the host through the gateway only (scripts/ci/compose-e2e.sh):
+waits for /healthz with a runner, lists models, imports a GGUF by URL, downloads it (into the bucket),
+starts it, streams a chat with the official openai SDK, stops it. Exits non-zero on the first failure."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import httpx
+from openai import OpenAI
+
+MODEL_ID = "gemma-3-270m-ci/gemma-3-270m-Q4_K_M"
+
+
+def step(message: str) -> None:
+    print(f"[compose-e2e] {message}", flush=True)
+
+
+def wait_healthy(http: httpx.Client, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            resp = http.get("/healthz")
+            body = resp.json()
+            if resp.status_code == 200 and body.get("runners", 0) >= 1:
+                return body
+            last = f"{resp.status_code} {body}"
+        except (httpx.HTTPError, ValueError) as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise SystemExit(f"the gateway did not become healthy with a runner in {timeout:.0f} s: {last}")
+
+
+def wait_state(http: httpx.Client, model_id: str, want: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    state: dict = {}
+    while time.monotonic() < deadline:
+        state = http.get(f"/v1/models/{model_id}/state").raise_for_status().json()
+        if state["state"] == want:
+            return state
+        if state["state"] == "not-downloaded" and state.get("reason"):
+            raise SystemExit(f"{model_id}: {state['reason']}")
+        time.sleep(0.5)
+    raise SystemExit(f"{model_id} is not {want} after {timeout:.0f} s: {state}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", default="http://127.0.0.1:1337")
+    parser.add_argument("--source-url", required=True, help="where the containers can fetch the GGUF")
+    parser.add_argument("--timeout", type=float, default=180.0)
+    args = parser.parse_args()
+    t0 = time.monotonic()
+    http = httpx.Client(base_url=args.url, timeout=60.0)
+    client = OpenAI(base_url=f"{args.url}/v1", api_key="unused")
+
+    health = wait_healthy(http, args.timeout)
+    step(f"healthy after {time.monotonic() - t0:.1f} s: {health}")
+
+    ids = [m.id for m in client.models.list()]
+    if not ids:
+        raise SystemExit("the catalog lists no model (the recommended ones should be seeded)")
+    step(f"{len(ids)} models listed, e.g. {ids[0]}")
+
+    if MODEL_ID in ids:  # a leftover volume (JAN_CI_KEEP): start from scratch
+        http.delete(f"/v1/models/{MODEL_ID}").raise_for_status()
+    resp = http.post(
+        "/v1/models",
+        json={"source_url": args.source_url, "id": MODEL_ID, "parameters": {"ctx_len": 2048}},
+    )
+    if resp.status_code != 201:
+        raise SystemExit(f"import failed: {resp.status_code} {resp.text}")
+    step(f"imported {MODEL_ID}: {resp.json()['state']}")
+
+    http.post(f"/v1/models/{MODEL_ID}/download").raise_for_status()
+    wait_state(http, MODEL_ID, "stopped", args.timeout)
+    step(f"downloaded into the bucket after {time.monotonic() - t0:.1f} s")
+
+    resp = http.post(f"/v1/models/{MODEL_ID}/start", timeout=args.timeout)
+    if resp.status_code != 200 or resp.json().get("state") != "running":
+        raise SystemExit(f"start failed: {resp.status_code} {resp.text}")
+    runner = http.get(f"/v1/models/{MODEL_ID}/state").json().get("runner")
+    step(f"running on {runner}")
+
+    pieces: list[str] = []
+    stream = client.chat.completions.create(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "Name three colours."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+    text = "".join(pieces)
+    if not text.strip():
+        raise SystemExit(f"the stream produced no text ({len(pieces)} chunks)")
+    step(f"streamed {len(pieces)} chunks: {text.strip()[:80]!r}")
+
+    http.post(f"/v1/models/{MODEL_ID}/stop").raise_for_status()
+    wait_state(http, MODEL_ID, "stopped", 30)
+    step(f"stopped; scenario done in {time.monotonic() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
