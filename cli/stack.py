@@ -28,6 +28,9 @@ MODULES = {
     "gateway": "gateway",
 }
 DEFAULT_PORTS = {"catalog": 13370, "downloader": 13371, "runner": 13372, "gateway": 1337}
+# Local mode serves each gRPC service's Prometheus metrics here (the gateway's are at /metrics);
+# tests leave them off.
+DEFAULT_METRICS_PORTS = {"catalog": 13380, "downloader": 13381, "runner": 13382}
 
 
 def free_port() -> int:
@@ -191,8 +194,12 @@ def main() -> None:
     running = [n for n in SERVICES if stack._pid(n) is not None and _alive(stack._pid(n))]
     if running:
         stack.stop()
+    metrics = {
+        f"JAN_{name.upper()}_METRICS_PORT": os.environ.get(f"JAN_{name.upper()}_METRICS_PORT", str(port))
+        for name, port in DEFAULT_METRICS_PORTS.items()
+    }
     try:
-        stack.start()
+        stack.start(extra_env=metrics)
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
     print(f"Jan Models is up: {stack.url}  (JAN_ROOT={stack.root}, logs in {stack.log_dir})")

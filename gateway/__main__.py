@@ -8,7 +8,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from services.common.logs import setup_logging
+from services.common.logs import LogSettings, setup_logging
 
 
 def main() -> None:
@@ -16,16 +16,19 @@ def main() -> None:
     parser.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
     args = parser.parse_args()
     settings = GatewaySettings()
+    log_settings = LogSettings()
     if args.print_settings:
         print(settings.model_dump_json(indent=2))
+        print(log_settings.model_dump_json(indent=2))
         return
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, log_settings.format)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # uvicorn's loggers go through ours (text or JSON, with the request id)
         timeout_graceful_shutdown=3,
     )
 

@@ -10,8 +10,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from gateway.auth import install_api_keys
 from gateway.clients import CatalogClient, DownloaderClient, RunnerPool
 from gateway.errors import APIError, install_error_handlers
+from gateway.limits import install_body_limit
+from gateway.metrics import install_metrics
 from gateway.routes import downloads, folders, inference, models
 from gateway.settings import GatewaySettings
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
@@ -41,6 +44,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_body_limit(app, settings.max_body_bytes)
+    install_api_keys(app, settings.keys, metrics_public=settings.metrics_public)
+    install_metrics(app)  # last: the outermost middleware sees every answer
 
     @app.get("/healthz", tags=["health"])
     async def healthz(request: Request) -> JSONResponse:

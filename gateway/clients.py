@@ -19,6 +19,7 @@ from jan.model.v1 import model_pb2
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 from jan.runner.v1 import runner_service_pb2_grpc as runner_grpc
 from services.common.grpcserver import CHANNEL_OPTIONS
+from services.common.logs import request_id_interceptors
 
 
 @asynccontextmanager
@@ -36,7 +37,9 @@ class ServiceClient:
     stub_class: Any = None
 
     def __init__(self, address: str, timeout: float, transfer_timeout: float) -> None:
-        self.channel = aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = aio.insecure_channel(
+            address, options=CHANNEL_OPTIONS, interceptors=request_id_interceptors()
+        )
         self.stub = self.stub_class(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout

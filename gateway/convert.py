@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import re
 import struct
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
@@ -155,6 +156,19 @@ class RepoImportOut(BaseModel):
 # --- request shapes ---------------------------------------------------------------------------------------
 
 
+def _encodable(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON object the services can take: orjson (which writes it on) refuses integers beyond 64 bits
+    and nesting deeper than 255, which Python's parser accepts; refused here, that is a 422, not a 500."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"not a storable JSON object: {exc}") from None
+    return value
+
+
+JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_encodable)]
+
+
 class CreateModelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -164,10 +178,38 @@ class CreateModelIn(BaseModel):
     )
     name: str | None = None
     description: str | None = None
-    parameters: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
+    parameters: JsonObject = None
+    metadata: JsonObject = None
     import_mode: Literal["link", "copy", "symlink"] = Field(
         default="link", description="Local files: hard link (else symbolic link), copy, or symbolic link."
+    )
+
+
+class RemoteImportIn(BaseModel):
+    """Model objects of the api engine for a remote API's models (see docs/engines.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    importer: Literal["openai", "azure_openai"]
+    base_url: str = Field(
+        description="OpenAI-compatible: the API's base URL (https://api.openai.com/v1); Azure: the resource."
+    )
+    api_key: str = Field(default="", description='Plain text, "env:NAME" or "file:/path" (for runners).')
+    folder: str | None = Field(default=None, description="Folder of the new objects (default: the host).")
+    models: list[str] | None = Field(
+        default=None, description="Remote model ids / Azure deployments; default: the remote's list (openai)."
+    )
+    api_version: str | None = Field(default=None, description="Azure's api-version.")
+
+
+def remote_import_request(body: RemoteImportIn) -> catalog_pb.ImportRemoteModelsRequest:
+    return catalog_pb.ImportRemoteModelsRequest(
+        importer=body.importer,
+        base_url=body.base_url,
+        api_key=body.api_key,
+        folder=body.folder or "",
+        models=body.models or [],
+        api_version=body.api_version or "",
     )
 
 
@@ -176,8 +218,8 @@ class UpdateModelIn(BaseModel):
 
     name: str | None = None
     description: str | None = None
-    parameters: dict[str, Any] | None = Field(default=None, description="JSON merge patch (null deletes).")
-    metadata: dict[str, Any] | None = Field(default=None, description="JSON merge patch (null deletes).")
+    parameters: JsonObject = Field(default=None, description="JSON merge patch (null deletes).")
+    metadata: JsonObject = Field(default=None, description="JSON merge patch (null deletes).")
 
 
 def create_request(body: CreateModelIn) -> catalog_pb.CreateModelRequest:
@@ -211,6 +253,36 @@ def update_request(model_id: str, body: UpdateModelIn) -> catalog_pb.UpdateModel
 
 # --- responses --------------------------------------------------------------------------------------------
 
+# Parameters holding credentials (an api model's "API-KEY" ...): never shown, only whether one is set.
+# "env:NAME" / "file:/path" references name where the secret lives and are shown as they are.
+SECRET_PARAMETER = re.compile(
+    r"api[-_]?key|secret|password|passwd|access[-_]?token|auth[-_]?token|authorization|^token$", re.IGNORECASE
+)
+_MAYBE_SECRET = re.compile(
+    r'"[^"]*(?:api[-_]?key|secret|passw|access[-_]?token|auth[-_]?token|authorization|token)"\s*:',
+    re.IGNORECASE,
+)
+MASK = "****"
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str) and value and not value.startswith(("env:", "file:")):
+        return MASK
+    return value if isinstance(value, str | type(None)) else MASK
+
+
+def parameters_fragment(parameters_json: str) -> orjson.Fragment:
+    """The parameters as they are, unless they hold a credential: then with it masked. The text is parsed
+    only when a key name looks like one, so listing 10,000 models stays a copy of bytes."""
+    text = parameters_json or "{}"
+    if not _MAYBE_SECRET.search(text):
+        return orjson.Fragment(text)
+    params = orjson.loads(text)
+    if not isinstance(params, dict):
+        return orjson.Fragment(text)
+    masked = {k: _masked(v) if SECRET_PARAMETER.search(k) else v for k, v in params.items()}
+    return orjson.Fragment(orjson.dumps(masked))
+
 
 def model_dict(m: model_pb2.Model) -> dict[str, Any]:
     # parameters/metadata arrive as JSON text and are embedded as they are (no parse/serialise round trip).
@@ -222,7 +294,7 @@ def model_dict(m: model_pb2.Model) -> dict[str, Any]:
         "name": m.name,
         "description": m.description,
         "state": STATE_NAMES.get(m.state, "not-downloaded"),
-        "parameters": orjson.Fragment(m.parameters_json or "{}"),
+        "parameters": parameters_fragment(m.parameters_json),
         "metadata": orjson.Fragment(m.metadata_json or "{}"),
     }
 
@@ -233,7 +305,7 @@ def model_json(m: model_pb2.Model) -> bytes:
 
 def model_list_json(models: list[model_pb2.Model]) -> bytes:
     # model_dict inlined: this runs for every model of GET /v1/models (10,000 in bench/catalog).
-    names, fragment = STATE_NAMES, orjson.Fragment
+    names, fragment, parameters = STATE_NAMES, orjson.Fragment, parameters_fragment
     data = [
         {
             "id": m.id,
@@ -243,7 +315,7 @@ def model_list_json(models: list[model_pb2.Model]) -> bytes:
             "name": m.name,
             "description": m.description,
             "state": names.get(m.state, "not-downloaded"),
-            "parameters": fragment(m.parameters_json or "{}"),
+            "parameters": parameters(m.parameters_json),
             "metadata": fragment(m.metadata_json or "{}"),
         }
         for m in models
@@ -485,9 +557,7 @@ class EmbeddingListOut(BaseModel):
 class StartIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    parameters: dict[str, Any] | None = Field(
-        default=None, description="Run-parameter overrides (ctx_len ...)."
-    )
+    parameters: JsonObject = Field(default=None, description="Run-parameter overrides (ctx_len ...).")
     keep_alive: float | str | None = None
 
 

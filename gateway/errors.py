@@ -4,6 +4,7 @@ table that turns a gRPC status into an HTTP status."""
 from __future__ import annotations
 
 import logging
+import re
 
 import grpc
 from fastapi import FastAPI, Request
@@ -13,6 +14,7 @@ from grpc import aio
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.metrics import count_error
 from services.common.errors import ERROR_CODE_KEY, ERROR_PARAM_KEY
 
 log = logging.getLogger(__name__)
@@ -33,17 +35,28 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 # Error codes whose HTTP status is more precise than their gRPC status says.
-CODE_TO_HTTP = {"invalid_model_file": 422}
+# A remote API (api engine) that refuses our key or does not know the model is a bad gateway: the caller
+# did nothing wrong and cannot fix it in the request; a remote that is too slow is a gateway timeout.
+CODE_TO_HTTP = {
+    "invalid_model_file": 422,
+    "remote_auth_failed": 502,
+    "remote_model_not_found": 502,
+    "remote_error": 502,
+    "remote_timeout": 504,
+}
 
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "conflict_error",
+    413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
     501: "not_implemented_error",
+    502: "bad_gateway_error",
     503: "service_unavailable_error",
     504: "timeout_error",
 }
@@ -77,6 +90,7 @@ class APIError(Exception):
 
 
 def error_json(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
+    count_error(code, status)
     body = {
         "error": {
             "message": message,
@@ -124,9 +138,33 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_json(exc.status_code, str(exc.detail), None, None)
+        # Keep the exception's headers: a 405 must say which methods are allowed (RFC 9110 `Allow`).
+        code = "method_not_allowed" if exc.status_code == 405 else None
+        response = error_json(exc.status_code, str(exc.detail), code, None)
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_json(500, "internal error in the gateway", "internal_error", None)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document lists for the request's path. Starlette's 405 names only the
+    methods of the first route that matched, and FastAPI makes one route per method."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "".join(
+            "[^/]+" if part.startswith("{") else re.escape(part)
+            for part in re.split(r"(\{[^}]+\})", template)
+        )
+        if re.fullmatch(pattern, path):
+            methods |= {m.upper() for m in operations if m in _HTTP_METHODS}
+    return sorted(methods)
+
+
+_HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.auth import APIKeyConfigError, load_keys
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="JAN_GATEWAY_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a bad setting's message must not echo the API keys it was read with.
+    model_config = SettingsConfigDict(
+        env_prefix="JAN_GATEWAY_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(default=1337, ge=0, le=65535, description="HTTP port (Jan's port by default).")
@@ -31,3 +38,34 @@ class GatewaySettings(BaseSettings):
         default=6 * 3600, gt=0, le=7 * 86400, description="Deadline of an archive import or export."
     )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
+    api_keys: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("JAN_GATEWAY_API_KEYS", "JAN_API_KEYS"),
+        description="Comma-separated API keys; when any key is configured every route but /healthz and the "
+        "OpenAPI document needs 'Authorization: Bearer <key>'.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("JAN_GATEWAY_API_KEYS_FILE", "JAN_API_KEYS_FILE"),
+        description="A file of API keys, one per line (blank lines and '#' comments ignored); read at start.",
+    )
+    metrics_public: bool = Field(
+        default=False, description="Serve /metrics without an API key even when keys are configured."
+    )
+
+    _keys: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _load_keys(self) -> GatewaySettings:
+        # Read here so that a missing, unreadable or empty key file stops the gateway at start-up.
+        secret = self.api_keys.get_secret_value() if self.api_keys is not None else None
+        try:
+            self._keys = load_keys(secret, self.api_keys_file)
+        except APIKeyConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def keys(self) -> list[str]:
+        """The API keys in force (empty: the gateway is open)."""
+        return self._keys

@@ -36,15 +36,17 @@ round every system runs the 6 prompts one after the other, the order of the syst
 to round (a b c, b c a, c a b, ...) to spread the machine's noise. Consecutive requests to one system
 never repeat a prompt (llama-cpp-python reuses the KV cache of a common prompt prefix; the order is the
 same for every system). All three models stay loaded, but only one computes at a time.
-Then concurrency: 4 streams at once (4 different prompts, threads) against (b) and against (c),
-alternating, `--runs` rounds: aggregate tokens/s = total completion tokens / wall time of the round.
+Then a concurrency sweep: 1, 2, 4 and 8 streams at once (different prompts, one thread each) against (b)
+(imported with n_parallel 8: every stream gets a slot of the same batch) and against (c), alternating,
+`--runs` rounds: aggregate tokens/s = total completion tokens / wall time of the round.
 
 Also recorded, for the analysis: CPU time of each process (from /proc/<pid>/stat) during each system's
 sequential turns, per generated token: where (b) spends CPU that (a) does not.
 
 Printed: medians per system of TTFT (ms), tokens/s and inter-token intervals; (b) - (a) TTFT in ms,
 tokens/s ratios (b)/(a) and (b)/(c), the 4-stream aggregate, and the targets: (b) >= 0.98x (a) tokens/s,
-<= 15 ms extra TTFT over (a), (b) >= (c) in every column.
+<= 15 ms extra TTFT over (a), (b) >= (c) in every column; the sweep's aggregate tokens/s, with the
+batching targets: (b) at 4 streams >= 1.5x and at 8 streams >= 2x its single stream, (b) >= 1.5x (c).
 
 Usage (from the repository root): .venv/bin/python bench/inference/bench_inference.py [--runs 3]
     [--max-tokens 128]
@@ -78,7 +80,8 @@ from cli.stack import SERVICES, Stack, free_port  # noqa: E402
 THREADS = 2
 N_CTX = 2048
 MODEL_ID = "gemma/gemma"
-CONCURRENCY = 4
+SWEEP = (1, 2, 4, 8)
+N_PARALLEL = max(SWEEP)  # (b)'s slots: every stream of the sweep is decoded in the same batch
 PROMPTS = (
     "Write a story about a lighthouse keeper.",
     "Explain how a steam engine works, step by step.",
@@ -86,6 +89,17 @@ PROMPTS = (
     "Write a long letter from a sailor to his family.",
     "Tell me the history of the bicycle in detail.",
     "Describe the life cycle of a star.",
+)
+# The sweep's streams: other prompts than the sequential part's, one per stream.
+SWEEP_PROMPTS = (
+    "Write a poem about the sea at night.",
+    "Explain how bread rises, in detail.",
+    "Describe a day in the life of a medieval blacksmith.",
+    "Write a dialogue between a cat and a dog about breakfast.",
+    "Tell me how a bill becomes a law.",
+    "Describe the journey of a raindrop from cloud to ocean.",
+    "Write a short biography of an imaginary inventor.",
+    "Explain what a compiler does, for a child.",
 )
 WARMUP_PROMPT = "Write a recipe for bread and explain every step."
 SYSTEMS = ("a", "b", "c")
@@ -224,7 +238,7 @@ class Http:
         self.model = model
         self.max_tokens = max_tokens
         self.usage = usage
-        limits = httpx.Limits(max_connections=CONCURRENCY * 2, max_keepalive_connections=CONCURRENCY * 2)
+        limits = httpx.Limits(max_connections=max(SWEEP) * 2, max_keepalive_connections=max(SWEEP) * 2)
         self.client = httpx.Client(timeout=httpx.Timeout(600.0), limits=limits)
 
     def __call__(self, prompt: str) -> Result:
@@ -292,7 +306,11 @@ def start_stack(root: Path, gguf: Path) -> Stack:
     try:
         resp = httpx.post(
             f"{stack.url}/v1/models",
-            json={"source_url": str(gguf), "id": MODEL_ID, "parameters": {"ctx_len": N_CTX}},
+            json={
+                "source_url": str(gguf),
+                "id": MODEL_ID,
+                "parameters": {"ctx_len": N_CTX, "n_parallel": N_PARALLEL},
+            },
             timeout=60,
         )
         if resp.status_code != 201:
@@ -418,35 +436,37 @@ def sequential(
     return samples
 
 
-def concurrent_round(call: Http) -> tuple[float, int, list[Result]]:
-    prompts = PROMPTS[:CONCURRENCY]
+def concurrent_round(call: Http, streams: int) -> tuple[float, int, list[Result]]:
+    prompts = SWEEP_PROMPTS[:streams]
     started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
+    with concurrent.futures.ThreadPoolExecutor(streams) as pool:
         results = list(pool.map(call, prompts))
     wall = time.perf_counter() - started
     tokens = sum(r.tokens for r in results)
     return tokens / wall, tokens, results
 
 
-def concurrency(systems: dict[str, Http], runs: int) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {name: [] for name in systems}
+def concurrency(systems: dict[str, Http], runs: int) -> dict[str, dict[int, list[float]]]:
+    """Aggregate tokens/s of (b) and (c) at every level of the sweep, alternating who goes first."""
+    rates: dict[str, dict[int, list[float]]] = {name: {n: [] for n in SWEEP} for name in systems}
     for r in range(runs):
-        order = ("b", "c") if r % 2 == 0 else ("c", "b")
-        for name in order:
-            rate, tokens, results = concurrent_round(systems[name])
-            rates[name].append(rate)
-            print(
-                f"  round {r + 1}/{runs} {name}: {CONCURRENCY} streams, {tokens} tokens, {rate:.2f} tok/s "
-                f"aggregate (TTFT max {max(x.ttft_ms for x in results):.0f} ms)",
-                flush=True,
-            )
+        for streams in SWEEP:
+            order = ("b", "c") if (r + streams) % 2 == 0 else ("c", "b")
+            for name in order:
+                rate, tokens, results = concurrent_round(systems[name], streams)
+                rates[name][streams].append(rate)
+                print(
+                    f"  round {r + 1}/{runs} {name}: {streams} streams, {tokens} tokens, {rate:.2f} tok/s "
+                    f"aggregate (TTFT max {max(x.ttft_ms for x in results):.0f} ms)",
+                    flush=True,
+                )
     return rates
 
 
 # --- the report ---------------------------------------------------------------------------------------
 
 
-def report(seq: dict[str, Samples], conc: dict[str, list[float]], max_tokens: int) -> bool:
+def report(seq: dict[str, Samples], conc: dict[str, dict[int, list[float]]], max_tokens: int) -> bool:
     rows = {}
     for name in SYSTEMS:
         res = seq[name].results
@@ -458,7 +478,7 @@ def report(seq: dict[str, Samples], conc: dict[str, list[float]], max_tokens: in
             "itl": median(intervals),
             "itl_p90": p90(intervals),
             "tokens": median([float(x.tokens) for x in res]),
-            "agg": median(conc[name]) if name in conc else float("nan"),
+            "agg": median(conc[name][4]) if name in conc else float("nan"),
         }
     width = 34
     print()
@@ -466,7 +486,7 @@ def report(seq: dict[str, Samples], conc: dict[str, list[float]], max_tokens: in
     print(f"{len(seq['a'].results)} requests per system ({len(PROMPTS)} prompts x runs), medians")
     header = (
         f"{'system':<{width}} {'TTFT ms':>8} {'min':>7} {'tok/s':>7} {'ITL ms':>7} {'ITL p90':>8} "
-        f"{'tokens':>7} {f'{CONCURRENCY}-stream tok/s':>16}"
+        f"{'tokens':>7} {'4-stream tok/s':>16}"
     )
     print(header)
     print("-" * len(header))
@@ -488,11 +508,36 @@ def report(seq: dict[str, Samples], conc: dict[str, list[float]], max_tokens: in
         (f"(b) TTFT - (a) TTFT = {extra_ttft:+.1f} ms", "target <= 15 ms", extra_ttft <= 15),
         (f"(b) tok/s / (c) tok/s = {ratio_bc:.3f}", "target >= 1", ratio_bc >= 1),
         (f"(c) TTFT - (b) TTFT = {c['ttft'] - b['ttft']:+.1f} ms", "target >= 0", b["ttft"] <= c["ttft"]),
+        (f"(b) 4-stream / (c) 4-stream = {ratio_agg:.3f}", "target >= 1", ratio_agg >= 1),
+    ]
+    # Continuous batching (the batching issue): aggregate tokens/s by number of concurrent streams.
+    agg = {name: {n: median(v) for n, v in levels.items()} for name, levels in conc.items()}
+    print("\nConcurrency sweep: aggregate tokens/s (medians), streamed chats at once")
+    print(f"  {'streams':<10}" + "".join(f"{n:>9}" for n in SWEEP))
+    for name in ("b", "c"):
+        print(f"  {name:<10}" + "".join(f"{agg[name][n]:>9.2f}" for n in SWEEP))
+    print(f"  {'(b)/(c)':<10}" + "".join(f"{agg['b'][n] / agg['c'][n]:>9.2f}" for n in SWEEP))
+    print(f"  {'(b)/(b)1':<10}" + "".join(f"{agg['b'][n] / agg['b'][1]:>9.2f}" for n in SWEEP))
+    print()
+    checks += [
         (
-            f"(b) {CONCURRENCY}-stream / (c) {CONCURRENCY}-stream = {ratio_agg:.3f}",
-            "target >= 1",
-            ratio_agg >= 1,
+            f"(b) 4 streams / (b) 1 stream = {agg['b'][4] / agg['b'][1]:.2f}",
+            "target >= 1.5",
+            agg["b"][4] >= 1.5 * agg["b"][1],
         ),
+        (
+            f"(b) 8 streams / (b) 1 stream = {agg['b'][8] / agg['b'][1]:.2f}",
+            "target >= 2",
+            agg["b"][8] >= 2 * agg["b"][1],
+        ),
+    ]
+    checks += [
+        (
+            f"(b)/(c) at {n} streams = {agg['b'][n] / agg['c'][n]:.2f}",
+            "target >= 1.5",
+            agg["b"][n] >= 1.5 * agg["c"][n],
+        )
+        for n in SWEEP
     ]
     for text, target, ok in checks:
         print(f"  {text:<46} {target:<16} {'met' if ok else 'MISSED'}")
@@ -561,7 +606,7 @@ def main() -> None:
             }
             print("sequential requests:", flush=True)
             seq = sequential({"a": in_process, "b": ours, "c": theirs}, pids, args.runs)
-            print(f"{CONCURRENCY} concurrent streams:", flush=True)
+            print(f"concurrent streams, sweep {SWEEP}:", flush=True)
             conc = concurrency({"b": ours, "c": theirs}, args.runs)
             report(seq, conc, args.max_tokens)
         finally:

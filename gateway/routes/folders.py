@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -29,8 +31,16 @@ async def export_folder(request: Request, folder: str) -> StreamingResponse:
     return StreamingResponse(
         chunks,
         media_type="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="{folder}.tar.gz"'},
+        headers={"Content-Disposition": _attachment(f"{folder}.tar.gz")},
     )
+
+
+def _attachment(filename: str) -> str:
+    """Content-Disposition for any folder name (RFC 6266): quotes, non-ASCII and control characters
+    become '_' in the plain `filename`, and travel percent-encoded in `filename*`, so the header stays one
+    well-formed latin-1 line whatever the name holds."""
+    plain = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 @router.post(

@@ -33,6 +33,8 @@ from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 router = APIRouter(tags=["inference"])
 INFERENCE_ERRORS = error_responses(400, 404, 409, 422, 429, 503)
+# chat and completions answer Server-Sent Events when `stream` is true: the document says so.
+STREAMING: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
 
 def _catalog(request: Request) -> CatalogClient:
@@ -188,15 +190,18 @@ async def _generate(
 
     async def events() -> AsyncIterator[bytes]:
         usage = None
+        # The role chunk goes out in the same write as the first content: one less send per answer.
+        head = _sse(first_chunk) if first_chunk is not None else b""
         try:
-            if first_chunk is not None:
-                yield _sse(first_chunk)
             async for reply in replies:
                 finish = convert.FINISH_NAMES.get(reply.finish_reason) if reply.finish_reason else None
                 if reply.text or finish:
-                    yield _sse(render_chunk(reply.text, finish))
+                    yield head + _sse(render_chunk(reply.text, finish))
+                    head = b""
                 if finish:
                     usage = reply.usage
+            if head:
+                yield head
             if include_usage and usage is not None:
                 chunk = render_chunk("", None)
                 chunk["choices"] = []
@@ -224,7 +229,9 @@ async def _generate(
     )
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionOut, responses=INFERENCE_ERRORS)
+@router.post(
+    "/v1/chat/completions", response_model=ChatCompletionOut, responses={**STREAMING, **INFERENCE_ERRORS}
+)
 async def chat_completions(request: Request, body: ChatCompletionIn) -> Response:
     """OpenAI chat completions, streamed as Server-Sent Events when `stream` is true."""
     try:
@@ -248,7 +255,7 @@ async def chat_completions(request: Request, body: ChatCompletionIn) -> Response
     )
 
 
-@router.post("/v1/completions", response_model=CompletionOut, responses=INFERENCE_ERRORS)
+@router.post("/v1/completions", response_model=CompletionOut, responses={**STREAMING, **INFERENCE_ERRORS})
 async def completions(request: Request, body: CompletionIn) -> Response:
     """OpenAI (legacy) text completions."""
     try:

@@ -14,6 +14,7 @@ from gateway.convert import (
     MetadataOut,
     ModelListOut,
     ModelOut,
+    RemoteImportIn,
     RepoImportOut,
     StateOut,
     UpdateModelIn,
@@ -63,6 +64,20 @@ async def create_model(request: Request, body: CreateModelIn) -> Response:
         return _json(body_json, 201)
     reply = await _catalog(request).call("CreateModel", convert.create_request(body))
     return _json(convert.model_json(reply.model), 201)
+
+
+@router.post(
+    "/remote",
+    status_code=201,
+    response_model=RepoImportOut,
+    responses=error_responses(400, 409, 422, 502, 503),
+)
+async def import_remote_models(request: Request, body: RemoteImportIn) -> Response:
+    """Creates model objects of the api engine for a remote OpenAI-compatible API's models (listed when no
+    `models` are named) or an Azure OpenAI resource's deployments, in one folder (answered as a list)."""
+    reply = await _catalog(request).call("ImportRemoteModels", convert.remote_import_request(body))
+    models = [convert.model_dict(m) for m in reply.models]
+    return _json(convert.orjson.dumps({"object": "list", "folder": reply.folder, "data": models}), 201)
 
 
 @router.get("/{folder}/{file}", response_model=ModelOut, responses=error_responses(400, 404, 422, 503))

@@ -15,6 +15,7 @@ import bisect
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -22,12 +23,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.model.v1 import model_pb2
-from services.catalog import archive
+from services.catalog import archive, importers
 from services.catalog.files import (
     FolderIndex,
     LinkRegistry,
@@ -40,6 +42,7 @@ from services.catalog.files import (
     write_atomic,
 )
 from services.catalog.model import (
+    REMOTE_ENGINES,
     ModelFileError,
     Runtime,
     check_name,
@@ -480,7 +483,12 @@ class Catalog:
         metadata = dict(metadata or {})
         data: dict[str, Any] = {}
         local: Path | None = None
-        if is_remote_url(source_url):
+        if metadata.get("engine") in REMOTE_ENGINES:
+            # Runs elsewhere (a remote API, a Triton server): nothing to fetch or place; the runner checks
+            # the address against the URL rules when it connects.
+            file_name = importers.remote_model_name(source_url, metadata["engine"], parameters or {})
+            data["source_url"] = source_url
+        elif is_remote_url(source_url):
             await self._check_url(source_url)
             url = hf_resolve_url(source_url)
             file_name = file_name_from_url(url)
@@ -502,7 +510,8 @@ class Catalog:
         if model_id:
             folder, stem = self._split(model_id)
         else:
-            stem = os.path.splitext(file_name)[0].lstrip(".") or "model"
+            remote = metadata.get("engine") in REMOTE_ENGINES  # "gpt-3.5-turbo" has no extension
+            stem = (file_name if remote else os.path.splitext(file_name)[0]).lstrip(".") or "model"
             folder = stem
             try:
                 check_name(folder, "folder")
@@ -536,6 +545,66 @@ class Catalog:
             )
         index = await self.refresh_folder(folder)
         return self._entry_or_raise(index, folder, stem).pb
+
+    async def import_remote(
+        self,
+        importer: str,
+        base_url: str,
+        api_key: str = "",
+        *,
+        folder: str = "",
+        models: list[str] | None = None,
+        api_version: str = "",
+    ) -> tuple[str, list[model_pb2.Model]]:
+        """Objects of the api engine for a remote's models (services/catalog/importers.py), in one folder;
+        models that exist already are left as they are and returned too."""
+        if importer not in importers.IMPORTERS:
+            raise InvalidArgument(
+                f"importer must be one of {', '.join(importers.IMPORTERS)}", param="importer"
+            )
+        host = urlsplit(base_url).hostname
+        if urlsplit(base_url).scheme not in ("http", "https") or not host:
+            raise InvalidArgument("base_url must be an http(s) URL", param="base_url")
+        names = list(models or [])
+        if importer == "openai":
+            if not names:
+                if api_key.startswith(("env:", "file:")):
+                    raise InvalidArgument(
+                        "with a key reference the remote cannot be listed here: name the models",
+                        param="models",
+                    )
+                names = await importers.list_openai_models(
+                    base_url, api_key, allow_private=self.settings.allow_private_networks
+                )
+            objects = importers.openai_objects(base_url, api_key, names)
+        else:
+            if not names:
+                raise InvalidArgument(
+                    "Azure OpenAI cannot list a resource's deployments with its key: name them in models",
+                    param="models",
+                )
+            objects = importers.azure_objects(base_url, api_key, names, api_version)
+        folder = folder or importers.safe_name(host.split(".")[0] if importer == "azure_openai" else host)
+        try:
+            check_name(folder, "folder")
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), code="invalid_model_id", param="folder") from None
+        result = []
+        for obj in objects:
+            model_id = f"{folder}/{obj.stem}"
+            try:
+                result.append(
+                    await self.create(
+                        source_url=obj.source_url,
+                        model_id=model_id,
+                        name=obj.name,
+                        parameters=obj.parameters,
+                        metadata=obj.metadata,
+                    )
+                )
+            except AlreadyExists:
+                result.append(await self.get(model_id))
+        return folder, result
 
     def _create_files(
         self, folder_dir: Path, json_path: Path, raw: bytes, local: Path | None, file_name: str, mode: str
@@ -573,6 +642,14 @@ class Catalog:
             raise
 
     def _check_local(self, source: str) -> Path:
+        # Any other URL (ftp:, gopher:, data:, ...) is refused as such, not taken for a relative path.
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", source)
+        if scheme and scheme.group(1).lower() != "file":
+            raise InvalidArgument(
+                f"URL scheme {scheme.group(1).lower()!r} is not allowed; use http(s) or a local path",
+                code="unsafe_source_url",
+                param="source_url",
+            )
         if source.startswith("file://"):
             source = source[len("file://") :]
         path = Path(os.path.expanduser(source))

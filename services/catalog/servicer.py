@@ -156,6 +156,19 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     ) -> pb.ListRunnersResponse:
         return pb.ListRunnersResponse(runners=self.catalog.live_runners())
 
+    async def ImportRemoteModels(
+        self, request: pb.ImportRemoteModelsRequest, context: aio.ServicerContext
+    ) -> pb.ImportRemoteModelsResponse:
+        folder, models = await self.catalog.import_remote(
+            request.importer,
+            request.base_url,
+            request.api_key,
+            folder=request.folder,
+            models=list(request.models),
+            api_version=request.api_version,
+        )
+        return pb.ImportRemoteModelsResponse(folder=folder, models=models)
+
 
 def make_server(catalog: Catalog) -> GrpcServer:
     """A gRPC server (health, reflection, error mapping) serving the catalog; bind it, then start it."""

@@ -54,6 +54,9 @@ class CatalogSettings(BaseSettings):
         default=512 * 1024**3, ge=1, description="Largest total size an imported archive may extract to."
     )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics server on host (0 = off)."
+    )
 
     @field_validator("root", mode="after")
     @classmethod

@@ -14,6 +14,7 @@ from jan.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from jan.model.v1 import model_pb2
 from services.common import errors
 from services.common.grpcserver import CHANNEL_OPTIONS
+from services.common.logs import request_id_interceptors
 
 _ERRORS: dict[grpc.StatusCode, type[errors.JanError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -41,7 +42,9 @@ def _translate(exc: aio.AioRpcError) -> errors.JanError:
 
 class CatalogClient:
     def __init__(self, address: str, timeout: float = 30.0) -> None:
-        self.channel = aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = aio.insecure_channel(
+            address, options=CHANNEL_OPTIONS, interceptors=request_id_interceptors()
+        )
         self.stub = pb_grpc.CatalogServiceStub(self.channel)
         self.timeout = timeout
 

@@ -7,8 +7,11 @@ OpenAI error shape without ever parsing message text.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc
@@ -74,6 +77,22 @@ class Unimplemented(JanError):
     default_code = "unimplemented"
 
 
+def storage_error(exc: OSError) -> JanError | None:
+    """A file system that refuses a write (full, read-only, permissions) is not an internal error: it says
+    so, naming the folder only (never the server's full path)."""
+    where = Path(exc.filename).parent.name if isinstance(exc.filename, str) else "storage"
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(
+            f"no space left on the storage of {where!r}: {reason}", code="insufficient_space"
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return Unavailable(
+            f"the storage of {where!r} refused the write: {reason}", code="storage_unavailable"
+        )
+    return None
+
+
 def _trailers(err: JanError) -> tuple[tuple[str, str], ...]:
     items = [(ERROR_CODE_KEY, err.code)]
     if err.param:
@@ -95,6 +114,11 @@ class ErrorInterceptor(aio.ServerInterceptor):
         method = handler_call_details.method
 
         async def abort(context: aio.ServicerContext, exc: BaseException) -> None:
+            if isinstance(exc, OSError) and (storage := storage_error(exc)) is not None:
+                log.warning(
+                    "%s: %s", method, exc
+                )  # the operator's to fix: the full path goes to the log only
+                exc = storage
             if isinstance(exc, JanError):
                 context.set_trailing_metadata(_trailers(exc))
                 await context.abort(exc.status, exc.message)

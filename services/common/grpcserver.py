@@ -1,7 +1,8 @@
 """Builds and runs a service's grpc.aio server the same way for every service.
 
-Every server gets the error interceptor, the standard grpc.health.v1 health service (per-service status
-plus the overall "" entry) and server reflection, and stops gracefully on SIGTERM/SIGINT.
+Every server gets the metrics and error interceptors, the standard grpc.health.v1 health service
+(per-service status plus the overall "" entry) and server reflection, and stops gracefully on
+SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import ErrorInterceptor
+from services.common.metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,9 @@ class GrpcServer:
     """A grpc.aio server with health and reflection; `service_names` are the full names it serves."""
 
     def __init__(self, service_names: Sequence[str]) -> None:
-        self.server = aio.server(interceptors=[ErrorInterceptor()], options=CHANNEL_OPTIONS)
+        # Metrics outside errors: it sees the status code and error code the error interceptor sets.
+        interceptors = [MetricsInterceptor(), ErrorInterceptor()]
+        self.server = aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)

@@ -32,7 +32,7 @@ from services.common.errors import (
     ResourceExhausted,
 )
 from services.common.storage import Storage
-from services.downloader import hf
+from services.downloader import hf, metrics
 from services.downloader.fetch import Fetcher, FetchError, FetchOptions
 from services.downloader.settings import DownloaderSettings
 
@@ -158,6 +158,7 @@ class Downloader:
     async def start(self) -> None:
         from services.downloader.fetch import make_session
 
+        metrics.watch(self)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.session = make_session(self.options, self.resolver)
         self.fetcher = Fetcher(self.session, self.options, self.resolver)
@@ -385,12 +386,14 @@ class Downloader:
                     continue
                 await self._fetch_file(job, f)
             await stop_ticking()
+            await self._write_back(job)
+            # The catalog hears first: whoever sees the job done then sees the model downloaded.
+            await self._report(job, state=model_pb2.MODEL_STATE_UNSPECIFIED)
             job.phase = P.PHASE_DONE
             job.error = job.error_code = ""
             self._save(job)
-            await self._write_back(job)
-            await self._report(job)
             log.info("downloaded %s (%s)", job.model_id, _human(job.bytes_done))
+            metrics.ended("done")
         except asyncio.CancelledError:
             raise
         except FetchError as exc:
@@ -413,6 +416,7 @@ class Downloader:
         self._publish(job)
 
         def progress(done: int, total: int) -> None:
+            metrics.received(done - f.done)
             f.done = done
             if total > 0:
                 f.total = total
@@ -471,6 +475,7 @@ class Downloader:
 
     async def _fail(self, job: Job, code: str, message: str) -> None:
         log.warning("download of %s failed: %s", job.model_id, message)
+        metrics.ended(code)
         job.phase = P.PHASE_FAILED
         job.error, job.error_code = message, code
         for f in job.files:
@@ -480,10 +485,15 @@ class Downloader:
         self._save(job)
         await self._report(job, reason=f"download failed: {message}")
 
-    async def _report(self, job: Job, reason: str = "") -> None:
-        state = (
-            model_pb2.MODEL_STATE_DOWNLOADING if job.phase in ACTIVE else model_pb2.MODEL_STATE_UNSPECIFIED
-        )
+    async def _report(
+        self, job: Job, reason: str = "", state: model_pb2.ModelState.ValueType | None = None
+    ) -> None:
+        if state is None:
+            state = (
+                model_pb2.MODEL_STATE_DOWNLOADING
+                if job.phase in ACTIVE
+                else model_pb2.MODEL_STATE_UNSPECIFIED
+            )
         try:
             await self.catalog.report(job.model_id, state, reason, job.bytes_done, job.bytes_total)
         except Exception as exc:  # the catalog being away must not stop a download

@@ -70,6 +70,9 @@ class DownloaderSettings(BaseSettings):
         default=3600, ge=0, description="How long ended jobs stay listed before they are forgotten."
     )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics server on host (0 = off)."
+    )
 
     @field_validator("root", mode="after")
     @classmethod

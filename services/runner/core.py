@@ -27,6 +27,7 @@ from jan.model.v1 import model_pb2
 from services.common.catalog_client import CatalogClient
 from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable, Unimplemented
 from services.common.storage import Storage
+from services.runner import metrics
 from services.runner.engines.base import Delta, Engine, GenerateRequest, LoadSpec
 from services.runner.settings import RunnerSettings
 
@@ -74,6 +75,27 @@ def llamacpp_factory(spec: LoadSpec, settings: RunnerSettings) -> Engine:
     return LlamaCppEngine(spec, threads=settings.threads, default_ctx_len=settings.default_ctx_len)
 
 
+def api_factory(spec: LoadSpec, settings: RunnerSettings) -> Engine:
+    from services.runner.engines.api import ApiEngine
+
+    return ApiEngine(spec, settings)
+
+
+def tensorrt_factory(spec: LoadSpec, settings: RunnerSettings) -> Engine:
+    from services.runner.engines.tensorrt import TensorRTEngine
+
+    return TensorRTEngine(spec, settings)
+
+
+# Engines whose models run elsewhere (a remote API, a Triton server): no binaries to materialise.
+REMOTE_ENGINES = frozenset({"api", "tensorrt"})
+DEFAULT_ENGINES: dict[str, EngineFactory] = {
+    "llamacpp": llamacpp_factory,
+    "api": api_factory,
+    "tensorrt": tensorrt_factory,
+}
+
+
 class Runner:
     def __init__(
         self,
@@ -85,7 +107,7 @@ class Runner:
         self.settings = settings
         self.catalog = catalog
         self.storage = storage
-        self.engines = engines or {"llamacpp": llamacpp_factory}
+        self.engines = engines or dict(DEFAULT_ENGINES)
         self.loaded: dict[str, Hosted] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._memory_lock = asyncio.Lock()
@@ -96,6 +118,7 @@ class Runner:
     # --- life cycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        metrics.watch(self)
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="runner-heartbeat"))
         self._tasks.append(asyncio.create_task(self._reaper_loop(), name="runner-keep-alive"))
 
@@ -201,6 +224,15 @@ class Runner:
         return hosted
 
     def _spec(self, model: model_pb2.Model, overrides: dict[str, Any]) -> LoadSpec:
+        if model.engine in REMOTE_ENGINES:
+            return LoadSpec(
+                model_id=model.id,
+                files=[],
+                mmproj=None,
+                parameters={**orjson.loads(model.parameters_json or "{}"), **overrides},
+                metadata=orjson.loads(model.metadata_json or "{}"),
+                source_url=model.source_url,
+            )
         missing = [b.name for b in model.binaries if not b.present]
         if missing or not model.binaries:
             raise FailedPrecondition(
@@ -281,6 +313,7 @@ class Runner:
     async def generate(
         self, model_id: str, request: GenerateRequest, keep_alive_s: float = 0.0
     ) -> AsyncIterator[Delta]:
+        started = time.perf_counter()
         hosted = self._hosted(model_id)
         hosted.active += 1
         hosted.touch(keep_alive_s)
@@ -295,9 +328,13 @@ class Runner:
                 ) from None
             except StopAsyncIteration:
                 return
+            metrics.first_token(model_id, time.perf_counter() - started)
             yield first
+            last = first
             async for delta in stream:
+                last = delta
                 yield delta
+            metrics.finished(model_id, last.completion_tokens)  # the last delta carries the usage
         finally:
             hosted.active -= 1
             hosted.touch()

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import socket
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_budget() -> int:
-    """80% of the memory available when the runner starts."""
+    """80% of the memory available when the runner starts: the machine's, or the container's limit
+    (cgroup v2 `memory.max`, or v1's `memory.limit_in_bytes`) when that is lower."""
+    available = 8 * 1024**3
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 * 8 // 10
+                    available = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    return 8 * 1024**3
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            available = min(available, int(value))
+        break
+    return available * 8 // 10
 
 
 class RunnerSettings(BaseSettings):
@@ -70,11 +84,74 @@ class RunnerSettings(BaseSettings):
         "halved until the KV caches fit the memory budget.",
     )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics server on host (0 = off)."
+    )
+    # Engines whose models run elsewhere (api: a remote OpenAI-style API; tensorrt: a Triton server).
+    allow_private_networks: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("JAN_RUNNER_ALLOW_PRIVATE_NETWORKS", "JAN_ALLOW_PRIVATE_NETWORKS"),
+        description="api/tensorrt models may reach loopback, private or link-local addresses.",
+    )
+    api_connect_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="api engine: connecting to the remote API."
+    )
+    api_read_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="api engine: longest wait for the remote's next bytes."
+    )
+    triton_timeout_s: float = Field(
+        default=600.0, gt=0, le=86_400, description="tensorrt engine: loading a model on Triton."
+    )
+    secret_env_names: Annotated[list[str], NoDecode] = Field(
+        default=["OPENAI_*", "AZURE_OPENAI_*", "JAN_SECRET_*"],
+        description="Environment variables (',' separated globs) a model's \"env:NAME\" key may name.",
+    )
+    secret_dirs: Annotated[list[Path], NoDecode] = Field(
+        default=[Path("/run/secrets")],
+        description="Directories (',' or ':' separated) a model's \"file:/path\" key may read from.",
+    )
 
     @field_validator("root", mode="after")
     @classmethod
     def _expand_root(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("secret_env_names", "secret_dirs", mode="before")
+    @classmethod
+    def _split_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for chunk in v.split(",") for p in chunk.split(os.pathsep) if p.strip()]
+        return v
+
+    def secret(self, value: str, what: str = "API-KEY") -> str:
+        """A secret given in a model object: plain text, "env:NAME" (an allowed environment variable of
+        this runner) or "file:/path" (a file under an allowed directory, e.g. a mounted secret).
+        The allow-lists keep a model object from sending any other variable or file to a remote."""
+        if value.startswith("env:"):
+            name = value[4:].strip()
+            if not any(fnmatch.fnmatchcase(name, p) for p in self.secret_env_names):
+                raise ValueError(
+                    f"{what} names the environment variable {name!r}, which is not in "
+                    f"JAN_RUNNER_SECRET_ENV_NAMES ({', '.join(self.secret_env_names)})"
+                )
+            if name not in os.environ:
+                raise ValueError(f"{what} names the environment variable {name!r}, which is not set")
+            return os.environ[name].strip()
+        if value.startswith("file:"):
+            path = Path(value[5:].strip()).expanduser()
+            resolved = path.resolve()
+            if not path.is_absolute() or not any(
+                d.resolve() == resolved.parent or d.resolve() in resolved.parents for d in self.secret_dirs
+            ):
+                raise ValueError(
+                    f"{what} names the file {str(path)!r}, which is not under JAN_RUNNER_SECRET_DIRS "
+                    f"({', '.join(map(str, self.secret_dirs))})"
+                )
+            try:
+                return resolved.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"{what}: cannot read {path}: {exc.strerror}") from None
+        return value
 
     @property
     def address(self) -> str:

@@ -193,7 +193,11 @@ async def test_queue_bound_and_a_new_request_never_cuts_a_stream(make_env) -> No
         long = env.stub.Generate(chat("q/m", max_tokens=400))
         first = await long.read()  # streaming has begun
         waiting = asyncio.ensure_future(collect(env.stub.Generate(chat("q/m", max_tokens=4))))
-        await asyncio.sleep(0.05)
+        for _ in range(200):  # until the runner holds it in the queue
+            listed = await env.stub.ListLoaded(pb.ListLoadedRequest())
+            if listed.models[0].queued == 1:
+                break
+            await asyncio.sleep(0.01)
         with pytest.raises(aio.AioRpcError) as exc:  # one runs, one waits: the third is refused
             await collect(env.stub.Generate(chat("q/m", max_tokens=4)))
         assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

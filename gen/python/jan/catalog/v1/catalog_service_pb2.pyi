@@ -779,3 +779,70 @@ class ListRunnersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRunnersResponse: _TypeAlias = ListRunnersResponse  # noqa: Y015
+
+@_typing.final
+class ImportRemoteModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMPORTER_FIELD_NUMBER: _builtins.int
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    FOLDER_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    API_VERSION_FIELD_NUMBER: _builtins.int
+    importer: _builtins.str
+    """"openai" (any OpenAI-compatible API) or "azure_openai"."""
+    base_url: _builtins.str
+    """OpenAI: the API's base URL ("https://api.openai.com/v1"); Azure: the resource's endpoint."""
+    api_key: _builtins.str
+    """Written into each object's parameters.API-KEY: plain text, "env:NAME" or "file:/path"."""
+    folder: _builtins.str
+    """The folder of the new objects (default: derived from the host)."""
+    api_version: _builtins.str
+    """Azure's api-version (default: a recent GA version)."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Remote model ids / Azure deployment names; empty = list the remote's models (OpenAI only)."""
+
+    def __init__(
+        self,
+        *,
+        importer: _builtins.str = ...,
+        base_url: _builtins.str = ...,
+        api_key: _builtins.str = ...,
+        folder: _builtins.str = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+        api_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "api_version", b"api_version", "base_url", b"base_url", "folder", b"folder", "importer", b"importer", "models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportRemoteModelsRequest: _TypeAlias = ImportRemoteModelsRequest  # noqa: Y015
+
+@_typing.final
+class ImportRemoteModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOLDER_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    folder: _builtins.str
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Model]:
+        """The objects created, and those that existed already with the same ids."""
+
+    def __init__(
+        self,
+        *,
+        folder: _builtins.str = ...,
+        models: _abc.Iterable[_model_pb2.Model] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["folder", b"folder", "models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportRemoteModelsResponse: _TypeAlias = ImportRemoteModelsResponse  # noqa: Y015

@@ -99,6 +99,11 @@ class CatalogServiceStub:
                 request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersRequest.SerializeToString,
                 response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersResponse.FromString,
                 _registered_method=True)
+        self.ImportRemoteModels = channel.unary_unary(
+                '/jan.catalog.v1.CatalogService/ImportRemoteModels',
+                request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsRequest.SerializeToString,
+                response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -196,6 +201,14 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportRemoteModels(self, request, context):
+        """Model objects of the api engine for the models of a remote API (an OpenAI-compatible one, listed
+        when it can list them, or an Azure OpenAI resource's deployments), created in one folder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +276,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.ListRunners,
                     request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersRequest.FromString,
                     response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersResponse.SerializeToString,
+            ),
+            'ImportRemoteModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportRemoteModels,
+                    request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsRequest.FromString,
+                    response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -616,6 +634,33 @@ class CatalogService:
             '/jan.catalog.v1.CatalogService/ListRunners',
             jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersRequest.SerializeToString,
             jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportRemoteModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jan.catalog.v1.CatalogService/ImportRemoteModels',
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsRequest.SerializeToString,
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

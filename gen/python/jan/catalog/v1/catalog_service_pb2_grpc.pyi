@@ -63,6 +63,10 @@ class CatalogServiceStub:
     PlaceModel: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.PlaceModelRequest, _catalog_service_pb2.PlaceModelResponse]
     """Which runner serves a model: the one hosting it, else the live runner with the most free memory."""
     ListRunners: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ListRunnersRequest, _catalog_service_pb2.ListRunnersResponse]
+    ImportRemoteModels: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ImportRemoteModelsRequest, _catalog_service_pb2.ImportRemoteModelsResponse]
+    """Model objects of the api engine for the models of a remote API (an OpenAI-compatible one, listed
+    when it can list them, or an Azure OpenAI resource's deployments), created in one folder.
+    """
 
 @_typing.type_check_only
 class CatalogServiceAsyncStub(CatalogServiceStub):
@@ -97,6 +101,10 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     PlaceModel: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.PlaceModelRequest, _catalog_service_pb2.PlaceModelResponse]  # type: ignore[assignment]
     """Which runner serves a model: the one hosting it, else the live runner with the most free memory."""
     ListRunners: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ListRunnersRequest, _catalog_service_pb2.ListRunnersResponse]  # type: ignore[assignment]
+    ImportRemoteModels: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ImportRemoteModelsRequest, _catalog_service_pb2.ImportRemoteModelsResponse]  # type: ignore[assignment]
+    """Model objects of the api engine for the models of a remote API (an OpenAI-compatible one, listed
+    when it can list them, or an Azure OpenAI resource's deployments), created in one folder.
+    """
 
 class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -206,5 +214,15 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_service_pb2.ListRunnersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_service_pb2.ListRunnersResponse, _abc.Awaitable[_catalog_service_pb2.ListRunnersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportRemoteModels(
+        self,
+        request: _catalog_service_pb2.ImportRemoteModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_service_pb2.ImportRemoteModelsResponse, _abc.Awaitable[_catalog_service_pb2.ImportRemoteModelsResponse]]:
+        """Model objects of the api engine for the models of a remote API (an OpenAI-compatible one, listed
+        when it can list them, or an Azure OpenAI resource's deployments), created in one folder.
+        """
 
 def add_CatalogServiceServicer_to_server(servicer: CatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,160 @@
+"""Importers of remote models: model objects of the `api` engine for an OpenAI-compatible API (`openai`) or
+an Azure OpenAI resource (`azure_openai`), made from a base URL and a key, and the names of objects of
+the engines whose models run elsewhere (`api`, `tensorrt`).
+
+`openai` lists the remote's models (`GET <base>/models`) unless the caller names them; Azure's data plane
+cannot list a resource's deployments, so `azure_openai` needs their names. Listing connects only to
+addresses the URL rules allow (checked at connect time). The key is written into each object as given:
+plain text, or better a reference the runner resolves (`env:NAME`, `file:/path`) — a reference cannot be
+used here for listing, so with one the models must be named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from services.common import netsafety
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+
+IMPORTERS = ("openai", "azure_openai")
+AZURE_DEFAULT_API_VERSION = "2024-10-21"
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+\-]")
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One model object to create: its file stem and its json properties."""
+
+    stem: str
+    source_url: str
+    name: str
+    parameters: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+def safe_name(text: str) -> str:
+    """A remote model id as a file or folder name ("meta-llama/Llama-3" -> "meta-llama_Llama-3")."""
+    return _UNSAFE_NAME.sub("_", text).strip("._")[:200] or "model"
+
+
+def remote_model_name(source_url: str, engine: str, parameters: dict[str, Any]) -> str:
+    """The name a new object of a remote engine takes when the caller gives no id; InvalidArgument when
+    its source_url cannot be one of that engine's."""
+    parts = urlsplit(source_url)
+    path = [s for s in parts.path.split("/") if s]
+    if engine == "tensorrt":
+        if parts.scheme != "triton" or not parts.hostname or not parts.port or not 1 <= len(path) <= 2:
+            raise InvalidArgument(
+                "a tensorrt model's source_url must be triton://HOST:GRPC_PORT/MODEL_NAME",
+                code="invalid_source_url",
+                param="source_url",
+            )
+        return safe_name(path[0])
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument(
+            "an api model's source_url must be the remote's http(s) URL: <base>/models/<model-id> "
+            "or an Azure OpenAI resource",
+            code="invalid_source_url",
+            param="source_url",
+        )
+    deployment = parameters.get("DEPLOYMENT-NAME")
+    if deployment:
+        return safe_name(str(deployment))
+    if "deployments" in path and path.index("deployments") + 1 < len(path):
+        return safe_name(path[path.index("deployments") + 1])
+    if "models" in path and path.index("models") + 1 < len(path):
+        return safe_name("/".join(path[path.index("models") + 1 :]))
+    if parameters.get("model"):
+        return safe_name(str(parameters["model"]))
+    raise InvalidArgument(
+        "an api model's source_url must name the remote model: <base>/models/<model-id>",
+        code="invalid_source_url",
+        param="source_url",
+    )
+
+
+def openai_objects(base_url: str, api_key: str, model_ids: list[str]) -> list[RemoteObject]:
+    base = base_url.rstrip("/")
+    return [
+        RemoteObject(
+            stem=safe_name(model_id),
+            source_url=f"{base}/models/{model_id}",
+            name=model_id,
+            parameters={"API-KEY": api_key} if api_key else {},
+            metadata={"engine": "api", "importer": "openai"},
+        )
+        for model_id in model_ids
+    ]
+
+
+def azure_objects(
+    base_url: str, api_key: str, deployments: list[str], api_version: str
+) -> list[RemoteObject]:
+    parts = urlsplit(base_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    version = api_version or AZURE_DEFAULT_API_VERSION
+    return [
+        RemoteObject(
+            stem=safe_name(name),
+            source_url=f"{origin}/openai/deployments/{name}",
+            name=name,
+            parameters={"API-KEY": api_key, "DEPLOYMENT-NAME": name, "api-version": version},
+            metadata={"engine": "api", "importer": "azure_openai"},
+        )
+        for name in deployments
+    ]
+
+
+async def list_openai_models(
+    base_url: str, api_key: str, *, allow_private: bool, timeout_s: float = 15
+) -> list[str]:
+    """The ids a remote lists at `GET <base>/models` (OpenAI's `{"data": [{"id"}]}`), sorted."""
+    from services.downloader.fetch import SafeResolver  # the downloader's DNS-pinning resolver
+
+    url = base_url.rstrip("/") + "/models"
+    try:
+        await asyncio.to_thread(netsafety.check_source_url, url, allow_private=allow_private)
+    except netsafety.UnsafeURLError as exc:
+        raise InvalidArgument(str(exc), code="unsafe_source_url", param="base_url") from None
+    headers = {"Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    connector = aiohttp.TCPConnector(
+        resolver=SafeResolver(allow_private), ttl_dns_cache=0, use_dns_cache=False
+    )
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=False
+            ) as session,
+            session.get(url, headers=headers, allow_redirects=False) as resp,
+        ):
+            body = await resp.read()
+            status = resp.status
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise Unavailable(
+            f"cannot list the models of {base_url}: {type(exc).__name__} {exc}", code="remote_unreachable"
+        ) from None
+    if status in (401, 403):
+        raise FailedPrecondition(
+            f"{base_url} rejected the key (HTTP {status}) when listing its models", code="remote_auth_failed"
+        )
+    if status != 200:
+        raise FailedPrecondition(
+            f"{base_url} cannot list its models (HTTP {status}): name them in `models`", code="remote_error"
+        )
+    try:
+        data = orjson.loads(body)["data"]
+        return sorted({str(m["id"]) for m in data})
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise FailedPrecondition(
+            f"{base_url}/models did not answer an OpenAI model list: name the models in `models`",
+            code="remote_error",
+        ) from None

@@ -1,0 +1,62 @@
+"""The downloader's Prometheus metrics: bytes received and jobs ended by result (fed by small calls in
+the core), and, read from the jobs when scraped, how many are in each phase and their current speed."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from jan.downloader.v1 import downloader_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from services.downloader.core import Downloader
+
+BYTES = Counter("jan_downloader_bytes_total", "Bytes received from download sources.")
+JOBS_ENDED = Counter(
+    "jan_downloader_jobs_ended_total",
+    "Download jobs that ended, by result (done or the error code).",
+    ["result"],
+)
+
+
+def received(n: int) -> None:
+    if n > 0:
+        BYTES.inc(n)
+
+
+def ended(result: str) -> None:
+    JOBS_ENDED.labels(result).inc()
+
+
+class _DownloaderCollector(Collector):
+    def __init__(self) -> None:
+        self.downloaders: weakref.WeakSet[Downloader] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        phases = GaugeMetricFamily("jan_downloader_jobs", "Download jobs by phase.", labels=["phase"])
+        speed = GaugeMetricFamily(
+            "jan_downloader_bytes_per_second", "Current speed of a running download.", labels=["model"]
+        )
+        counts: dict[str, int] = {}
+        for downloader in list(self.downloaders):
+            for job in list(downloader.jobs.values()):
+                phase = pb.Phase.Name(job.phase).removeprefix("PHASE_").lower()  # type: ignore[arg-type]
+                counts[phase] = counts.get(phase, 0) + 1
+                if job.phase in (pb.PHASE_CONNECTING, pb.PHASE_DOWNLOADING):
+                    speed.add_metric([job.model_id], job.speed)
+        for phase, n in sorted(counts.items()):
+            phases.add_metric([phase], n)
+        yield from (phases, speed)
+
+
+_COLLECTOR = _DownloaderCollector()
+REGISTRY.register(_COLLECTOR)
+
+
+def watch(downloader: Downloader) -> None:
+    _COLLECTOR.downloaders.add(downloader)

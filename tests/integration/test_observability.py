@@ -1,0 +1,246 @@
+"""Metrics and request ids: the real gateway app in front of real catalog and downloader gRPC servers,
+and one real stack of processes for the services' own /metrics ports and the JSON log format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from prometheus_client import REGISTRY
+
+from cli.stack import Stack, free_port
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from services.catalog.core import Catalog
+from services.catalog.servicer import make_server as make_catalog_server
+from services.catalog.settings import CatalogSettings
+from services.common.catalog_client import CatalogClient
+from services.common.logs import JsonFormatter, request_id
+from services.common.storage import StorageSettings, make_storage
+from services.downloader.core import Downloader
+from services.downloader.servicer import make_server as make_downloader_server
+from services.downloader.settings import DownloaderSettings
+
+CATALOG = "jan.catalog.v1.CatalogService"
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@dataclass
+class Env:
+    http: httpx.AsyncClient
+    root: Path
+
+
+async def make_env(tmp_path: Path, **gateway: object) -> AsyncIterator[Env]:
+    root = tmp_path / "jan"
+    storage = make_storage(StorageSettings(), root)
+    catalog = Catalog(
+        CatalogSettings(root=root, port=0, seed_models_dir=None, allow_private_networks=False),
+        storage=storage,
+    )
+    cat_server = make_catalog_server(catalog)
+    cat_port = cat_server.bind("127.0.0.1:0")
+    await cat_server.start()
+    await catalog.start()
+    await cat_server.set_serving(True)
+    dl_settings = DownloaderSettings(
+        root=root, port=0, catalog_address=f"127.0.0.1:{cat_port}", allow_private_networks=False, retries=0
+    )
+    dl_client = CatalogClient(dl_settings.catalog_address)
+    downloader = Downloader(dl_settings, storage, dl_client)
+    dl_server = make_downloader_server(downloader)
+    dl_port = dl_server.bind("127.0.0.1:0")
+    await dl_server.start()
+    await downloader.start()
+    await dl_server.set_serving(True)
+    app = create_app(
+        GatewaySettings(
+            catalog_address=f"127.0.0.1:{cat_port}",
+            downloader_address=f"127.0.0.1:{dl_port}",
+            **gateway,  # type: ignore[arg-type]
+        )
+    )
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as http:
+                yield Env(http, root)
+    finally:
+        await dl_server.stop(0)
+        await downloader.close()
+        await dl_client.close()
+        await cat_server.stop(0)
+        await catalog.close()
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async for e in make_env(tmp_path):
+        yield e
+
+
+async def test_gateway_metrics_count_by_route_template_and_status(env: Env) -> None:
+    route = "/v1/models/{folder}/{file}"
+    before = sample("jan_http_requests_total", method="GET", route=route, status="404")
+    errors = sample("jan_errors_total", component="gateway", code="model_not_found")
+    unmatched = sample("jan_http_requests_total", method="GET", route="<unmatched>", status="404")
+    for i in range(3):
+        assert (await env.http.get(f"/v1/models/nope/m{i}")).status_code == 404
+    assert (await env.http.get("/v1/no/such/route/at/all")).status_code == 404
+    resp = await env.http.get("/metrics")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    text = resp.text
+    # The template, never the raw path: ids do not become label values.
+    assert f'jan_http_requests_total{{method="GET",route="{route}",status="404"}}' in text
+    assert "nope/m1" not in text
+    assert sample("jan_http_requests_total", method="GET", route=route, status="404") == before + 3
+    assert sample("jan_errors_total", component="gateway", code="model_not_found") == errors + 3
+    assert sample("jan_http_requests_total", method="GET", route="<unmatched>", status="404") == unmatched + 1
+    assert sample("jan_http_request_duration_seconds_count", method="GET", route=route) >= 3
+    assert "/metrics" not in (await env.http.get("/openapi.json")).json()["paths"]
+
+
+async def test_grpc_calls_are_counted_by_method_and_code_with_error_codes(env: Env) -> None:
+    ok = sample("jan_grpc_server_handled_total", service=CATALOG, method="ListModels", code="OK")
+    missing = sample("jan_grpc_server_handled_total", service=CATALOG, method="GetModel", code="NOT_FOUND")
+    coded = sample("jan_errors_total", component="catalog", code="model_not_found")
+    await env.http.get("/v1/models")
+    await env.http.get("/v1/models/nope/m")
+    assert sample("jan_grpc_server_handled_total", service=CATALOG, method="ListModels", code="OK") == ok + 1
+    assert (
+        sample("jan_grpc_server_handled_total", service=CATALOG, method="GetModel", code="NOT_FOUND")
+        == missing + 1
+    )
+    assert sample("jan_errors_total", component="catalog", code="model_not_found") == coded + 1
+    assert sample("jan_grpc_server_handling_seconds_count", service=CATALOG, method="ListModels") >= 1
+
+
+async def test_downloader_refusals_are_counted_by_code(env: Env) -> None:
+    refused = sample("jan_errors_total", component="downloader", code="unsafe_source_url")
+    path = env.root / "models" / "hand" / "m.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(orjson.dumps({"source_url": "http://127.0.0.1:9/m.gguf"}))
+    resp = await env.http.post("/v1/models/hand/m/download")
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "unsafe_source_url"
+    assert sample("jan_errors_total", component="downloader", code="unsafe_source_url") == refused + 1
+
+
+class Capture(logging.Handler):
+    """Keeps (message, request id in force when it was logged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.getMessage(), request_id.get()))
+
+
+async def test_the_request_id_is_echoed_or_made_and_reaches_the_services_logs(env: Env) -> None:
+    resp = await env.http.get("/v1/models", headers={"X-Request-Id": "client-id.42"})
+    assert resp.headers["x-request-id"] == "client-id.42"
+    made = (await env.http.get("/v1/models")).headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    for unsafe in ("has space", "x" * 129, 'quote"d', "semi;colon"):
+        echoed = (await env.http.get("/v1/models", headers={"X-Request-Id": unsafe})).headers["x-request-id"]
+        assert echoed != unsafe and re.fullmatch(r"[0-9a-f]{32}", echoed)
+    assert (await env.http.get("/healthz", headers={"X-Request-Id": "probe-1"})).headers[
+        "x-request-id"
+    ] == "probe-1"
+
+    # A call the downloader refuses is logged there under the request's id.
+    capture = Capture()
+    logger = logging.getLogger("services.common.metrics")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(capture)
+    try:
+        path = env.root / "models" / "hand" / "rid.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(orjson.dumps({"source_url": "http://127.0.0.1:9/m.gguf"}))
+        resp = await env.http.post("/v1/models/hand/rid/download", headers={"X-Request-Id": "pull-7"})
+        assert resp.status_code == 400 and resp.headers["x-request-id"] == "pull-7"
+    finally:
+        logger.removeHandler(capture)
+        logger.setLevel(level)
+    assert [rid for message, rid in capture.lines if "unsafe_source_url" in message] == ["pull-7"]
+
+
+def test_json_lines_carry_the_request_id() -> None:
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, 'a "quoted"\nline %s', ("arg",), None)
+    record.request_id = "r-1"
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["message"] == 'a "quoted"\nline arg' and entry["request_id"] == "r-1"
+    assert entry["level"] == "WARNING" and entry["time"].endswith("Z")
+
+
+async def test_metrics_need_a_key_unless_public(tmp_path: Path) -> None:
+    async for env in make_env(tmp_path / "a", api_keys="k-123456"):
+        assert (await env.http.get("/metrics")).status_code == 401
+        assert (
+            await env.http.get("/metrics", headers={"Authorization": "Bearer k-123456"})
+        ).status_code == 200
+    async for env in make_env(tmp_path / "b", api_keys="k-123456", metrics_public=True):
+        assert (await env.http.get("/metrics")).status_code == 200
+        assert (await env.http.get("/v1/models")).status_code == 401
+
+
+# --- real processes: each service's /metrics port, JSON logs --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def json_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("janroot")
+    s = Stack(root=root, ports={name: free_port() for name in ("catalog", "downloader", "runner", "gateway")})
+    s.metrics = {"catalog": free_port(), "downloader": free_port()}  # type: ignore[attr-defined]
+    s.extra_env = {
+        "JAN_LOG_FORMAT": "json",
+        "JAN_CATALOG_METRICS_PORT": str(s.metrics["catalog"]),  # type: ignore[attr-defined]
+        "JAN_DOWNLOADER_METRICS_PORT": str(s.metrics["downloader"]),  # type: ignore[attr-defined]
+    }
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    s.log_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("catalog", "downloader", "gateway"):
+        s.start_service(name)
+    try:
+        s.wait_ready(60)
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.mark.e2e
+def test_services_serve_metrics_and_write_json_lines(json_stack: Stack) -> None:
+    with httpx.Client(trust_env=False, timeout=10) as http:
+        assert (
+            http.get(f"{json_stack.url}/v1/models/nope/m", headers={"X-Request-Id": "e2e-1"}).status_code
+            == 404
+        )
+        catalog = http.get(f"http://127.0.0.1:{json_stack.metrics['catalog']}/metrics").text  # type: ignore[attr-defined]
+        assert (
+            f'jan_grpc_server_handled_total{{code="NOT_FOUND",method="GetModel",service="{CATALOG}"}}'
+            in catalog
+        )
+        downloader = http.get(f"http://127.0.0.1:{json_stack.metrics['downloader']}/metrics").text  # type: ignore[attr-defined]
+        assert "jan_downloader_bytes_total" in downloader
+    for name in ("catalog", "downloader", "gateway"):
+        lines = [
+            line
+            for line in (json_stack.log_dir / f"{name}.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
+        assert lines, name
+        for line in lines:
+            assert {"time", "level", "logger", "message"} <= set(json.loads(line))
