@@ -40,11 +40,10 @@ from services.common.errors import FailedPrecondition, InvalidArgument, Unavaila
 from services.runner.engines.base import Delta, Engine, GenerateRequest, LoadSpec, Sampling
 from services.runner.engines.compute import ComputeThread
 from services.runner.engines.compute import shared as shared_compute
+from services.runner.engines.prompt import CHAT_FORMATS, find_stop, partial_stop, spec_prompt, stop_list
 
 log = logging.getLogger(__name__)
 
-# Named prompt formats of llama-cpp-python usable as `parameters.chat_format`.
-CHAT_FORMATS = ("chatml", "gemma", "llama-2", "llama-3", "mistral-instruct", "zephyr", "alpaca", "qwen")
 COMPUTE_OVERHEAD = 96 * 1024 * 1024  # scratch buffers of a context, measured roughly on CPU builds
 # The longest embedding input. Pooling needs a whole input in one batch, and llama.cpp computes the logits
 # of every token of it (vocabulary x tokens floats: 0.5 GiB for Gemma's 262k vocabulary at 512).
@@ -264,7 +263,7 @@ class LlamaCppEngine(Engine):
 
             def render(messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
                 result = formatter(messages=messages)  # type: ignore[arg-type]
-                return result.prompt, _stops(result.stop), True
+                return result.prompt, stop_list(result.stop), True
 
             return render
         arch = str(model.metadata.get("general.architecture", ""))
@@ -280,23 +279,12 @@ class LlamaCppEngine(Engine):
 
         def render(messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
             result = function(messages=messages)
-            return result.prompt, _stops(result.stop), False
+            return result.prompt, stop_list(result.stop), False
 
         return render
 
     def _spec_prompt(self, messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
-        """The Jan spec's prompt fields: pre_prompt, then user_prompt/ai_prompt before each turn."""
-        params = self.spec.parameters
-        pre, user, ai = (str(params.get(k) or "") for k in ("pre_prompt", "user_prompt", "ai_prompt"))
-        system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-        parts = [pre + (("\n" if pre else "") + system if system else "")]
-        for m in messages:
-            if m["role"] == "user":
-                parts.append(f"{user}{m['content']}")
-            elif m["role"] == "assistant":
-                parts.append(f"{ai}{m['content']}")
-        prompt = "\n".join(p for p in parts if p) + ("\n" if parts[-1] else "") + ai
-        stops = [s for s in (user.strip(),) if s]
+        prompt, stops = spec_prompt(self.spec.parameters, messages)
         return prompt, stops, False
 
     def _prompt(self, request: GenerateRequest) -> tuple[bytes, bool, bool, list[str]]:
@@ -715,7 +703,7 @@ class _Batcher:
         slot.generated += 1
         self.stats["generated"] += 1
         slot.text += slot.decoder.decode(self.piece(token))
-        cut = _find_stop(slot.text, job.stops)
+        cut = find_stop(slot.text, job.stops)
         if cut is not None:
             slot.text = slot.text[:cut]
             self._finish(slot, "stop", out, flush=False)
@@ -723,7 +711,7 @@ class _Batcher:
         if slot.generated >= slot.max_tokens or len(slot.cache) + 1 >= self.ctx_len:
             self._finish(slot, "length", out, flush=True)
             return
-        hold = _partial_stop(slot.text, job.stops)
+        hold = partial_stop(slot.text, job.stops)
         if len(slot.text) > hold:
             out.append((job, Delta(text=slot.text[: len(slot.text) - hold])))
             slot.text = slot.text[len(slot.text) - hold :]
@@ -859,28 +847,6 @@ def _deliver(out: list[tuple[_Job | _EmbedJob, Any]]) -> None:
                 job.future.set_exception(item)
             else:
                 job.future.set_result(item)
-
-
-def _stops(stop: Any) -> list[str]:
-    if not stop:
-        return []
-    return [stop] if isinstance(stop, str) else [s for s in stop if s]
-
-
-def _find_stop(text: str, stops: list[str]) -> int | None:
-    positions = [text.find(s) for s in stops if s and s in text]
-    return min(positions) if positions else None
-
-
-def _partial_stop(text: str, stops: list[str]) -> int:
-    """Length of the longest end of `text` that could be the start of a stop string (held back)."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:n]):
-                longest = max(longest, n)
-                break
-    return longest
 
 
 def _malloc_trim() -> None:

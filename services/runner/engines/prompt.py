@@ -51,7 +51,7 @@ def formatter(parameters: dict[str, Any]) -> tuple[str, Render]:
 
         def render_template(messages: list[dict[str, str]]) -> tuple[str, list[str]]:
             result = jinja(messages=messages)  # type: ignore[arg-type]
-            return result.prompt, _stops(result.stop)
+            return result.prompt, stop_list(result.stop)
 
         return "chat_template", render_template
     name = str(parameters.get("chat_format") or "chatml")
@@ -63,12 +63,12 @@ def formatter(parameters: dict[str, Any]) -> tuple[str, Render]:
 
     def render_named(messages: list[dict[str, str]]) -> tuple[str, list[str]]:
         result = function(messages=messages)
-        return result.prompt, _stops(result.stop)
+        return result.prompt, stop_list(result.stop)
 
     return name, render_named
 
 
-def _stops(stop: Any) -> list[str]:
+def stop_list(stop: Any) -> list[str]:
     if not stop:
         return []
     return [stop] if isinstance(stop, str) else [s for s in stop if s]
