@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import re
 import struct
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
@@ -169,7 +169,28 @@ def _encodable(value: dict[str, Any] | None) -> dict[str, Any] | None:
 JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_encodable)]
 
 
-class CreateModelIn(BaseModel):
+class StrictBoolsModel(BaseModel):
+    """A request body where `true`/`false` count only for boolean fields: pydantic would otherwise take
+    `"temperature": true` as 1.0, which the OpenAPI document (and OpenAI) call invalid."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
+                    raise ValueError(f"{name}: a boolean is not valid here")
+        return data
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_accepts_bool(arg) for arg in get_args(annotation))
+
+
+class CreateModelIn(StrictBoolsModel):
     model_config = ConfigDict(extra="forbid")
 
     source_url: str = Field(description="An http(s) URL of a model file, or an absolute local file path.")
@@ -185,7 +206,7 @@ class CreateModelIn(BaseModel):
     )
 
 
-class RemoteImportIn(BaseModel):
+class RemoteImportIn(StrictBoolsModel):
     """Model objects of the api engine for a remote API's models (see docs/engines.md)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -213,7 +234,7 @@ def remote_import_request(body: RemoteImportIn) -> catalog_pb.ImportRemoteModels
     )
 
 
-class UpdateModelIn(BaseModel):
+class UpdateModelIn(StrictBoolsModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = None
@@ -420,7 +441,7 @@ def parse_keep_alive(value: float | str | None) -> float:
         raise ValueError(f'keep_alive {value!r} is not a duration (e.g. 300, "5m", "1h", -1)') from None
 
 
-class SamplingIn(BaseModel):
+class SamplingIn(StrictBoolsModel):
     """Sampling fields shared by chat and completions; unset ones come from the model's parameters."""
 
     model_config = ConfigDict(extra="allow")
@@ -494,7 +515,7 @@ class CompletionIn(SamplingIn):
     echo: bool = False
 
 
-class EmbeddingIn(BaseModel):
+class EmbeddingIn(StrictBoolsModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
@@ -554,7 +575,7 @@ class EmbeddingListOut(BaseModel):
     usage: dict[str, int]
 
 
-class StartIn(BaseModel):
+class StartIn(StrictBoolsModel):
     model_config = ConfigDict(extra="forbid")
 
     parameters: JsonObject = Field(default=None, description="Run-parameter overrides (ctx_len ...).")

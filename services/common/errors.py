@@ -80,16 +80,14 @@ class Unimplemented(JanError):
 def storage_error(exc: OSError) -> JanError | None:
     """A file system that refuses a write (full, read-only, permissions) is not an internal error: it says
     so, naming the folder only (never the server's full path)."""
-    where = Path(exc.filename).parent.name if isinstance(exc.filename, str) else "storage"
+    where = f" (folder {Path(exc.filename).parent.name!r})" if isinstance(exc.filename, str) else ""
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ResourceExhausted(
-            f"no space left on the storage of {where!r}: {reason}", code="insufficient_space"
+            f"no space left on the model storage{where}: {reason}", code="insufficient_space"
         )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return Unavailable(
-            f"the storage of {where!r} refused the write: {reason}", code="storage_unavailable"
-        )
+        return Unavailable(f"the model storage refused a write{where}: {reason}", code="storage_unavailable")
     return None
 
 

@@ -507,6 +507,8 @@ class Fetcher:
 
 async def _all_or_first_error(coros: list[Coroutine[Any, Any, None]]) -> None:
     """Runs the coroutines together; the first failure cancels the others and is raised."""
+    if not coros:  # every byte is on disk already (paused or killed after the last write): nothing to run
+        return
     tasks = [asyncio.create_task(c) for c in coros]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
