@@ -155,3 +155,18 @@ async def test_unloading_fails_the_requests_in_flight(tmp_path: Path) -> None:
         await _drain(running)
     with pytest.raises(Exception, match="unloaded"):
         await waiting
+
+
+async def test_concurrent_requests_take_neighbouring_slots(engine: LlamaCppEngine) -> None:
+    # Four cached conversations, then two new requests at once: llama.cpp decodes the range of
+    # sequences between the lowest and highest active one, so they must sit next to each other.
+    await asyncio.gather(*(run(engine, chat(p, max_tokens=5)) for p in PROMPTS))
+    a = engine.generate(chat("a cat on a dog", max_tokens=200))
+    b = engine.generate(chat("mat mat the", max_tokens=200))
+    await anext(a)
+    await anext(b)
+    assert engine._batcher is not None
+    active = sorted(s.seq for s in engine._batcher.slots if s.job is not None)
+    assert len(active) == 2 and active[1] - active[0] == 1
+    await a.aclose()
+    await b.aclose()
