@@ -3,7 +3,7 @@ gRPC errors turned into APIError where the call is made."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -59,13 +59,13 @@ class ServiceClient:
         async with rpc_errors(self.service):
             return await getattr(self.stub, method)(request, timeout=self.timeout)
 
-    async def stream(self, call: Any) -> AsyncIterator[Any]:
+    async def stream(self, call: Any) -> AsyncGenerator[Any, None]:
         """A server stream whose first message is awaited here, so that an error at the start (an unknown
         id) becomes a normal HTTP error before any byte of the response is sent."""
         async with rpc_errors(self.service):
             first = await call.read()
 
-        async def rest() -> AsyncIterator[Any]:
+        async def rest() -> AsyncGenerator[Any, None]:
             try:
                 reply = first
                 while reply is not aio.EOF:
@@ -139,7 +139,9 @@ class RunnerClient(ServiceClient):
     service = "runner"
     stub_class = runner_grpc.RunnerServiceStub
 
-    async def generate(self, request: runner_pb.GenerateRequest) -> AsyncIterator[runner_pb.GenerateResponse]:
+    async def generate(
+        self, request: runner_pb.GenerateRequest
+    ) -> AsyncGenerator[runner_pb.GenerateResponse, None]:
         return await self.stream(self.stub.Generate(request, timeout=self.transfer_timeout))
 
 

@@ -4,6 +4,7 @@ lives there); tokens then flow from that runner straight to the client."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -180,7 +181,7 @@ async def _generate(
         replies = await runner.generate(generate)
     if not stream:
         text, last = [], None
-        async with rpc_errors("runner"):
+        async with rpc_errors("runner"), contextlib.aclosing(replies):
             async for reply in replies:
                 text.append(reply.text)
                 last = reply
@@ -193,13 +194,16 @@ async def _generate(
         # The role chunk goes out in the same write as the first content: one less send per answer.
         head = _sse(first_chunk) if first_chunk is not None else b""
         try:
-            async for reply in replies:
-                finish = convert.FINISH_NAMES.get(reply.finish_reason) if reply.finish_reason else None
-                if reply.text or finish:
-                    yield head + _sse(render_chunk(reply.text, finish))
-                    head = b""
-                if finish:
-                    usage = reply.usage
+            # Closed explicitly, so that a client that went away cancels the runner's work at once (not
+            # when the garbage collector finalises the abandoned stream).
+            async with contextlib.aclosing(replies):
+                async for reply in replies:
+                    finish = convert.FINISH_NAMES.get(reply.finish_reason) if reply.finish_reason else None
+                    if reply.text or finish:
+                        yield head + _sse(render_chunk(reply.text, finish))
+                        head = b""
+                    if finish:
+                        usage = reply.usage
             if head:
                 yield head
             if include_usage and usage is not None:

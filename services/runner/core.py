@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,28 +312,29 @@ class Runner:
 
     async def generate(
         self, model_id: str, request: GenerateRequest, keep_alive_s: float = 0.0
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         started = time.perf_counter()
         hosted = self._hosted(model_id)
         hosted.active += 1
         hosted.touch(keep_alive_s)
         try:
             stream = hosted.engine.generate(request)
-            try:
-                first = await asyncio.wait_for(anext(stream), self.settings.queue_timeout_s)
-            except TimeoutError:
-                raise Unavailable(
-                    f"{model_id} did not start answering within {self.settings.queue_timeout_s:.0f} s",
-                    code="queue_timeout",
-                ) from None
-            except StopAsyncIteration:
-                return
-            metrics.first_token(model_id, time.perf_counter() - started)
-            yield first
-            last = first
-            async for delta in stream:
-                last = delta
-                yield delta
+            async with contextlib.aclosing(stream):  # the engine's finally (cancel) runs when we stop
+                try:
+                    first = await asyncio.wait_for(anext(stream), self.settings.queue_timeout_s)
+                except TimeoutError:
+                    raise Unavailable(
+                        f"{model_id} did not start answering within {self.settings.queue_timeout_s:.0f} s",
+                        code="queue_timeout",
+                    ) from None
+                except StopAsyncIteration:
+                    return
+                metrics.first_token(model_id, time.perf_counter() - started)
+                yield first
+                last = first
+                async for delta in stream:
+                    last = delta
+                    yield delta
             metrics.finished(model_id, last.completion_tokens)  # the last delta carries the usage
         finally:
             hosted.active -= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import orjson
@@ -105,13 +106,18 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
             gen = GenerateRequest(
                 messages=None, prompt=request.text, sampling=_sampling(request.sampling, defaults)
             )
-        async for delta in self.runner.generate(request.model_id, gen, request.keep_alive_s):
-            reply = pb.GenerateResponse(text=delta.text)
-            if delta.finish_reason:
-                reply.finish_reason = _FINISH[delta.finish_reason]
-                reply.usage.prompt_tokens = delta.prompt_tokens
-                reply.usage.completion_tokens = delta.completion_tokens
-            yield reply
+        # Closed explicitly: a cancelled call (the client went away) must stop the generation now, not
+        # when the garbage collector finalises the abandoned generators.
+        async with contextlib.aclosing(
+            self.runner.generate(request.model_id, gen, request.keep_alive_s)
+        ) as deltas:
+            async for delta in deltas:
+                reply = pb.GenerateResponse(text=delta.text)
+                if delta.finish_reason:
+                    reply.finish_reason = _FINISH[delta.finish_reason]
+                    reply.usage.prompt_tokens = delta.prompt_tokens
+                    reply.usage.completion_tokens = delta.completion_tokens
+                yield reply
 
     async def Embed(self, request: pb.EmbedRequest, context: aio.ServicerContext) -> pb.EmbedResponse:
         vectors, tokens = await self.runner.embed(request.model_id, list(request.inputs))

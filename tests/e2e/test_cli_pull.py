@@ -222,6 +222,9 @@ def test_ctrl_c_pauses_and_the_same_command_resumes(stack: Stack, hub: FakeHub) 
             lambda: (get_job(stack, model_id) or {}).get("bytes_done", 0) >= 7 * MiB,
             what="the download to reach the stall",
         )
+        # From now on the retries of the stalled range get 503 (the job keeps retrying): the download
+        # cannot finish before the interrupt lands, however slow the machine.
+        hub.faults["/files/big.gguf"] = Faults(status=503)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:
@@ -236,6 +239,7 @@ def test_ctrl_c_pauses_and_the_same_command_resumes(stack: Stack, hub: FakeHub) 
     assert 0 < job["bytes_done"] < 8 * MiB
     assert not binary.exists()
 
+    hub.faults.pop("/files/big.gguf")
     again = jan_process(stack.url, "pull", model_id)
     out, err = again.communicate(timeout=30)
     assert again.returncode == 0, f"exit {again.returncode}\n{out}\n{err}"

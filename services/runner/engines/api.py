@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -307,7 +307,7 @@ class ApiEngine(Engine):
             body["frequency_penalty"] = s.frequency_penalty
         return operation, body
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Delta, None]:
         operation, body = self._body(request)
         chat = operation == "chat/completions"
         stops = StopFilter(request.sampling.stop)

@@ -8,7 +8,7 @@ keep-alive, and the servicer adapts to gRPC.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ class Engine(abc.ABC):
         """Frees everything the model holds; memory is returned to the system."""
 
     @abc.abstractmethod
-    def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[Delta, None]:
         """Streams the answer. Closing the iterator (a client that went away) stops the generation."""
 
     @abc.abstractmethod

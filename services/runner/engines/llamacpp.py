@@ -31,7 +31,7 @@ import random
 import struct
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -306,7 +306,7 @@ class LlamaCppEngine(Engine):
             raise FailedPrecondition(f"{self.spec.model_id} is not loaded", code="model_not_loaded")
         return self._batcher
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Delta, None]:
         batcher = self._ready()
         if self.embedding_only:
             raise FailedPrecondition(

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -218,7 +218,7 @@ class TensorRTEngine(Engine):
         inputs = [self._tensor(name, values) for name, values in wanted.items() if name in self._inputs]
         return inputs, stops
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Delta, None]:
         from tritonclient.utils import InferenceServerException
 
         if self._client is None:
