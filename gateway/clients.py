@@ -128,7 +128,7 @@ class DownloaderClient(ServiceClient):
     service = "downloader"
     stub_class = downloader_grpc.DownloaderServiceStub
 
-    async def watch(self, model_id: str) -> AsyncIterator[downloader_pb.WatchDownloadResponse]:
+    async def watch(self, model_id: str) -> AsyncGenerator[downloader_pb.WatchDownloadResponse, None]:
         call = self.stub.WatchDownload(
             downloader_pb.WatchDownloadRequest(model_id=model_id), timeout=self.transfer_timeout
         )

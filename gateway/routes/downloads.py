@@ -3,6 +3,7 @@ cancel; the list of jobs."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import orjson
@@ -55,8 +56,9 @@ async def download_progress(request: Request, folder: str, file: str) -> Respons
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for reply in replies:
-                yield b"data: " + orjson.dumps(convert.job_dict(reply.job)) + b"\n\n"
+            async with contextlib.aclosing(replies):  # a client that goes away ends the watch at once
+                async for reply in replies:
+                    yield b"data: " + orjson.dumps(convert.job_dict(reply.job)) + b"\n\n"
         except APIError as exc:
             error = {"message": exc.message, "type": "server_error", "param": exc.param, "code": exc.code}
             yield b"data: " + orjson.dumps({"error": error}) + b"\n\n"

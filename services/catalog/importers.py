@@ -116,7 +116,7 @@ async def list_openai_models(
     base_url: str, api_key: str, *, allow_private: bool, timeout_s: float = 15
 ) -> list[str]:
     """The ids a remote lists at `GET <base>/models` (OpenAI's `{"data": [{"id"}]}`), sorted."""
-    from services.downloader.fetch import SafeResolver  # the downloader's DNS-pinning resolver
+    from services.common.safehttp import SafeResolver  # DNS-pinning, address rules at connect time
 
     url = base_url.rstrip("/") + "/models"
     try:

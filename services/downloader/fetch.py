@@ -17,7 +17,6 @@ import hashlib
 import logging
 import os
 import random
-import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -29,9 +28,9 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from services.common import netsafety
+from services.common.safehttp import SafeResolver
 
 log = logging.getLogger(__name__)
 
@@ -105,42 +104,6 @@ class Sidecar:
 class FetchResult:
     size: int
     sha256: str
-
-
-class SafeResolver(AbstractResolver):
-    """aiohttp resolver that only ever returns addresses the URL rules allow (checked at connect time, so
-    a DNS answer cannot change between the check and the connection)."""
-
-    def __init__(
-        self, allow_private: bool, resolver: netsafety.Resolver = netsafety.default_resolver
-    ) -> None:
-        self.allow_private = allow_private
-        self.resolver = resolver
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        url = f"http://[{host}]:{port or 80}/" if ":" in host else f"http://{host}:{port or 80}/"
-        try:
-            addresses = await asyncio.to_thread(
-                netsafety.check_source_url, url, allow_private=self.allow_private, resolver=self.resolver
-            )
-        except netsafety.UnsafeURLError as exc:
-            raise OSError(f"refused: {exc}") from None
-        return [
-            ResolveResult(
-                hostname=host,
-                host=str(a),
-                port=port,
-                family=socket.AF_INET6 if a.version == 6 else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for a in addresses
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 def make_session(

@@ -27,6 +27,12 @@ pytestmark = pytest.mark.e2e
 
 MiB = 1 << 20
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The CLI as a terminal's foreground job gets it: Ctrl-C raises KeyboardInterrupt. A suite started from a
+# shell's background job (`cmd &`, as CI may run it) hands its children SIGINT ignored, and Python then
+# installs no handler; the CLI's own Ctrl-C handling is what these tests are about, so restore it.
+CLI_MAIN = (
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from cli.main import app; app()"
+)
 CLI_ENV = {
     "JAN_API_KEY": None,
     "COLUMNS": "250",
@@ -77,7 +83,7 @@ def jan_process(url: str, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in CLI_ENV}
     env.update({k: v for k, v in CLI_ENV.items() if v is not None})
     return subprocess.Popen(
-        [sys.executable, "-c", "from cli.main import app; app()", "--url", url, *args],
+        [sys.executable, "-c", CLI_MAIN, "--url", url, *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -32,6 +32,12 @@ TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The CLI as a terminal's foreground job gets it: Ctrl-C raises KeyboardInterrupt. A suite started from a
+# shell's background job (`cmd &`, as CI may run it) hands its children SIGINT ignored, and Python then
+# installs no handler; the CLI's own Ctrl-C handling is what these tests are about, so restore it.
+CLI_MAIN = (
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from cli.main import app; app()"
+)
 CLI_ENV = {
     "JAN_API_KEY": None,
     "JAN_URL": None,
@@ -92,7 +98,7 @@ def cli_env() -> dict[str, str]:
 def jan(stack: Stack, *args: str, input: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Runs `jan ARGS` as a real process; its standard input is `input` (a pipe, so not a terminal)."""
     return subprocess.run(
-        [sys.executable, "-c", "from cli.main import app; app()", "--url", stack.url, *args],
+        [sys.executable, "-c", CLI_MAIN, "--url", stack.url, *args],
         cwd=REPO_ROOT,
         env=cli_env(),
         input=input,
@@ -216,7 +222,7 @@ def test_interactive_chat_keeps_the_conversation_and_clear_resets_it(stack: Stac
     main, tty = os.openpty()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from cli.main import app; app()", "--url", stack.url, "run", MODEL],
+            [sys.executable, "-c", CLI_MAIN, "--url", stack.url, "run", MODEL],
             cwd=REPO_ROOT,
             env=cli_env(),
             stdin=tty,
@@ -259,7 +265,7 @@ def test_ctrl_c_stops_the_answer_on_the_server_and_returns_to_the_prompt(stack: 
     main, tty = os.openpty()
     args = ["--url", stack.url, "run", LONG_MODEL, "--keep-alive", "5m"]
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from cli.main import app; app()", *args],
+        [sys.executable, "-c", CLI_MAIN, *args],
         cwd=REPO_ROOT,
         env=cli_env(),
         stdin=tty,

@@ -182,7 +182,7 @@ def remote_error(status: int, body: bytes, target: Target, retry_after: str | No
 
 def make_session(settings: RunnerSettings) -> aiohttp.ClientSession:
     """An HTTP session that connects only to addresses the URL rules allow, checked at connect time."""
-    from services.downloader.fetch import SafeResolver  # the downloader's DNS-pinning resolver
+    from services.common.safehttp import SafeResolver  # DNS-pinning, address rules at connect time
 
     connector = aiohttp.TCPConnector(
         resolver=SafeResolver(settings.allow_private_networks), ttl_dns_cache=0, use_dns_cache=False
