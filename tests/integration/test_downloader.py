@@ -16,14 +16,12 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
-from services.catalog.servicer import make_server as make_catalog_server
 from services.catalog.settings import CatalogSettings
-from services.common.catalog_client import CatalogClient
 from services.common.storage import Storage, StorageSettings, make_storage
 from services.downloader.core import Downloader
-from services.downloader.servicer import make_server as make_downloader_server
 from services.downloader.settings import DownloaderSettings
 from tests.fakes.hub import FakeHub, Faults
+from tests.harness import serving_catalog, serving_downloader
 
 MiB = 1024 * 1024
 
@@ -68,50 +66,31 @@ def make_env(tmp_path: Path, hub: FakeHub) -> Callable[..., AsyncIterator[Env]]:
             ),
             storage=storage,
         )
-        cat_server = make_catalog_server(catalog)
-        cat_port = cat_server.bind("127.0.0.1:0")
-        await cat_server.start()
-        await catalog.start()
-        await cat_server.set_serving(True)
-        values: dict[str, object] = {
-            "root": root,
-            "port": 0,
-            "catalog_address": f"127.0.0.1:{cat_port}",
-            "allow_private_networks": True,
-            "hf_endpoint": hub.url,
-            "hf_token": hub.token,
-            "stall_timeout_s": 1.0,
-            "backoff_initial_s": 0.05,
-            "backoff_max_s": 0.2,
-            "min_split_bytes": MiB,
-            "reserve_bytes": 0,
-            "progress_interval_s": 0.05,
-        }
-        values.update(downloader_kw)
-        settings = DownloaderSettings(**values)  # type: ignore[arg-type]
-        client = CatalogClient(settings.catalog_address)
-        downloader = Downloader(settings, storage, client, resolver=stub_resolver)
-        dl_server = make_downloader_server(downloader)
-        dl_port = dl_server.bind("127.0.0.1:0")
-        await dl_server.start()
-        await downloader.start()
-        await dl_server.set_serving(True)
-        app = create_app(
-            GatewaySettings(
-                catalog_address=f"127.0.0.1:{cat_port}", downloader_address=f"127.0.0.1:{dl_port}"
-            )
-        )
-        try:
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as http:
-                    yield Env(http, hub, root, catalog, downloader, storage)
-        finally:
-            await dl_server.stop(0)
-            await downloader.close()
-            await client.close()
-            await cat_server.stop(0)
-            await catalog.close()
+        async with serving_catalog(catalog) as cat_address:
+            values: dict[str, object] = {
+                "root": root,
+                "port": 0,
+                "catalog_address": cat_address,
+                "allow_private_networks": True,
+                "hf_endpoint": hub.url,
+                "hf_token": hub.token,
+                "stall_timeout_s": 1.0,
+                "backoff_initial_s": 0.05,
+                "backoff_max_s": 0.2,
+                "min_split_bytes": MiB,
+                "reserve_bytes": 0,
+                "progress_interval_s": 0.05,
+            }
+            values.update(downloader_kw)
+            settings = DownloaderSettings(**values)  # type: ignore[arg-type]
+            async with serving_downloader(settings, storage, stub_resolver) as (downloader, dl_address):
+                app = create_app(GatewaySettings(catalog_address=cat_address, downloader_address=dl_address))
+                async with app.router.lifespan_context(app):
+                    transport = httpx.ASGITransport(app=app)
+                    async with httpx.AsyncClient(
+                        transport=transport, base_url="http://gw", timeout=30
+                    ) as http:
+                        yield Env(http, hub, root, catalog, downloader, storage)
 
     return make
 

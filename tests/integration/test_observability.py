@@ -19,14 +19,11 @@ from cli.stack import Stack, free_port
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
-from services.catalog.servicer import make_server as make_catalog_server
 from services.catalog.settings import CatalogSettings
-from services.common.catalog_client import CatalogClient
 from services.common.logs import JsonFormatter, request_id
 from services.common.storage import StorageSettings, make_storage
-from services.downloader.core import Downloader
-from services.downloader.servicer import make_server as make_downloader_server
 from services.downloader.settings import DownloaderSettings
+from tests.harness import serving_catalog, serving_downloader
 
 CATALOG = "jan.catalog.v1.CatalogService"
 
@@ -48,39 +45,22 @@ async def make_env(tmp_path: Path, **gateway: object) -> AsyncIterator[Env]:
         CatalogSettings(root=root, port=0, seed_models_dir=None, allow_private_networks=False),
         storage=storage,
     )
-    cat_server = make_catalog_server(catalog)
-    cat_port = cat_server.bind("127.0.0.1:0")
-    await cat_server.start()
-    await catalog.start()
-    await cat_server.set_serving(True)
-    dl_settings = DownloaderSettings(
-        root=root, port=0, catalog_address=f"127.0.0.1:{cat_port}", allow_private_networks=False, retries=0
-    )
-    dl_client = CatalogClient(dl_settings.catalog_address)
-    downloader = Downloader(dl_settings, storage, dl_client)
-    dl_server = make_downloader_server(downloader)
-    dl_port = dl_server.bind("127.0.0.1:0")
-    await dl_server.start()
-    await downloader.start()
-    await dl_server.set_serving(True)
-    app = create_app(
-        GatewaySettings(
-            catalog_address=f"127.0.0.1:{cat_port}",
-            downloader_address=f"127.0.0.1:{dl_port}",
-            **gateway,  # type: ignore[arg-type]
+    async with serving_catalog(catalog) as cat_address:
+        dl_settings = DownloaderSettings(
+            root=root, port=0, catalog_address=cat_address, allow_private_networks=False, retries=0
         )
-    )
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as http:
-                yield Env(http, root)
-    finally:
-        await dl_server.stop(0)
-        await downloader.close()
-        await dl_client.close()
-        await cat_server.stop(0)
-        await catalog.close()
+        async with serving_downloader(dl_settings, storage) as (_, dl_address):
+            app = create_app(
+                GatewaySettings(
+                    catalog_address=cat_address,
+                    downloader_address=dl_address,
+                    **gateway,  # type: ignore[arg-type]
+                )
+            )
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as http:
+                    yield Env(http, root)
 
 
 @pytest.fixture

@@ -30,13 +30,10 @@ from cli.stack import free_port
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
-from services.catalog.servicer import make_server as make_catalog_server
 from services.catalog.settings import CatalogSettings
-from services.common.catalog_client import CatalogClient
 from services.common.storage import StorageSettings, make_storage
-from services.downloader.core import Downloader
-from services.downloader.servicer import make_server as make_downloader_server
 from services.downloader.settings import DownloaderSettings
+from tests.harness import serving_catalog, serving_downloader
 
 MAX_BODY = 64 * 1024
 # Names the stub resolver knows. The public one is only ever checked, never connected to.
@@ -84,53 +81,36 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         storage=storage,
         resolver=stub_resolver,
     )
-    cat_server = make_catalog_server(catalog)
-    cat_port = cat_server.bind("127.0.0.1:0")
-    await cat_server.start()
-    await catalog.start()
-    await cat_server.set_serving(True)
-    dl_settings = DownloaderSettings(
-        root=root,
-        port=0,
-        catalog_address=f"127.0.0.1:{cat_port}",
-        reserve_bytes=0,
-        allow_private_networks=False,
-        retries=0,
-    )
-    dl_client = CatalogClient(dl_settings.catalog_address)
-    downloader = Downloader(dl_settings, storage, dl_client, resolver=stub_resolver)
-    dl_server = make_downloader_server(downloader)
-    dl_port = dl_server.bind("127.0.0.1:0")
-    await dl_server.start()
-    await downloader.start()
-    await dl_server.set_serving(True)
-    app = create_app(
-        GatewaySettings(
-            catalog_address=f"127.0.0.1:{cat_port}",
-            downloader_address=f"127.0.0.1:{dl_port}",
-            max_body_bytes=MAX_BODY,
+    async with serving_catalog(catalog) as cat_address:
+        dl_settings = DownloaderSettings(
+            root=root,
+            port=0,
+            catalog_address=cat_address,
+            reserve_bytes=0,
+            allow_private_networks=False,
+            retries=0,
         )
-    )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "the gateway did not start"
-        await asyncio.sleep(0.01)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
-            yield Env(http, url, root, imports, outside)
-    finally:
-        server.should_exit = True
-        await serving
-        await dl_server.stop(0)
-        await downloader.close()
-        await dl_client.close()
-        await cat_server.stop(0)
-        await catalog.close()
+        async with serving_downloader(dl_settings, storage, stub_resolver) as (_, dl_address):
+            app = create_app(
+                GatewaySettings(
+                    catalog_address=cat_address, downloader_address=dl_address, max_body_bytes=MAX_BODY
+                )
+            )
+            port = free_port()
+            server = uvicorn.Server(
+                uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+            )
+            serving = asyncio.create_task(server.serve())
+            while not server.started:
+                assert not serving.done(), "the gateway did not start"
+                await asyncio.sleep(0.01)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                async with httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
+                    yield Env(http, url, root, imports, outside)
+            finally:
+                server.should_exit = True
+                await serving
     # Whatever the test did, the world outside JAN_ROOT is as it was.
     assert sorted(p.name for p in outside.iterdir()) == ["secret.gguf", "secret.json"]
     assert (outside / "secret.gguf").read_bytes() == b"GGUF secret"

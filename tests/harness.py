@@ -1,0 +1,56 @@
+"""Real services in the test's own event loop, each behind its real gRPC server on a loopback port.
+
+The integration tests that drive the gateway in-process start a catalog and a downloader this way; each
+context manager yields the service and its address and stops the server before closing the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from services.catalog.core import Catalog
+from services.catalog.servicer import make_server as make_catalog_server
+from services.common import netsafety
+from services.common.catalog_client import CatalogClient
+from services.common.storage import Storage
+from services.downloader.core import Downloader
+from services.downloader.servicer import make_server as make_downloader_server
+from services.downloader.settings import DownloaderSettings
+
+
+@asynccontextmanager
+async def serving_catalog(catalog: Catalog) -> AsyncIterator[str]:
+    """Starts the catalog and its server; yields the server's address."""
+    server = make_catalog_server(catalog)
+    port = server.bind("127.0.0.1:0")
+    await server.start()
+    await catalog.start()
+    await server.set_serving(True)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+        await catalog.close()
+
+
+@asynccontextmanager
+async def serving_downloader(
+    settings: DownloaderSettings,
+    storage: Storage,
+    resolver: netsafety.Resolver = netsafety.default_resolver,
+) -> AsyncIterator[tuple[Downloader, str]]:
+    """A downloader reporting to the catalog at `settings.catalog_address`, and its server's address."""
+    client = CatalogClient(settings.catalog_address)
+    downloader = Downloader(settings, storage, client, resolver=resolver)
+    server = make_downloader_server(downloader)
+    port = server.bind("127.0.0.1:0")
+    await server.start()
+    await downloader.start()
+    await server.set_serving(True)
+    try:
+        yield downloader, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+        await downloader.close()
+        await client.close()
