@@ -12,7 +12,7 @@ code. In the same run, alternating (curl, ours c=1, curl, ours c=4, ... `--runs`
     on free ports, a fresh JAN_ROOT per run) with the model object `models/big/big.json` =
     {"source_url": url}. Once GET /v1/models/big/big answers: the wall time from
     `POST /v1/models/big/big/download` until the job's phase is `done`, polling
-    `GET /v1/models/big/big/download` (Accept: application/json) every 50 ms. Once per connection count
+    `GET /v1/models/big/big/download` (Accept: application/json) every 20 ms. Once per connection count
     (`JAN_DOWNLOADER_CONNECTIONS`, `--connections`, default 1 and 4). Also recorded: the downloader's
     peak RSS (VmHWM of its process) and that the final file's sha256 (read back here, with hashlib, timed
     for context) and the job's both equal the server's.
@@ -21,17 +21,21 @@ Where the downloader's time goes, without a profiler: a sampling thread reads ev
 of the downloader process is doing (/proc/<pid>/task/<tid>/syscall: runnable, or the system call it is
 blocked in: fsync, pwrite, futex = waiting for the GIL or for work, epoll = the event loop idle) and, from
 /proc/.../schedstat, each thread's CPU time and time spent runnable but waiting for a CPU. The threads
-reported: "loop" (the main thread: asyncio event loop, aiohttp reads, gRPC) and "writer" (the `fetch-io`
-thread of services/downloader/fetch.py `_Writer`: pwrite + sha256; Python 3.11 does not name OS threads,
-so it is recognised as the thread that wrote the file's bytes, /proc/.../io wchar). CPU seconds of the
-server process, the catalog, the gateway and curl are printed too.
+reported: "loop" (the main thread: asyncio event loop, gRPC), "conns" (the connection threads of
+services/downloader/httpconn.py + fetch.py: recv_into + pwrite, summed; Python 3.11 does not name OS
+threads, so they are recognised as the threads that wrote the file's bytes, /proc/.../io wchar) and
+"hasher" (the sha256 thread of services/downloader/sink.py: the busiest of the other threads). CPU
+seconds of the server process, the catalog, the gateway and curl are printed too.
+
+`--rate-mbps R` paces every connection of the server to R MB/s, like a CDN that limits each connection
+(Hugging Face's does): the link, not the CPU, is then what both contenders wait for.
 
 Every run writes the whole file and removes it right after (no 2 GiB file is left behind). Medians over
 `--runs` runs are printed with MB/s (MB = 10^6 bytes), the ratio ours/curl of MB/s (target >= 0.95) and
 the downloader's peak RSS (target < 150 MB).
 
 Usage: python bench/download/bench_download.py [--size-mib 2048] [--runs 3] [--connections 1,4]
-           [--env JAN_DOWNLOADER_CHUNK_BYTES=4194304 ...] [--tmp DIR]
+           [--rate-mbps 0] [--env JAN_DOWNLOADER_CHUNK_BYTES=4194304 ...] [--tmp DIR]
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ MiB = 1024 * 1024
 ROUTE = "/files/big.gguf"
 SEED = 42
 MODEL_ID = "big/big"
-POLL_S = 0.05
+POLL_S = 0.02
 SAMPLE_S = 0.01
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # System call numbers a blocked thread of the downloader is seen in (x86_64; elsewhere shown as numbers).
@@ -94,11 +98,13 @@ SYSCALLS = (
 # The server, in a process of its own
 
 
-def _serve_hub(size: int, conn: Connection) -> None:
-    from tests.fakes.hub import FakeHub
+def _serve_hub(size: int, conn: Connection, rate_mbps: float = 0.0) -> None:
+    from tests.fakes.hub import FakeHub, Faults
 
     with FakeHub() as hub:
         hub.add_file(ROUTE, (size, SEED))
+        if rate_mbps:
+            hub.faults[ROUTE] = Faults(rate_bytes_per_s=rate_mbps * 1e6)
         conn.send((hub.url + ROUTE, hub.sha256_of_file(ROUTE)))
         conn.recv()  # anything: stop
 
@@ -147,7 +153,8 @@ class ThreadProfile:
 class Profile:
     process_cpu_s: float
     loop: ThreadProfile
-    writer: ThreadProfile
+    conns: ThreadProfile  # the connection threads (they write the file's bytes), summed
+    hasher: ThreadProfile
 
 
 class Sampler(threading.Thread):
@@ -208,19 +215,22 @@ class Sampler(threading.Thread):
             a, b = self.base.get(tid, zero), self.counters.get(tid, zero)
             return ThreadCounters(b.cpu_ns - a.cpu_ns, b.wait_ns - a.wait_ns, b.wchar - a.wchar)
 
-        def profile(tid: int | None) -> ThreadProfile:
-            if tid is None:
-                return ThreadProfile()
-            d = delta(tid)
+        def profile(tids: list[int]) -> ThreadProfile:
             per_sample = self.elapsed / max(self.samples, 1)
-            states = {name: n * per_sample for name, n in self.states[tid].most_common()}
-            return ThreadProfile(d.cpu_ns / 1e9, d.wait_ns / 1e9, states)
+            states: Counter[str] = Counter()
+            for tid in tids:
+                states.update(self.states[tid])
+            return ThreadProfile(
+                sum(delta(t).cpu_ns for t in tids) / 1e9,
+                sum(delta(t).wait_ns for t in tids) / 1e9,
+                {name: n * per_sample for name, n in states.most_common()},
+            )
 
         others = [tid for tid in self.counters if tid != self.pid]
-        writer = max(others, key=lambda tid: delta(tid).wchar, default=None)
-        if writer is not None and delta(writer).wchar < size // 2:
-            writer = None
-        return Profile(cpu, profile(self.pid), profile(writer))
+        conns = [tid for tid in others if delta(tid).wchar >= MiB]
+        rest = [tid for tid in others if tid not in conns]
+        hasher = max(rest, key=lambda tid: delta(tid).cpu_ns, default=None)
+        return Profile(cpu, profile([self.pid]), profile(conns), profile([hasher] if hasher else []))
 
 
 def sha256_file(path: Path) -> str:
@@ -252,6 +262,7 @@ class OursRun:
     hashlib_s: float  # sha256 of the final file here (context: the hashing work the downloader does)
     profile: Profile
     cpu: dict[str, float]  # CPU seconds of the server, catalog and gateway processes
+    transfer_s: float  # POST until the job was first seen storing (or done): the transfer and its hash
 
 
 def run_curl(url: str, sha: str, size: int, tmp: Path, server_pid: int) -> CurlRun:
@@ -329,10 +340,13 @@ def run_ours(
             t0 = time.perf_counter()
             resp = http.post(f"/v1/models/{MODEL_ID}/download")
             assert resp.status_code == 202, resp.text
+            transfer_s = float("nan")
             while True:
                 job = http.get(
                     f"/v1/models/{MODEL_ID}/download", headers={"accept": "application/json"}
                 ).json()
+                if job["phase"] in ("storing", "done") and transfer_s != transfer_s:
+                    transfer_s = time.perf_counter() - t0
                 if job["phase"] in ("done", "failed", "cancelled"):
                     break
                 assert time.perf_counter() - t0 < 1800, f"download stuck: {job}"
@@ -347,7 +361,7 @@ def run_ours(
         digest = sha256_file(binary)
         hashlib_s = time.perf_counter() - t
         sha_ok = job["files"][0]["sha256"] == sha and binary.stat().st_size == size and digest == sha
-        return OursRun(seconds, rss, sha_ok, hashlib_s, profile, cpu)
+        return OursRun(seconds, rss, sha_ok, hashlib_s, profile, cpu, transfer_s)
     finally:
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -389,6 +403,12 @@ def main() -> None:
     parser.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for the stack"
     )
+    parser.add_argument(
+        "--rate-mbps",
+        type=float,
+        default=0.0,
+        help="pace each connection of the server to this many MB/s (a CDN's per-connection limit); 0: none",
+    )
     parser.add_argument("--tmp", default=None, help="where the files are written (default: the system's tmp)")
     args = parser.parse_args()
     size = args.size_mib * MiB
@@ -399,7 +419,9 @@ def main() -> None:
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    server = ctx.Process(target=_serve_hub, args=(size, child), name="bench-server", daemon=True)
+    server = ctx.Process(
+        target=_serve_hub, args=(size, child, args.rate_mbps), name="bench-server", daemon=True
+    )
     t = time.perf_counter()
     server.start()
     curl_runs: list[CurlRun] = []
@@ -413,7 +435,8 @@ def main() -> None:
         )
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
-            f"machine: {os.cpu_count()} CPUs, load average {load}; extra env for ours: {extra_env or 'none'}"
+            f"machine: {os.cpu_count()} CPUs, load average {load}; extra env for ours: {extra_env or 'none'};"
+            f" server pace per connection: {f'{args.rate_mbps:g} MB/s' if args.rate_mbps else 'none'}"
         )
         with tempfile.TemporaryDirectory(prefix="jan-bench-dl-", dir=args.tmp) as tmp_name:
             tmp = Path(tmp_name)
@@ -434,7 +457,7 @@ def main() -> None:
                         f"run {r + 1} ours c={c}: {o.seconds:.2f} s, {mbps(size, o.seconds):.0f} MB/s,"
                         f" peak RSS {o.rss_mb:.0f} MB, sha256 {'ok' if o.sha_ok else 'WRONG'}"
                         f" (hashlib re-read {o.hashlib_s:.2f} s); CPU s: downloader {p.process_cpu_s:.2f}"
-                        f" (loop {p.loop.cpu_s:.2f}, writer {p.writer.cpu_s:.2f}),"
+                        f" (loop {p.loop.cpu_s:.2f}, conns {p.conns.cpu_s:.2f}, hasher {p.hasher.cpu_s:.2f}),"
                         f" server {o.cpu['server']:.2f}, catalog {o.cpu['catalog']:.2f},"
                         f" gateway {o.cpu['gateway']:.2f};"
                         f" loop in fsync {p.loop.states.get('fsync', 0):.2f} s",
@@ -459,13 +482,13 @@ def main() -> None:
     )
     header = (
         f"{'variant':<24} {'seconds':>7} {'MB/s':>6} {'ours/curl':>9} {'peak RSS':>9} {'sha256':>6}"
-        f" {'CPU s':>6} {'loop':>5} {'writer':>6} {'server':>6}"
+        f" {'CPU s':>6} {'loop':>5} {'conns':>6} {'hasher':>6} {'server':>6}"
     )
     print(header)
     print("-" * len(header))
     print(
         f"{'curl (baseline)':<24} {curl_s:>7.2f} {mbps(size, curl_s):>6.0f} {1:>9.2f} {'-':>9} {'ok':>6}"
-        f" {med([c.curl_cpu for c in curl_runs]):>6.2f} {'-':>5} {'-':>6}"
+        f" {med([c.curl_cpu for c in curl_runs]):>6.2f} {'-':>5} {'-':>6} {'-':>6}"
         f" {med([c.server_cpu for c in curl_runs]):>6.2f}"
     )
     print(
@@ -483,7 +506,8 @@ def main() -> None:
             f" {med([o.rss_mb for o in runs]):>6.0f} MB {'ok' if ok else 'WRONG':>6}"
             f" {med([o.profile.process_cpu_s for o in runs]):>6.2f}"
             f" {med([o.profile.loop.cpu_s for o in runs]):>5.2f}"
-            f" {med([o.profile.writer.cpu_s for o in runs]):>6.2f}"
+            f" {med([o.profile.conns.cpu_s for o in runs]):>6.2f}"
+            f" {med([o.profile.hasher.cpu_s for o in runs]):>6.2f}"
             f" {med([o.cpu['server'] for o in runs]):>6.2f}"
         )
         verdicts.append(
@@ -493,8 +517,8 @@ def main() -> None:
         )
     print(
         "seconds: wall (curl: its run; ours: POST -> phase done); MB = 10^6 bytes; ours/curl: ratio of MB/s;"
-        " CPU s: CPU seconds of curl / of the downloader process (loop: its event-loop thread, writer: its"
-        " fetch-io thread); server: of the HTTP server process"
+        " CPU s: CPU seconds of curl / of the downloader process (loop: its event-loop thread, conns: its"
+        " connection threads, hasher: its sha256 thread); server: of the HTTP server process"
     )
     hashlib_s = med([o.hashlib_s for runs in ours.values() for o in runs])
     print(
@@ -506,7 +530,12 @@ def main() -> None:
     print("Where the downloader's wall time goes (medians; states sampled every 10 ms from /proc):")
     for c, runs in ours.items():
         print(f"  c={c} loop thread:   {state_line([o.profile.loop for o in runs])}")
-        print(f"  c={c} writer thread: {state_line([o.profile.writer for o in runs])}")
+        print(f"  c={c} conn threads: {state_line([o.profile.conns for o in runs])}")
+        print(f"  c={c} hasher:       {state_line([o.profile.hasher for o in runs])}")
+        print(
+            f"  c={c} from POST to phase storing (the transfer) {med([o.transfer_s for o in runs]):.2f} s,"
+            f" then storing (fsync, rename, catalog) {med([o.seconds - o.transfer_s for o in runs]):.2f} s"
+        )
     print(
         "  (running = on a CPU or waiting for one; futex = waiting for the GIL or for work; epoll = the event"
         " loop idle; fsync/pwrite/pread = blocked in that system call)"

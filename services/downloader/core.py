@@ -161,7 +161,7 @@ class Downloader:
         metrics.watch(self)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.session = make_session(self.options, self.resolver)
-        self.fetcher = Fetcher(self.session, self.options, self.resolver)
+        self.fetcher = Fetcher(self.options, self.resolver)
         for path in sorted(self.jobs_dir.glob("*.json")):
             job = self._load(path)
             if job is None:

@@ -3,38 +3,41 @@ connections when the server allows it.
 
 The partial file has a sidecar (`<partial>.json`) recording the URL, the validator (ETag) and how much
 of each segment is on disk, so a dropped connection, a stall, or a restart of the process continues
-where it stopped. The sha256 is computed while bytes arrive (in order; bytes that arrive ahead of the
-hash cursor are read back from the file when the cursor reaches them), so verification costs no second
-pass. Every connection goes through `SafeResolver`, and every URL (each redirect included) through
-`netsafety.check_source_url`: no request reaches an address the settings do not allow.
+where it stopped. Each connection runs in a thread of its own (`httpconn`: blocking reads straight into
+the sink's buffers) and hands its blocks to the `Sink`, which writes them and computes the sha256 of the
+contiguous prefix while bytes arrive, so verification costs no second pass. Every URL (each redirect
+included) goes through `netsafety.check_source_url`, and connections go only to the addresses that
+check returned: no request reaches an address the settings do not allow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import http.client
 import logging
 import os
 import random
 import threading
-from collections import deque
+import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
 from services.common import netsafety
 from services.common.safehttp import SafeResolver
+from services.downloader.httpconn import Stopped, TooManyRedirects, Transfer, UnsafeURL
+from services.downloader.sink import Segment, Sink
 
 log = logging.getLogger(__name__)
 
-MAX_REDIRECTS = 10
+T = TypeVar("T")
+USER_AGENT = "jan-models-downloader"
+PROGRESS_EVERY_S = 0.1
 
 
 class FetchError(Exception):
@@ -59,17 +62,6 @@ class FetchOptions:
     backoff_max_s: float = 30.0
     max_file_bytes: int = 512 * 1024**3
     allow_private_networks: bool = False
-
-
-@dataclass
-class Segment:
-    start: int
-    end: int  # exclusive
-    done: int = 0
-
-    @property
-    def remaining(self) -> int:
-        return self.end - self.start - self.done
 
 
 @dataclass
@@ -109,6 +101,7 @@ class FetchResult:
 def make_session(
     options: FetchOptions, resolver: netsafety.Resolver = netsafety.default_resolver
 ) -> aiohttp.ClientSession:
+    """The session for the Hub's API (listing repositories); the files' bytes go through `httpconn`."""
     connector = aiohttp.TCPConnector(
         resolver=SafeResolver(options.allow_private_networks, resolver),
         limit=64,
@@ -118,77 +111,7 @@ def make_session(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=options.connect_timeout_s, sock_read=options.stall_timeout_s
     )
-    # A 4 MiB read buffer: fewer, larger chunks through the event loop (~9% faster on loopback).
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        trust_env=False,
-        read_bufsize=4 * 1024 * 1024,
-    )
-
-
-class _Writer:
-    """Writes chunks at their offsets and keeps the sha256 of the contiguous prefix, in one thread of its
-    own so that network reads, disk writes and hashing overlap on different cores."""
-
-    def __init__(self, path: Path, segments: list[Segment], on_written: Callable[[], None]) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self.segments = segments
-        self.hasher = hashlib.sha256()
-        self.hashed = 0
-        self.lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-io")
-        self.on_written = on_written
-
-    def _write(self, seg: Segment, offset: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view = view[n:]
-            offset += n
-        with self.lock:
-            seg.done += len(data)
-        if offset - len(data) == self.hashed:
-            self.hasher.update(data)
-            self.hashed += len(data)
-        self._catch_up()
-
-    def _catch_up(self) -> None:
-        """Hashes bytes already on disk that the cursor has now reached (from other segments, or from
-        before a restart)."""
-        for seg in self.segments:
-            if seg.start <= self.hashed < seg.end or (seg.start == self.hashed == seg.end):
-                written_end = seg.start + seg.done
-                while self.hashed < written_end:
-                    block = os.pread(self.fd, min(4 * 1024 * 1024, written_end - self.hashed), self.hashed)
-                    if not block:
-                        return
-                    self.hasher.update(block)
-                    self.hashed += len(block)
-                if self.hashed < seg.end:
-                    return
-
-    def write(self, seg: Segment, offset: int, data: bytes) -> asyncio.Future[None]:
-        """Queues a write; the caller keeps a few in flight so the next network read overlaps it."""
-        fut = asyncio.get_running_loop().run_in_executor(self.pool, self._write, seg, offset, data)
-        fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self.on_written())
-        return fut
-
-    async def finish(self) -> str:
-        await asyncio.get_running_loop().run_in_executor(self.pool, self._catch_up)
-        return self.hasher.hexdigest()
-
-    def truncate(self) -> None:
-        os.ftruncate(self.fd, 0)
-        self.hasher = hashlib.sha256()
-        self.hashed = 0
-
-    def close(self) -> None:
-        # No fsync here: storage.commit flushes the verified file once, before making it visible, and
-        # a crashed process loses nothing the page cache holds (the sidecar is never ahead of the data).
-        self.pool.shutdown(wait=True)
-        os.close(self.fd)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False, trust_env=False)
 
 
 @dataclass
@@ -209,56 +132,41 @@ def _sha_from_etag(value: str) -> str:
 class Fetcher:
     """Downloads URLs into partial files with the options given; one instance per service."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, options: FetchOptions, resolver: netsafety.Resolver
-    ) -> None:
-        self.session = session
+    def __init__(self, options: FetchOptions, resolver: netsafety.Resolver) -> None:
         self.options = options
         self.resolver = resolver
 
-    def _check(self, url: str) -> None:
+    def _open(self, transfer: Transfer, url: str, headers: dict[str, str], auth: dict[str, str]) -> Any:
         try:
-            netsafety.check_source_url(
-                url, allow_private=self.options.allow_private_networks, resolver=self.resolver
+            return transfer.open(
+                url,
+                {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers},
+                auth,
+                allow_private=self.options.allow_private_networks,
+                resolver=self.resolver,
+                connect_timeout=self.options.connect_timeout_s,
+                read_timeout=self.options.stall_timeout_s,
             )
-        except netsafety.UnsafeURLError as exc:
-            raise FetchError("unsafe_url", f"refused {url}: {exc}") from None
+        except UnsafeURL as exc:
+            raise FetchError("unsafe_url", str(exc)) from None
+        except TooManyRedirects as exc:
+            raise FetchError("too_many_redirects", str(exc)) from None
 
-    async def _open(
-        self, url: str, headers: dict[str, str], auth: dict[str, str]
-    ) -> tuple[aiohttp.ClientResponse, str, dict[str, str]]:
-        """GET following redirects by hand: every hop is checked, and credentials never leave the host
-        they were meant for (Hugging Face redirects to a CDN)."""
-        first_headers: dict[str, str] = {}
-        origin = urlsplit(url).netloc
-        for _ in range(MAX_REDIRECTS + 1):
-            await asyncio.to_thread(self._check, url)
-            extra = auth if urlsplit(url).netloc == origin else {}
-            resp = await self.session.get(url, headers={**headers, **extra}, allow_redirects=False)
-            if not first_headers:
-                first_headers = dict(resp.headers)
-            if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                location = urljoin(url, resp.headers["Location"])
-                resp.release()
-                url = location
-                continue
-            return resp, url, first_headers
-        raise FetchError("too_many_redirects", f"more than {MAX_REDIRECTS} redirects")
-
-    async def probe(self, url: str, auth: dict[str, str]) -> _Probe:
-        resp, final, first = await self._open(
-            url, {"Range": "bytes=0-0", "Accept-Encoding": "identity"}, auth
-        )
+    def _probe(self, url: str, auth: dict[str, str], transfer: Transfer) -> _Probe:
+        """A one-byte ranged GET: the final URL, the size, whether ranges work, the validator and the
+        digest Hugging Face announces on the first hop."""
         try:
-            self._raise_for_status(resp, url)
-            linked = _sha_from_etag(first.get("X-Linked-Etag", ""))
-            validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified") or ""
+            resp = self._open(transfer, url, {"Range": "bytes=0-0"}, auth)
+            _raise_for_status(resp.status, url)
+            first = transfer.first_headers
+            linked = _sha_from_etag(first.get("X-Linked-Etag", "") if first is not None else "")
+            validator = resp.getheader("ETag") or resp.getheader("Last-Modified") or ""
             if resp.status == 206:
-                total = _total_from_content_range(resp.headers.get("Content-Range", ""))
-                return _Probe(final, 206, total, total >= 0, validator, linked)
-            length = resp.headers.get("Content-Length")
+                total = _total_from_content_range(resp.getheader("Content-Range", ""))
+                return _Probe(transfer.url, 206, total, total >= 0, validator, linked)
+            length = resp.getheader("Content-Length")
             return _Probe(
-                final,
+                transfer.url,
                 resp.status,
                 int(length) if length and length.isdigit() else -1,
                 False,
@@ -266,13 +174,7 @@ class Fetcher:
                 linked,
             )
         finally:
-            resp.release()
-
-    def _raise_for_status(self, resp: aiohttp.ClientResponse, url: str) -> None:
-        if resp.status in (200, 206):
-            return
-        retryable = resp.status in (408, 425, 429) or resp.status >= 500
-        raise FetchError("http_error", f"{url} answered HTTP {resp.status}", retryable=retryable)
+            transfer.close()
 
     async def fetch(
         self,
@@ -310,7 +212,7 @@ class Fetcher:
                 if not exc.retryable:
                     raise
                 err: Exception = exc
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (http.client.HTTPException, TimeoutError, OSError) as exc:
                 err = exc
             # Only attempts that made no progress count towards giving up.
             attempts = 1 if moved else attempts + 1
@@ -332,7 +234,8 @@ class Fetcher:
         progress: Callable[[int, int], None],
         on_sha256_known: Callable[[str], None],
     ) -> FetchResult:
-        probe = await self.probe(url, auth)
+        probe_transfer = Transfer()
+        probe = await _in_thread(lambda: self._probe(url, auth, probe_transfer), probe_transfer)
         expected = expected_sha256.lower() or probe.linked_sha256
         if expected:
             on_sha256_known(expected)
@@ -376,22 +279,21 @@ class Fetcher:
                     await asyncio.to_thread(sidecar.save, sidecar_path)
                     saved = done
 
-        writer = _Writer(partial, sidecar.segments, on_written)
+        sink = Sink(partial, sidecar.segments, self.options.chunk_bytes)
         saver = asyncio.create_task(keep_saving())
         try:
             progress(sum(s.done for s in sidecar.segments), total)
             pending = [s for s in sidecar.segments if s.remaining != 0]
             await _all_or_first_error(
-                [self._fetch_segment(probe, s, writer, auth, ranged=probe.ranges) for s in pending]
+                [self._fetch_segment(probe, s, sink, auth, on_written, ranged=probe.ranges) for s in pending]
             )
-            sha = await writer.finish()
+            size, sha = await asyncio.to_thread(sink.finish)
         finally:
             saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await saver
-            await asyncio.shield(asyncio.to_thread(writer.close))  # waits for queued writes, off the loop
+            await asyncio.shield(asyncio.to_thread(sink.close))  # stops the hasher, off the loop
             sidecar.save(sidecar_path)
-        size = partial.stat().st_size
         if total >= 0 and size != total:
             raise FetchError("incomplete", f"got {size} of {total} bytes", retryable=True)
         if size > self.options.max_file_bytes:
@@ -414,58 +316,163 @@ class Fetcher:
         return [Segment(i * step, min(total, (i + 1) * step)) for i in range(n)] if total else [Segment(0, 0)]
 
     async def _fetch_segment(
-        self, probe: _Probe, seg: Segment, writer: _Writer, auth: dict[str, str], *, ranged: bool
+        self,
+        probe: _Probe,
+        seg: Segment,
+        sink: Sink,
+        auth: dict[str, str],
+        on_written: Callable[[], None],
+        *,
+        ranged: bool,
     ) -> None:
-        headers = {"Accept-Encoding": "identity"}
+        loop = asyncio.get_running_loop()
+
+        def written() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
+                loop.call_soon_threadsafe(on_written)
+
+        transfer = Transfer()
+        await _in_thread(lambda: self._transfer(probe, seg, sink, auth, written, transfer, ranged), transfer)
+        if seg.end >= 0 and seg.remaining > 0:
+            raise FetchError("incomplete", "connection ended early", retryable=True)
+        if seg.end < 0:
+            seg.end = seg.start + seg.done
+
+    def _transfer(
+        self,
+        probe: _Probe,
+        seg: Segment,
+        sink: Sink,
+        auth: dict[str, str],
+        written: Callable[[], None],
+        transfer: Transfer,
+        ranged: bool,
+    ) -> None:
+        """One connection's thread: GETs the rest of `seg` and streams it into the sink, block by block.
+        Every byte received is written and counted, also when the connection fails halfway."""
+        headers: dict[str, str] = {}
         offset = seg.start + seg.done
+        restart = False
         if ranged and (seg.done or seg.start or seg.end != probe.total):
             end = f"{seg.end - 1}" if seg.end > 0 else ""
             headers["Range"] = f"bytes={offset}-{end}"
             if probe.validator and not probe.validator.startswith("W/"):
                 headers["If-Range"] = probe.validator
         elif seg.done:
-            # The server cannot resume: start over.
-            with writer.lock:
-                seg.done = 0
-            writer.truncate()
-            offset = seg.start
-        resp, _, _ = await self._open(probe.url, headers, auth)
+            restart = True  # the server cannot resume: start over
         try:
-            self._raise_for_status(resp, probe.url)
+            resp = self._open(transfer, probe.url, headers, auth)
+            _raise_for_status(resp.status, probe.url)
             if "Range" in headers and resp.status == 200:
-                if seg.start != 0 or len(writer.segments) > 1:
+                if seg.start != 0 or len(sink.segments) > 1:
                     raise FetchError("range_lost", "the server stopped honouring Range", retryable=True)
-                with writer.lock:
-                    seg.done = 0
-                writer.truncate()
+                restart = True
+            transfer.begin_writing()
+            if restart:
+                sink.truncate()
                 offset = 0
             limit = seg.end - offset if seg.end >= 0 else self.options.max_file_bytes + 1 - offset
-            in_flight: deque[asyncio.Future[None]] = deque()
-            try:
-                async for chunk in resp.content.iter_chunked(self.options.chunk_bytes):
-                    if len(chunk) > limit:
-                        chunk = chunk[:limit]
-                    in_flight.append(writer.write(seg, offset, chunk))
-                    if len(in_flight) > 4:
-                        # Shielded: a cancelled job (pause, cancel) must not drop a queued write while
-                        # later ones still land, which would leave a hole that `seg.done` counts as data.
-                        await asyncio.shield(in_flight.popleft())
-                    offset += len(chunk)
-                    limit -= len(chunk)
-                    if limit <= 0:
-                        if seg.end < 0:
-                            raise FetchError("too_large", "larger than the size cap")
-                        break
-            finally:
-                # Bytes received are kept even when the connection failed: the resume starts after them.
-                for fut in in_flight:
-                    await asyncio.shield(fut)
+            body = _Body(resp)
+            told = 0.0
+            while limit > 0:
+                buf = sink.take(transfer.stopped)
+                want = min(len(buf), limit)
+                n, err = body.fill(buf, want)
+                if n == 0:
+                    sink.give(buf)
+                else:
+                    sink.write(seg, offset, buf, n)
+                    offset += n
+                    limit -= n
+                    if (now := time.monotonic()) - told >= PROGRESS_EVERY_S:
+                        told = now  # waking the event loop for every block costs more than the copy
+                        written()
+                if err is not None:
+                    raise err
+                if transfer.stopped.is_set():
+                    raise Stopped()
+                if n < want:
+                    break  # the body ended
+            if limit <= 0 and seg.end < 0:
+                raise FetchError("too_large", "larger than the size cap")
         finally:
-            resp.release()
-        if seg.end >= 0 and seg.remaining > 0:
-            raise FetchError("incomplete", "connection ended early", retryable=True)
-        if seg.end < 0:
-            seg.end = seg.start + seg.done
+            written()
+            transfer.close()
+
+
+class _Body:
+    """The body of a response, read into the caller's buffers: straight from the socket (`readinto1`)
+    when the length is known or the connection's end delimits it, through http.client when chunked."""
+
+    def __init__(self, resp: http.client.HTTPResponse) -> None:
+        self.resp = resp
+        self.left = resp.length  # None: until the connection closes
+        self.raw = None if resp.chunked else resp.fp
+
+    def fill(self, buf: bytearray, want: int) -> tuple[int, BaseException | None]:
+        """Reads up to `want` bytes into `buf`; returns how many arrived and the error that ended the
+        read early, if any (a stall or a reset: the bytes before it count)."""
+        view = memoryview(buf)
+        filled = 0
+        try:
+            if self.raw is None:
+                return self.resp.readinto(view[:want]), None
+            if self.left is not None:
+                want = min(want, self.left)
+            while filled < want:
+                n = self.raw.readinto1(view[filled:want])
+                if not n:
+                    break
+                filled += n
+            if self.left is not None:
+                self.left -= filled
+            return filled, None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if self.left is not None:
+                self.left -= filled
+            return filled, exc
+
+
+async def _in_thread(fn: Callable[[], T], transfer: Transfer) -> T:
+    """Runs `fn` in a thread of its own. Cancelled, it stops the transfer and, if the thread may be
+    writing, waits for it: once this returns, nothing of it touches the partial file any more."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def run() -> None:
+        try:
+            result, exc = fn(), None
+        except BaseException as e:  # handed to the awaiting task
+            result, exc = None, e
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(target=run, name="fetch-conn", daemon=True).start()
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        if transfer.stop():
+            while not fut.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({fut})
+        if fut.done() and not fut.cancelled():
+            fut.exception()  # retrieved: its error is the cancellation's consequence
+        raise
+
+
+def _raise_for_status(status: int, url: str) -> None:
+    if status in (200, 206):
+        return
+    retryable = status in (408, 425, 429) or status >= 500
+    raise FetchError("http_error", f"{url} answered HTTP {status}", retryable=retryable)
 
 
 async def _all_or_first_error(coros: list[Coroutine[Any, Any, None]]) -> None:

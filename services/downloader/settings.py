@@ -29,7 +29,12 @@ class DownloaderSettings(BaseSettings):
     min_split_bytes: int = Field(
         default=64 * MiB, ge=MiB, description="Files smaller than twice this are fetched over one connection."
     )
-    chunk_bytes: int = Field(default=1 * MiB, ge=16 * 1024, le=64 * MiB, description="Read/write unit.")
+    chunk_bytes: int = Field(
+        default=4 * MiB,
+        ge=16 * 1024,
+        le=64 * MiB,
+        description="Buffer size of a connection (4 of them in flight per file); the unit of hashing.",
+    )
     stall_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="No byte for this long: drop the connection and resume."
     )

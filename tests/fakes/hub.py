@@ -29,6 +29,7 @@ import json
 import random
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -68,6 +69,7 @@ class Faults:
     status: int | None = None  # answer every request for the file with this status ...
     status_times: int | None = None  # ... this many times (None: always)
     no_length: bool = False  # chunked transfer, no Content-Length
+    rate_bytes_per_s: float | None = None  # pace every response to this (a CDN's per-connection limit)
     cuts_done: int = 0
     stalls_done: int = 0
     statuses_done: int = 0
@@ -235,6 +237,7 @@ class FakeHub:
         self.url = ""  # "http://127.0.0.1:PORT" once started
         self.faults: dict[str, Faults] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.authorizations: list[tuple[str, str | None]] = []  # (path, Authorization header)
         self._lock = threading.Lock()
         self._repos: dict[str, dict[str, _Repo]] = {}
         self._plain: dict[str, _Plain] = {}
@@ -428,6 +431,7 @@ class FakeHub:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.raw_path.split("?", 1)[0]
         self.requests.append((request.method, unquote(raw_path), request.headers.get("Range")))
+        self.authorizations.append((unquote(raw_path), request.headers.get("Authorization")))
         path = request.path
         with self._lock:
             plain = self._plain.get(path)
@@ -706,9 +710,15 @@ class FakeHub:
                 if faults.stall_at is not None and faults.stall_at < body_len and faults.stalls_done < 1:
                     faults.stalls_done += 1
                     stall_at, stall_seconds = faults.stall_at, faults.stall_seconds
+        rate = faults.rate_bytes_per_s if faults is not None else None
+        began = time.monotonic()
         try:
             sent = 0
             while sent < body_len:
+                if rate:
+                    ahead = sent / rate - (time.monotonic() - began)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
                 limit = body_len
                 if stall_at is not None:
                     limit = min(limit, stall_at)
