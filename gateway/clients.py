@@ -1,16 +1,20 @@
 """gRPC clients the gateway holds in app.state: one channel per service, a deadline on every call, and
-gRPC errors turned into APIError where the call is made."""
+gRPC errors turned into APIError where the call is made. Runner channels are replaced when a runner
+cannot be reached, and the catalog client keeps short-lived placement hints (PlacementCache)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.errors import from_rpc_error
+from gateway.errors import APIError, from_rpc_error
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
@@ -18,6 +22,7 @@ from jan.downloader.v1 import downloader_service_pb2_grpc as downloader_grpc
 from jan.model.v1 import model_pb2
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 from jan.runner.v1 import runner_service_pb2_grpc as runner_grpc
+from services.common.errors import ERROR_CODE_KEY
 from services.common.grpcserver import CHANNEL_OPTIONS
 from services.common.logs import request_id_interceptors
 
@@ -30,23 +35,55 @@ async def rpc_errors(service: str) -> AsyncIterator[None]:
         raise from_rpc_error(exc, service) from None
 
 
+class Unreachable(APIError):
+    """The service could not be reached (no connection, connection lost): the same 503 as any
+    `<service>_unavailable`, distinguishable from a service's own UNAVAILABLE errors (which carry a code)."""
+
+
+def unreachable(exc: aio.AioRpcError) -> bool:
+    """UNAVAILABLE from the transport or the server machinery, not from the service's code: a JanError
+    (queue_timeout, storage_unavailable, ...) always carries its code in the trailers."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return ERROR_CODE_KEY not in dict(exc.trailing_metadata() or ())
+
+
 class ServiceClient:
     """A channel to one service, its health, and unary calls with the deadline and error translation."""
 
     service = "service"
     stub_class: Any = None
+    channel_options: tuple[tuple[str, Any], ...] = CHANNEL_OPTIONS
 
     def __init__(self, address: str, timeout: float, transfer_timeout: float) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.transfer_timeout = transfer_timeout
+        self._connect()
+
+    def _connect(self) -> None:
         self.channel = aio.insecure_channel(
-            address, options=CHANNEL_OPTIONS, interceptors=request_id_interceptors()
+            self.address, options=self.channel_options, interceptors=request_id_interceptors()
         )
         self.stub = self.stub_class(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.timeout = timeout
-        self.transfer_timeout = transfer_timeout
 
     async def close(self) -> None:
         await self.channel.close()
+
+    def _rpc_failed(self, exc: aio.AioRpcError, channel: aio.Channel) -> None:
+        """Called with every error of a call made on `channel`, before it is translated or re-raised."""
+
+    def _translate(self, exc: aio.AioRpcError) -> APIError:
+        return from_rpc_error(exc, self.service)
+
+    @asynccontextmanager
+    async def _errors(self, channel: aio.Channel) -> AsyncIterator[None]:
+        try:
+            yield
+        except aio.AioRpcError as exc:
+            self._rpc_failed(exc, channel)
+            raise self._translate(exc) from None
 
     async def serving(self) -> bool:
         try:
@@ -55,14 +92,18 @@ class ServiceClient:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-    async def call(self, method: str, request: Any) -> Any:
-        async with rpc_errors(self.service):
-            return await getattr(self.stub, method)(request, timeout=self.timeout)
+    async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        async with self._errors(self.channel):
+            return await getattr(self.stub, method)(
+                request, timeout=self.timeout if timeout is None else timeout
+            )
 
     async def stream(self, call: Any) -> AsyncGenerator[Any, None]:
         """A server stream whose first message is awaited here, so that an error at the start (an unknown
-        id) becomes a normal HTTP error before any byte of the response is sent."""
-        async with rpc_errors(self.service):
+        id) becomes a normal HTTP error before any byte of the response is sent. `call` must have been
+        made on the current channel just before (`self.stream(self.stub.Method(...))`)."""
+        channel = self.channel
+        async with self._errors(channel):
             first = await call.read()
 
         async def rest() -> AsyncGenerator[Any, None]:
@@ -71,6 +112,9 @@ class ServiceClient:
                 while reply is not aio.EOF:
                     yield reply
                     reply = await call.read()
+            except aio.AioRpcError as exc:
+                self._rpc_failed(exc, channel)  # the reader translates it (or turns it into an event)
+                raise
             finally:
                 call.cancel()  # the client went away: stop the service's work for it
 
@@ -80,6 +124,20 @@ class ServiceClient:
 class CatalogClient(ServiceClient):
     service = "catalog"
     stub_class = catalog_grpc.CatalogServiceStub
+    # Calls that change model objects: the placement hints are dropped after each (a deleted model must
+    # not go on being served from a hint).
+    WRITES = frozenset({"CreateModel", "UpdateModel", "DeleteModel", "ImportRemoteModels"})
+
+    def __init__(self, address: str, timeout: float, transfer_timeout: float) -> None:
+        super().__init__(address, timeout, transfer_timeout)
+        self.placements = PlacementCache()
+
+    async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await super().call(method, request, timeout)
+        finally:
+            if method in self.WRITES:
+                self.placements.clear()
 
     async def list_all(
         self, states: Sequence[model_pb2.ModelState.ValueType], engines: Sequence[str]
@@ -120,8 +178,11 @@ class CatalogClient(ServiceClient):
                 if chunk:
                     yield catalog_pb.ImportFolderRequest(chunk=chunk)
 
-        async with rpc_errors("catalog"):
-            return await self.stub.ImportFolder(requests(), timeout=self.transfer_timeout)
+        try:
+            async with self._errors(self.channel):
+                return await self.stub.ImportFolder(requests(), timeout=self.transfer_timeout)
+        finally:
+            self.placements.clear()
 
 
 class DownloaderClient(ServiceClient):
@@ -136,8 +197,43 @@ class DownloaderClient(ServiceClient):
 
 
 class RunnerClient(ServiceClient):
+    """A runner's channel, replaced by a fresh one as soon as a call finds the runner unreachable.
+
+    A gRPC channel that fails to connect (the runner is down or restarting) waits out a growing
+    reconnect backoff during which every call fails at once: a runner that is back would go on getting
+    503s. The fresh channel connects on its first call instead. Its subchannels are its own (gRPC shares
+    the subchannels of equal channels process-wide by default, backoff included). The old channel closes
+    once the calls still on it end. `resets` counts the replacements (placement hints made before one
+    are stale)."""
+
     service = "runner"
     stub_class = runner_grpc.RunnerServiceStub
+    channel_options = (*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1))
+
+    def __init__(self, address: str, timeout: float, transfer_timeout: float) -> None:
+        self.resets = 0
+        self._retiring: dict[asyncio.Task[None], aio.Channel] = {}
+        super().__init__(address, timeout, transfer_timeout)
+
+    def _rpc_failed(self, exc: aio.AioRpcError, channel: aio.Channel) -> None:
+        if unreachable(exc) and channel is self.channel:  # not twice for calls on the same old channel
+            self._connect()
+            self.resets += 1
+            task = asyncio.get_running_loop().create_task(channel.close(grace=self.transfer_timeout))
+            self._retiring[task] = channel
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
+
+    def _translate(self, exc: aio.AioRpcError) -> APIError:
+        err = from_rpc_error(exc, self.service)
+        if unreachable(exc):
+            return Unreachable(err.status, err.message, code=err.code, param=err.param)
+        return err
+
+    async def close(self) -> None:
+        for task, channel in list(self._retiring.items()):
+            task.cancel()
+            await channel.close()
+        await super().close()
 
     async def generate(
         self, request: runner_pb.GenerateRequest
@@ -145,8 +241,47 @@ class RunnerClient(ServiceClient):
         return await self.stream(self.stub.Generate(request, timeout=self.transfer_timeout))
 
 
+class PlacementCache:
+    """model_id → the runner client the catalog placed it on, where it was loaded: a hint that lets an
+    inference request skip PlaceModel for `ttl` seconds. The catalog alone decides placement; a hint is
+    never renewed, only replaced by the catalog's next answer. It is gone after its ttl, once its runner's
+    channel was replaced (unreachable), on a catalog write, and when the caller drops it (stop, or the
+    runner says the model is not loaded)."""
+
+    MAX_HINTS = 4096
+
+    def __init__(self) -> None:
+        self._hints: dict[str, tuple[RunnerClient, int, float]] = {}
+
+    def get(self, model_id: str) -> RunnerClient | None:
+        hint = self._hints.get(model_id)
+        if hint is None:
+            return None
+        client, resets, expires = hint
+        if client.resets != resets or time.monotonic() >= expires:
+            del self._hints[model_id]
+            return None
+        return client
+
+    def put(self, model_id: str, client: RunnerClient, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        now = time.monotonic()
+        if len(self._hints) >= self.MAX_HINTS:
+            self._hints = {k: v for k, v in self._hints.items() if v[2] > now}
+            if len(self._hints) >= self.MAX_HINTS:
+                self._hints.clear()
+        self._hints[model_id] = (client, client.resets, now + ttl)
+
+    def drop(self, model_id: str) -> None:
+        self._hints.pop(model_id, None)
+
+    def clear(self) -> None:
+        self._hints.clear()
+
+
 class RunnerPool:
-    """One channel per runner address, made on first use (runners come and go; the catalog knows them)."""
+    """One client per runner address, made on first use (runners come and go; the catalog knows them)."""
 
     def __init__(self, timeout: float, transfer_timeout: float) -> None:
         self.timeout = timeout

@@ -32,6 +32,13 @@ class GatewaySettings(BaseSettings):
         default=True, description="Start a downloaded model that is not running when a request names it."
     )
     load_timeout_s: float = Field(default=600.0, gt=0, description="Deadline of loading a model.")
+    placement_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long an inference request may reuse the catalog's answer of which runner hosts a "
+        "running model instead of asking again (0: ask on every request).",
+    )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest JSON request body.")
     rpc_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Deadline of one catalog call.")
     transfer_timeout_s: float = Field(

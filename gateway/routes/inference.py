@@ -1,14 +1,16 @@
 """Running models: start/stop, the OpenAI inference endpoints (chat, completions, embeddings) with SSE
 streaming, and the list of loaded models. The catalog says which runner serves a model (placement
-lives there); tokens then flow from that runner straight to the client."""
+lives there); tokens then flow from that runner straight to the client. Inference requests reuse the
+catalog's answer for a running model for a few seconds (a hint, see PlacementCache); a hint that turns
+out wrong costs one more try through the catalog, before any byte of the answer is sent."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -16,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from grpc import aio
 
 from gateway import convert
-from gateway.clients import CatalogClient, RunnerClient, RunnerPool, rpc_errors
+from gateway.clients import CatalogClient, PlacementCache, RunnerClient, RunnerPool, Unreachable, rpc_errors
 from gateway.convert import (
     ChatCompletionIn,
     ChatCompletionOut,
@@ -46,6 +48,14 @@ def _runners(request: Request) -> RunnerPool:
     return request.app.state.runners
 
 
+def _placements(request: Request) -> PlacementCache:
+    return _catalog(request).placements
+
+
+def _remember(request: Request, model_id: str, client: RunnerClient) -> None:
+    _placements(request).put(model_id, client, request.app.state.settings.placement_ttl_s)
+
+
 def _bad(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, code="invalid_request", param=param)
 
@@ -60,10 +70,12 @@ async def _runner_for(
     always_load: bool = False,
 ) -> RunnerClient:
     """The runner serving `model_id`, loading it there first when needed (just-in-time start).
-    `always_load`: ask the runner even when the model runs (an explicit start renews its keep-alive)."""
+    `always_load`: ask the runner even when the model runs (an explicit start renews its keep-alive).
+    Always asks the catalog; where the model then runs is remembered as a hint (PlacementCache)."""
     placed = await _catalog(request).call("PlaceModel", catalog_pb.PlaceModelRequest(model_id=model_id))
     client = _runners(request).get(placed.runner.address)
     if placed.loaded and not overrides and not always_load:
+        _remember(request, model_id, client)
         return client
     if not start:
         raise APIError(
@@ -76,9 +88,42 @@ async def _runner_for(
         overrides_json=orjson.dumps(overrides).decode() if overrides else "",
         keep_alive_s=keep_alive,
     )
-    async with rpc_errors("runner"):
-        await client.stub.LoadModel(load, timeout=request.app.state.settings.load_timeout_s)
+    await client.call("LoadModel", load, timeout=request.app.state.settings.load_timeout_s)
+    _remember(request, model_id, client)
     return client
+
+
+T = TypeVar("T")
+
+
+async def _on_runner(
+    request: Request, model_id: str, keep_alive: float, send: Callable[[RunnerClient], Awaitable[T]]
+) -> T:
+    """`send` (the inference call, awaited up to its first answer) on the runner serving `model_id`.
+
+    A placement hint skips PlaceModel. When the hinted runner no longer has the model, or cannot be
+    reached (its channel is then already replaced), the hint is dropped and the catalog places the
+    model as without one: once, and only before any byte of the answer went out."""
+    settings = request.app.state.settings
+    hinted = _placements(request).get(model_id)
+    if hinted is not None:
+        try:
+            return await send(hinted)
+        except APIError as exc:
+            if not isinstance(exc, Unreachable) and exc.code != "model_not_loaded":
+                raise
+            _placements(request).drop(model_id)
+    runner = await _runner_for(request, model_id, start=settings.jit_start, keep_alive=keep_alive)
+    try:
+        return await send(runner)
+    except APIError as exc:
+        if exc.code != "model_not_loaded" or not settings.jit_start:
+            raise
+    # Unloaded between placement and the request (keep-alive ran out, or the catalog had not heard yet):
+    # the runner's word wins, load it again, once.
+    _placements(request).drop(model_id)
+    runner = await _runner_for(request, model_id, start=True, keep_alive=keep_alive, always_load=True)
+    return await send(runner)
 
 
 # --- start / stop / running ------------------------------------------------------------------------------
@@ -111,14 +156,18 @@ async def stop_model(request: Request, folder: str, file: str) -> Response:
     """Unloads the model from the runner that hosts it (nothing to do when it is not running)."""
     model_id = f"{folder}/{file}"
     catalog = _catalog(request)
-    runners = await catalog.call("ListRunners", catalog_pb.ListRunnersRequest())
-    for runner in runners.runners:
-        if model_id in runner.model_ids:
-            await (
-                _runners(request)
-                .get(runner.address)
-                .call("UnloadModel", runner_pb.UnloadModelRequest(model_id=model_id))
-            )
+    _placements(request).drop(model_id)
+    try:
+        runners = await catalog.call("ListRunners", catalog_pb.ListRunnersRequest())
+        for runner in runners.runners:
+            if model_id in runner.model_ids:
+                await (
+                    _runners(request)
+                    .get(runner.address)
+                    .call("UnloadModel", runner_pb.UnloadModelRequest(model_id=model_id))
+                )
+    finally:
+        _placements(request).drop(model_id)  # again: a request may have placed it meanwhile
     reply = await catalog.call("GetModel", catalog_pb.GetModelRequest(id=model_id))
     return Response(convert.model_json(reply.model), media_type="application/json")
 
@@ -168,17 +217,10 @@ async def _generate(
     render_full: Callable[[str, runner_pb.GenerateResponse], dict[str, Any]],
     first_chunk: dict[str, Any] | None,
 ) -> Response:
-    settings = request.app.state.settings
-    runner = await _runner_for(request, model_id, start=settings.jit_start, keep_alive=generate.keep_alive_s)
     # The first message is awaited before answering: a failure at the start is a normal HTTP error.
-    try:
-        replies = await runner.generate(generate)
-    except APIError as exc:
-        if exc.code != "model_not_loaded" or not settings.jit_start:
-            raise
-        # Unloaded between placement and the request (keep-alive ran out): load it again, once.
-        runner = await _runner_for(request, model_id, start=True, keep_alive=generate.keep_alive_s)
-        replies = await runner.generate(generate)
+    replies = await _on_runner(
+        request, model_id, generate.keep_alive_s, lambda runner: runner.generate(generate)
+    )
     if not stream:
         text, last = [], None
         async with rpc_errors("runner"), contextlib.aclosing(replies):
@@ -288,9 +330,8 @@ async def embeddings(request: Request, body: EmbeddingIn) -> Response:
         keep_alive = convert.parse_keep_alive(body.keep_alive)
     except ValueError as exc:
         raise _bad(str(exc), "keep_alive") from None
-    settings = request.app.state.settings
-    runner = await _runner_for(request, body.model, start=settings.jit_start, keep_alive=keep_alive)
-    reply = await runner.call("Embed", runner_pb.EmbedRequest(model_id=body.model, inputs=inputs))
+    embed = runner_pb.EmbedRequest(model_id=body.model, inputs=inputs)
+    reply = await _on_runner(request, body.model, keep_alive, lambda runner: runner.call("Embed", embed))
     return Response(
         orjson.dumps(convert.embedding_list(body.model, reply, body.encoding_format)),
         media_type="application/json",

@@ -85,6 +85,31 @@ def test_a_runner_killed_mid_stream_ends_the_stream_with_an_error_and_a_restart_
     assert _state(stack) == "running"
 
 
+def test_a_runner_killed_while_idle_serves_again_as_soon_as_it_is_back(make_stack, tmp_path) -> None:
+    write_tiny_model(tmp_path / "jan")
+    stack = make_stack()
+
+    def chat() -> httpx.Response:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        return httpx.post(f"{stack.url}/v1/chat/completions", json=body, timeout=30)
+
+    # Started just in time, then served from the gateway's placement hint.
+    assert chat().status_code == 200 and chat().status_code == 200
+    stack.kill("runner")
+    # While it is down the gateway dials the dead runner (until the catalog forgets it, then no_runner):
+    # quick 503s, long enough for a reused gRPC channel to sit in its reconnect backoff.
+    for _ in range(8):
+        resp = chat()
+        assert resp.status_code == 503 and resp.json()["error"]["code"], resp.text
+        time.sleep(0.5)
+    stack.start_service("runner")
+    wait_service(stack, "runner")
+    for _ in range(3):  # the first request after the restart included: no lingering 503
+        resp = chat()
+        assert resp.status_code == 200, resp.text
+    assert _state(stack) == "running"
+
+
 def test_a_gateway_killed_during_a_generation_frees_the_runner_slot(make_stack, tmp_path) -> None:
     write_tiny_model(tmp_path / "jan", n_ctx=16384)
     stack = make_stack()

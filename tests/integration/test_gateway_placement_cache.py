@@ -1,0 +1,259 @@
+"""The gateway's placement hints (gateway/clients.py PlacementCache) against a real catalog and a real
+runner (llama.cpp, tiny GGUF): a running model is served without asking the catalog again, and every way
+a hint can go stale (stop, delete, a runner that lost the model, a runner that died and came back) still
+ends in a correct answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from grpc import aio
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from jan.runner.v1 import runner_service_pb2 as runner_pb
+from jan.runner.v1 import runner_service_pb2_grpc as runner_grpc
+from services.catalog.core import Catalog
+from services.catalog.servicer import make_server as make_catalog_server
+from services.catalog.settings import CatalogSettings
+from services.common.catalog_client import CatalogClient
+from services.common.grpcserver import GrpcServer
+from services.common.storage import StorageSettings, make_storage
+from services.runner.core import Runner
+from services.runner.servicer import make_server as make_runner_server
+from services.runner.settings import RunnerSettings
+from tests.fakes.tiny_gguf import write_tiny_gguf
+
+pytest.importorskip("llama_cpp")
+
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+MODEL = "tiny/chat"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "the cat"}], "max_tokens": 3}
+
+
+@dataclass
+class Env:
+    root: Path
+    app: FastAPI
+    http: httpx.AsyncClient
+    catalog: Catalog
+    catalog_address: str
+    runner_port: int
+    placed: list[str]  # model ids of every PlaceModel the catalog answered
+    runner: Runner | None = None
+    runner_server: GrpcServer | None = None
+    clients: list[CatalogClient] = field(default_factory=list)
+
+    async def start_runner(self) -> None:
+        """A runner named r1 on runner_port (the same address every time), registered with the catalog."""
+        settings = RunnerSettings(
+            root=self.root, name="r1", port=0, catalog_address=self.catalog_address, threads=1
+        )
+        client = CatalogClient(settings.catalog_address)
+        self.clients.append(client)
+        runner = Runner(settings, client, make_storage(StorageSettings(), self.root))
+        server = make_runner_server(runner)
+        self.runner_port = server.bind(f"127.0.0.1:{self.runner_port}")
+        settings.advertise_address = f"127.0.0.1:{self.runner_port}"
+        await server.start()
+        await runner.start()
+        await server.set_serving(True)
+        await runner.heartbeat()
+        self.runner, self.runner_server = runner, server
+
+    async def crash_runner(self) -> None:
+        """The runner's server goes away without telling the catalog (as a kill -9 would)."""
+        assert self.runner is not None and self.runner_server is not None
+
+        async def silent() -> None:
+            return None
+
+        self.runner.heartbeat = silent  # type: ignore[method-assign]
+        await self.runner_server.stop(0)
+        await self.runner.close()
+        self.runner = self.runner_server = None
+
+    async def chat(self, **extra: Any) -> httpx.Response:
+        return await self.http.post("/v1/chat/completions", json={**CHAT, **extra})
+
+
+@pytest.fixture
+def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
+    async def make(**gateway: Any) -> AsyncIterator[Env]:
+        root = tmp_path / "jan"
+        folder = root / "models" / "tiny"
+        folder.mkdir(parents=True)
+        write_tiny_gguf(folder / "chat.gguf", chat_template=TEMPLATE)
+        params = {"ctx_len": 512, "temperature": 0, "max_tokens": 12}
+        (folder / "chat.json").write_bytes(orjson.dumps({"parameters": params}))
+        catalog = Catalog(CatalogSettings(root=root, port=0, seed_models_dir=None))
+        placed: list[str] = []
+        place = catalog.place
+
+        async def counting_place(model_id: str) -> Any:
+            placed.append(model_id)
+            return await place(model_id)
+
+        catalog.place = counting_place  # type: ignore[method-assign]
+        cat_server = make_catalog_server(catalog)
+        cat_port = cat_server.bind("127.0.0.1:0")
+        await cat_server.start()
+        await catalog.start()
+        await cat_server.set_serving(True)
+        address = f"127.0.0.1:{cat_port}"
+        app = create_app(GatewaySettings(catalog_address=address, **gateway))
+        env: Env | None = None
+        try:
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60) as http:
+                    env = Env(root, app, http, catalog, address, 0, placed)
+                    await env.start_runner()
+                    yield env
+        finally:
+            if env is not None:
+                if env.runner_server is not None:
+                    await env.runner_server.stop(0)
+                if env.runner is not None:
+                    await env.runner.close()
+                for client in env.clients:
+                    await client.close()
+            await cat_server.stop(0)
+            await catalog.close()
+
+    return make
+
+
+def _hint(env: Env) -> Any:
+    return env.app.state.catalog.placements.get(MODEL)
+
+
+async def _unload_on_the_runner(env: Env) -> None:
+    """UnloadModel straight on the runner's gRPC server, behind the gateway's back."""
+    async with aio.insecure_channel(f"127.0.0.1:{env.runner_port}") as channel:
+        await runner_grpc.RunnerServiceStub(channel).UnloadModel(
+            runner_pb.UnloadModelRequest(model_id=MODEL), timeout=10
+        )
+
+
+async def test_a_running_model_is_served_without_asking_the_catalog_again(make_env) -> None:
+    async for env in make_env():
+        first = await env.chat()
+        assert first.status_code == 200, first.text
+        assert env.placed == [MODEL]  # placed once, started just in time, remembered
+        assert _hint(env) is not None
+        assert (await env.chat()).status_code == 200
+        async with env.http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+            assert resp.status_code == 200
+            assert [line async for line in resp.aiter_lines() if line][-1] == "data: [DONE]"
+        done = await env.http.post("/v1/completions", json={"model": MODEL, "prompt": "a"})
+        assert done.status_code == 200
+        assert (await env.http.post("/v1/embeddings", json={"model": MODEL, "input": "a"})).status_code == 200
+        assert env.placed == [MODEL]
+
+        # start always goes through the catalog (and renews the hint).
+        assert (await env.http.post(f"/v1/models/{MODEL}/start")).status_code == 200
+        assert env.placed == [MODEL] * 2
+        assert (await env.chat()).status_code == 200
+        assert env.placed == [MODEL] * 2
+
+
+async def test_a_hint_expires_after_its_ttl(make_env) -> None:
+    async for env in make_env(placement_ttl_s=0.3):
+        assert (await env.chat()).status_code == 200
+        assert (await env.chat()).status_code == 200
+        assert env.placed == [MODEL]
+        await asyncio.sleep(0.4)
+        assert (await env.chat()).status_code == 200
+        assert env.placed == [MODEL] * 2
+
+
+async def test_no_hints_with_a_ttl_of_zero(make_env) -> None:
+    async for env in make_env(placement_ttl_s=0):
+        for _ in range(3):
+            assert (await env.chat()).status_code == 200
+        assert env.placed == [MODEL] * 3 and _hint(env) is None
+
+
+async def test_stop_drops_the_hint(make_env) -> None:
+    async for env in make_env(jit_start=False):
+        assert (await env.http.post(f"/v1/models/{MODEL}/start")).status_code == 200
+        assert (await env.chat()).status_code == 200 and _hint(env) is not None
+        stop = await env.http.post(f"/v1/models/{MODEL}/stop")
+        assert stop.json()["state"] == "stopped"
+        assert _hint(env) is None
+        placed = len(env.placed)
+        resp = await env.chat()
+        assert resp.status_code == 409 and resp.json()["error"]["code"] == "model_not_running", resp.text
+        assert len(env.placed) == placed + 1  # the catalog said so, not a stale hint
+
+
+async def test_deleting_the_model_drops_the_hints(make_env) -> None:
+    async for env in make_env():
+        assert (await env.chat()).status_code == 200 and _hint(env) is not None
+        assert (await env.http.delete(f"/v1/models/{MODEL}")).status_code == 200
+        resp = await env.chat()
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found", resp.text
+
+
+async def test_a_runner_that_lost_the_model_still_answers(make_env) -> None:
+    async for env in make_env():
+        assert (await env.chat()).status_code == 200 and _hint(env) is not None
+        await _unload_on_the_runner(env)  # the runner tells the catalog at once
+        resp = await env.chat()
+        assert resp.status_code == 200, resp.text
+        assert env.placed == [MODEL] * 2  # the hint was wrong: placed (and started) again
+        assert (await env.catalog.get(MODEL)).state == 4  # running
+
+        # The same when the catalog has not heard of it yet (it still says "loaded" there): the runner's
+        # word wins and the model is loaded again. Embeddings and streams as well.
+        assert env.runner is not None
+        await env.runner.unload(MODEL, report=False)
+        resp = await env.chat()
+        assert resp.status_code == 200, resp.text
+        await env.runner.unload(MODEL, report=False)
+        assert (await env.http.post("/v1/embeddings", json={"model": MODEL, "input": "a"})).status_code == 200
+        await env.runner.unload(MODEL, report=False)
+        async with env.http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+            assert resp.status_code == 200
+            lines = [line async for line in resp.aiter_lines() if line]
+        assert lines[-1] == "data: [DONE]" and not any('"error"' in line for line in lines), lines
+
+
+async def test_a_runner_that_died_and_came_back_serves_at_once(make_env) -> None:
+    async for env in make_env():
+        assert (await env.chat()).status_code == 200 and _hint(env) is not None
+        await env.crash_runner()
+        # While it is down (the catalog still lists it): quick 503s, in the one error shape. Several, over
+        # a few seconds: long enough for a reused gRPC channel to be deep in its reconnect backoff.
+        for _ in range(6):
+            resp = await env.chat()
+            assert resp.status_code == 503 and resp.json()["error"]["code"] == "runner_unavailable", resp.text
+            await asyncio.sleep(0.5)
+        assert (await env.http.get("/v1/running")).json()["data"] == []
+
+        await env.start_runner()  # same name, same address
+        for _ in range(3):
+            resp = await env.chat()
+            assert resp.status_code == 200, resp.text  # the first request after the restart included
+        assert (await env.http.get("/v1/running")).json()["data"][0]["model_id"] == MODEL
+
+
+async def test_a_hinted_runner_that_died_is_replaced_by_the_catalog_choice(make_env) -> None:
+    async for env in make_env():
+        assert (await env.chat()).status_code == 200 and _hint(env) is not None
+        await env.crash_runner()
+        await env.start_runner()  # back before any request noticed; the old connection is dead
+        resp = await env.chat()
+        assert resp.status_code == 200, resp.text
