@@ -1,7 +1,7 @@
 """Real services in the test's own event loop, each behind its real gRPC server on a loopback port.
 
-The integration tests that drive the gateway in-process start a catalog and a downloader this way; each
-context manager yields the service and its address and stops the server before closing the service.
+The integration tests start a catalog, a downloader and a runner this way; each context manager yields
+the service and its address and stops the server before closing the service.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from services.common.storage import Storage
 from services.downloader.core import Downloader
 from services.downloader.servicer import make_server as make_downloader_server
 from services.downloader.settings import DownloaderSettings
+from services.runner.core import Runner
+from services.runner.servicer import make_server as make_runner_server
+from services.runner.settings import RunnerSettings
 
 
 @asynccontextmanager
@@ -53,4 +56,28 @@ async def serving_downloader(
     finally:
         await server.stop(0)
         await downloader.close()
+        await client.close()
+
+
+@asynccontextmanager
+async def serving_runner(
+    settings: RunnerSettings, storage: Storage, *, heartbeat: bool = True
+) -> AsyncIterator[tuple[Runner, str]]:
+    """A runner registered with the catalog at `settings.catalog_address` (a first heartbeat is sent
+    unless `heartbeat` is false), on the port of `settings.port` (0: any); yields it and its address."""
+    client = CatalogClient(settings.catalog_address)
+    runner = Runner(settings, client, storage)
+    server = make_runner_server(runner)
+    port = server.bind(f"127.0.0.1:{settings.port}")
+    settings.advertise_address = f"127.0.0.1:{port}"
+    await server.start()
+    await runner.start()
+    await server.set_serving(True)
+    if heartbeat:
+        await runner.heartbeat()
+    try:
+        yield runner, settings.advertise_address
+    finally:
+        await server.stop(0)
+        await runner.close()
         await client.close()

@@ -60,17 +60,12 @@ from cli.stack import free_port
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
-from services.catalog.servicer import make_server as make_catalog_server
 from services.catalog.settings import CatalogSettings
-from services.common.catalog_client import CatalogClient
 from services.common.storage import StorageSettings, make_storage
-from services.downloader.core import Downloader
-from services.downloader.servicer import make_server as make_downloader_server
 from services.downloader.settings import DownloaderSettings
-from services.runner.core import Runner
-from services.runner.servicer import make_server as make_runner_server
 from services.runner.settings import RunnerSettings
 from tests.fakes.tiny_gguf import write_tiny_gguf
+from tests.harness import serving_catalog, serving_downloader, serving_runner
 
 pytest.importorskip("llama_cpp")
 
@@ -166,33 +161,20 @@ class Services:
             ),
             storage=storage,
         )
-        cat_server = make_catalog_server(catalog)
-        cat_address = f"127.0.0.1:{cat_server.bind('127.0.0.1:0')}"
-        await cat_server.start()
-        await catalog.start()
-        await cat_server.set_serving(True)
+        async with serving_catalog(catalog) as cat_address:
+            dl_settings = DownloaderSettings(
+                root=root, port=0, catalog_address=cat_address, reserve_bytes=0, retries=0
+            )
+            rn_settings = RunnerSettings(
+                root=root, name="fuzz", port=0, catalog_address=cat_address, threads=1
+            )
+            async with (
+                serving_downloader(dl_settings, storage) as (_, dl_address),
+                serving_runner(rn_settings, storage),
+            ):
+                await self._serve_gateway(cat_address, dl_address)
 
-        dl_settings = DownloaderSettings(
-            root=root, port=0, catalog_address=cat_address, reserve_bytes=0, retries=0
-        )
-        dl_client = CatalogClient(cat_address)
-        downloader = Downloader(dl_settings, storage, dl_client)
-        dl_server = make_downloader_server(downloader)
-        dl_address = f"127.0.0.1:{dl_server.bind('127.0.0.1:0')}"
-        await dl_server.start()
-        await downloader.start()
-        await dl_server.set_serving(True)
-
-        rn_settings = RunnerSettings(root=root, name="fuzz", port=0, catalog_address=cat_address, threads=1)
-        rn_client = CatalogClient(cat_address)
-        runner = Runner(rn_settings, rn_client, storage)
-        rn_server = make_runner_server(runner)
-        rn_settings.advertise_address = f"127.0.0.1:{rn_server.bind('127.0.0.1:0')}"
-        await rn_server.start()
-        await runner.start()
-        await rn_server.set_serving(True)
-        await runner.heartbeat()
-
+    async def _serve_gateway(self, cat_address: str, dl_address: str) -> None:
         app = create_app(
             GatewaySettings(
                 catalog_address=cat_address, downloader_address=dl_address, max_body_bytes=1 << 20
@@ -213,14 +195,6 @@ class Services:
         finally:
             server.should_exit = True
             await serving
-            await rn_server.stop(0)
-            await runner.close()
-            await rn_client.close()
-            await dl_server.stop(0)
-            await downloader.close()
-            await dl_client.close()
-            await cat_server.stop(0)
-            await catalog.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,12 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
-from services.catalog.servicer import make_server as make_catalog_server
 from services.catalog.settings import CatalogSettings
-from services.common.catalog_client import CatalogClient
 from services.common.storage import StorageSettings, make_storage
 from services.runner.core import Runner
-from services.runner.servicer import make_server as make_runner_server
 from services.runner.settings import RunnerSettings
 from tests.fakes.tiny_gguf import write_tiny_gguf
+from tests.harness import serving_catalog, serving_runner
 
 pytest.importorskip("llama_cpp")
 
@@ -51,37 +49,20 @@ def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
         params = {"ctx_len": 512, "temperature": 0, "max_tokens": 12}
         (folder / "chat.json").write_bytes(orjson.dumps({"parameters": params}))
         catalog = Catalog(CatalogSettings(root=root, port=0, seed_models_dir=None))
-        cat_server = make_catalog_server(catalog)
-        cat_port = cat_server.bind("127.0.0.1:0")
-        await cat_server.start()
-        await catalog.start()
-        await cat_server.set_serving(True)
-        settings = RunnerSettings(
-            root=root, name="r1", port=0, catalog_address=f"127.0.0.1:{cat_port}", threads=1
-        )
-        client = CatalogClient(settings.catalog_address)
-        runner = Runner(settings, client, make_storage(StorageSettings(), root))
-        server = make_runner_server(runner)
-        settings.advertise_address = f"127.0.0.1:{server.bind('127.0.0.1:0')}"
-        await server.start()
-        await runner.start()
-        await server.set_serving(True)
-        await runner.heartbeat()
-        app = create_app(GatewaySettings(catalog_address=f"127.0.0.1:{cat_port}", jit_start=jit_start))
-        try:
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60) as http:
-                    sdk = openai.AsyncOpenAI(
-                        base_url="http://gw/v1", api_key="x", http_client=http, max_retries=0
-                    )
-                    yield Env(http, sdk, catalog, runner)
-        finally:
-            await server.stop(0)
-            await runner.close()
-            await client.close()
-            await cat_server.stop(0)
-            await catalog.close()
+        async with serving_catalog(catalog) as cat_address:
+            settings = RunnerSettings(root=root, name="r1", port=0, catalog_address=cat_address, threads=1)
+            storage = make_storage(StorageSettings(), root)
+            async with serving_runner(settings, storage) as (runner, _):
+                app = create_app(GatewaySettings(catalog_address=cat_address, jit_start=jit_start))
+                async with app.router.lifespan_context(app):
+                    transport = httpx.ASGITransport(app=app)
+                    async with httpx.AsyncClient(
+                        transport=transport, base_url="http://gw", timeout=60
+                    ) as http:
+                        sdk = openai.AsyncOpenAI(
+                            base_url="http://gw/v1", api_key="x", http_client=http, max_retries=0
+                        )
+                        yield Env(http, sdk, catalog, runner)
 
     return make
 

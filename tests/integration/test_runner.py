@@ -16,14 +16,12 @@ from grpc import aio
 from jan.runner.v1 import runner_service_pb2 as pb
 from jan.runner.v1 import runner_service_pb2_grpc as pb_grpc
 from services.catalog.core import Catalog
-from services.catalog.servicer import make_server as make_catalog_server
 from services.catalog.settings import CatalogSettings
-from services.common.catalog_client import CatalogClient
 from services.common.storage import StorageSettings, make_storage
 from services.runner.core import Runner
-from services.runner.servicer import make_server as make_runner_server
 from services.runner.settings import RunnerSettings
 from tests.fakes.tiny_gguf import write_tiny_gguf
+from tests.harness import serving_catalog, serving_runner
 
 pytest.importorskip("llama_cpp")
 
@@ -54,38 +52,23 @@ def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
         root = tmp_path / "jan"
         (root / "models").mkdir(parents=True, exist_ok=True)
         catalog = Catalog(CatalogSettings(root=root, port=0, seed_models_dir=None, report_ttl_s=2))
-        cat_server = make_catalog_server(catalog)
-        cat_port = cat_server.bind("127.0.0.1:0")
-        await cat_server.start()
-        await catalog.start()
-        await cat_server.set_serving(True)
-        values: dict[str, object] = {
-            "root": root,
-            "name": "r1",
-            "port": 0,
-            "catalog_address": f"127.0.0.1:{cat_port}",
-            "threads": 1,
-            "memory_budget_bytes": 512 * 1024**2,
-        }
-        values.update(runner_kw)
-        settings = RunnerSettings(**values)  # type: ignore[arg-type]
-        client = CatalogClient(settings.catalog_address)
-        runner = Runner(settings, client, make_storage(StorageSettings(), root))
-        server = make_runner_server(runner)
-        port = server.bind("127.0.0.1:0")
-        settings.advertise_address = f"127.0.0.1:{port}"
-        await server.start()
-        await runner.start()
-        await server.set_serving(True)
-        try:
-            async with aio.insecure_channel(settings.advertise_address) as channel:
+        async with serving_catalog(catalog) as cat_address:
+            values: dict[str, object] = {
+                "root": root,
+                "name": "r1",
+                "port": 0,
+                "catalog_address": cat_address,
+                "threads": 1,
+                "memory_budget_bytes": 512 * 1024**2,
+            }
+            values.update(runner_kw)
+            settings = RunnerSettings(**values)  # type: ignore[arg-type]
+            storage = make_storage(StorageSettings(), root)
+            async with (
+                serving_runner(settings, storage, heartbeat=False) as (runner, address),
+                aio.insecure_channel(address) as channel,
+            ):
                 yield Env(pb_grpc.RunnerServiceStub(channel), runner, catalog, root)
-        finally:
-            await server.stop(0)
-            await runner.close()
-            await client.close()
-            await cat_server.stop(0)
-            await catalog.close()
 
     return make
 
