@@ -16,8 +16,7 @@ async def serve(settings: RunnerSettings, storage_settings: StorageSettings) -> 
     runner = Runner(settings, catalog, make_storage(storage_settings, settings.root))
     server = make_server(runner)
     port = server.bind(f"{settings.host}:{settings.port}")
-    if not settings.advertise_address:
-        settings.advertise_address = f"{settings.host}:{port}"
+    settings.advertise_address = settings.derive_advertise_address(port)
 
     async def stop() -> None:
         await runner.close()

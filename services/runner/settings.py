@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +37,17 @@ def _default_budget() -> int:
     return available * 8 // 10
 
 
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+def _own_address() -> str:
+    """The address this machine's name resolves to (loopback when it resolves to nothing)."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
 class RunnerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JAN_RUNNER_", extra="ignore", populate_by_name=True)
 
@@ -48,7 +60,9 @@ class RunnerSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the gRPC server binds to.")
     port: int = Field(default=13372, ge=0, le=65535, description="gRPC port (0 = any free port).")
     advertise_address: str = Field(
-        default="", description="host:port the gateway uses to reach this runner (default host:port)."
+        default="",
+        description="host:port the gateway uses to reach this runner (default host:port; when host is a "
+        "wildcard such as 0.0.0.0, this machine's own address: a container's or a pod's IP).",
     )
     catalog_address: str = Field(
         default="127.0.0.1:13370",
@@ -156,3 +170,14 @@ class RunnerSettings(BaseSettings):
     @property
     def address(self) -> str:
         return self.advertise_address or f"{self.host}:{self.port}"
+
+    def derive_advertise_address(self, port: int, own_address: Callable[[], str] | None = None) -> str:
+        """Where the gateway reaches this runner bound on `port`: the advertise address when set, else
+        host:port, except that a wildcard host (0.0.0.0, ::) cannot be dialled: then the address this
+        machine's name resolves to (in a container or a pod, its own IP)."""
+        if self.advertise_address:
+            return self.advertise_address
+        host = self.host
+        if host in WILDCARD_HOSTS:
+            host = (own_address or _own_address)()
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
