@@ -29,8 +29,12 @@ from pathlib import Path
 
 from services.downloader.httpconn import Stopped
 
-# Buffers in flight per file: more only adds cache misses (a buffer is cold again when it comes back).
+# Buffers in flight per file: at least one per connection (each holds one while its block fills) and two
+# for the hasher; more only adds cache misses (a buffer is cold again by the time it comes back). They
+# hold POOL_BYTES at most: with many connections, the blocks get smaller.
 POOL_BUFFERS = 4
+POOL_BYTES = 32 * 1024 * 1024
+MIN_BLOCK = 256 * 1024
 CATCH_UP_SLICE = 4 * 1024 * 1024
 # A block goes to the file in writes of this size. Measured on Linux 6.18 / ext4 (2 GiB, one thread):
 # 64 KiB writes cost ~1 CPU-s in all, 1 MiB writes 2.8-3.5 s (the kernel then builds the page cache of
@@ -71,7 +75,8 @@ class Sink:
     def __init__(self, path: Path, segments: list[Segment], block_bytes: int) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.segments = segments
-        self.block_bytes = block_bytes
+        self.pool_size = max(POOL_BUFFERS, len(segments) + 2)
+        self.block_bytes = min(block_bytes, max(MIN_BLOCK, POOL_BYTES // self.pool_size))
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the hasher waits here
         self._freed = threading.Condition(self._lock)  # connections wait here for a buffer
@@ -93,7 +98,7 @@ class Sink:
     def take(self, stopped: threading.Event) -> bytearray:
         """A free buffer; waits while all are in use (the hasher is behind), until `stopped`."""
         with self._lock:
-            while not self._free and self._made >= POOL_BUFFERS:
+            while not self._free and self._made >= self.pool_size:
                 if self._error is not None:
                     raise OSError(f"hashing failed: {self._error}")
                 if stopped.is_set():

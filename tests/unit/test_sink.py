@@ -59,7 +59,7 @@ def test_concurrent_segments_in_any_order_hash_to_the_file(
     assert (hashed, sha) == (size, hashlib.sha256(data).hexdigest())
     assert (tmp_path / "f.part").read_bytes() == data
     assert all(seg.remaining == 0 for seg in segments)
-    assert sink._made <= sink_mod.POOL_BUFFERS and len(sink._free) == sink._made  # every buffer came back
+    assert sink._made <= sink.pool_size and len(sink._free) == sink._made  # every buffer came back
 
 
 def test_bytes_left_by_an_earlier_run_are_read_back_and_hashed(tmp_path: Path) -> None:
@@ -112,10 +112,19 @@ def test_a_stopped_connection_does_not_wait_for_a_buffer(tmp_path: Path) -> None
     sink = Sink(tmp_path / "f.part", [Segment(0, BLOCK), Segment(BLOCK, size)], BLOCK)
     stop = threading.Event()
     # Every buffer is in use (taken by connections, not written yet): the next connection would wait.
-    held = [sink.take(stop) for _ in range(sink_mod.POOL_BUFFERS)]
+    held = [sink.take(stop) for _ in range(sink.pool_size)]
     stop.set()
     with pytest.raises(Stopped):
         sink.take(stop)
     for buf in held:
         sink.give(buf)
     sink.close()
+
+
+def test_every_connection_gets_a_buffer_and_the_pool_stays_bounded(tmp_path: Path) -> None:
+    few = Sink(tmp_path / "a.part", _segments(10 * 1024 * 1024, 4), 4 * 1024 * 1024)
+    many = Sink(tmp_path / "b.part", _segments(100 * 1024 * 1024, 32), 4 * 1024 * 1024)
+    assert (few.pool_size, few.block_bytes) == (6, 4 * 1024 * 1024)
+    assert many.pool_size == 34 and many.pool_size * many.block_bytes <= sink_mod.POOL_BYTES
+    few.close()
+    many.close()
