@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 import httpx
 
+from cli.upload import ModelArchive
+
 DEFAULT_URL = "http://127.0.0.1:1337"
 DEFAULT_TIMEOUT_S = 30.0
 CHUNK_SIZE = 1024 * 1024
@@ -280,6 +282,22 @@ class JanClient:
             result: JSONObject = self._json(
                 "POST", "/v1/folders/import", content=body(), headers=headers, params=params, timeout=timeout
             )
+        return result
+
+    def upload_model(
+        self, archive: ModelArchive, folder: str, progress: ProgressFn | None = None
+    ) -> JSONObject:
+        """Sends a model file with its json as an archive built on the fly (see cli/upload.py)."""
+        headers = {"Content-Type": "application/x-tar", "Content-Length": str(archive.length)}
+        timeout = httpx.Timeout(self.timeout, read=None, write=None)
+        result: JSONObject = self._json(
+            "POST",
+            "/v1/folders/import",
+            content=archive.chunks(progress),
+            headers=headers,
+            params={"folder": folder},
+            timeout=timeout,
+        )
         return result
 
     # --- downloads ----------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, CliError, JanClient, JSONObject, ProgressFn
+from cli.upload import ModelArchive
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -413,22 +414,63 @@ def import_model(
     source = source.strip()
     if not source:
         raise CliError("PATH_OR_URL is empty")
+    local: Path | None = None
     if source.lower().startswith(("http://", "https://")):
         source_url = source
     else:
-        local = source[len("file://") :] if source.startswith("file://") else source
-        source_url = str(Path(local).expanduser().resolve())
-    model = s.client.create_model(
-        source_url,
-        model_id=model_id,
-        name=name,
-        description=description,
-        import_mode=mode.value if mode else None,
-    )
+        local = Path(source[len("file://") :] if source.startswith("file://") else source).expanduser()
+        source_url = str(local.resolve())
+    try:
+        model = s.client.create_model(
+            source_url,
+            model_id=model_id,
+            name=name,
+            description=description,
+            import_mode=mode.value if mode else None,
+        )
+    except CliError as exc:
+        if local is None or exc.code not in UNREADABLE_BY_SERVER or not local.is_file():
+            raise
+        # The gateway runs elsewhere (a container, a cluster) and cannot read this path: send the file.
+        s.err.print(f"the server cannot read {local} ({exc.message}): uploading it")
+        model = _upload_model(s, local.resolve(), model_id, name, description)
     line = Text(f"created {model.get('id', '')} (")
     line.append_text(state_text(str(model.get("state", ""))))
     line.append(")")
     s.out.print(line)
+
+
+# What the server answers for a local path it cannot read (not on its file system, or outside the
+# directories it may import from): the CLI then uploads the file instead.
+UNREADABLE_BY_SERVER = frozenset({"source_not_found", "import_path_not_allowed"})
+
+
+def _upload_model(
+    s: Session, file: Path, model_id: str | None, name: str | None, description: str | None
+) -> JSONObject:
+    folder, _, stem = (model_id or "").partition("/")
+    if not folder:
+        stem = file.stem.lstrip(".") or "model"
+        folder = stem
+    elif not stem:
+        raise CliError("--id must be '<folder>/<file>'")
+    if any(str(m.get("id", "")).startswith(f"{folder}/") for m in s.client.list_models()):
+        # The server takes an archive into a new folder only: say so before sending gigabytes.
+        raise CliError(f"model folder {folder} already exists on the server: choose another with --id")
+    fields: dict[str, object] = {}
+    if name is not None:
+        fields["name"] = name
+    if description is not None:
+        fields["description"] = description
+    archive = ModelArchive(file, folder, stem, fields)
+    with transfer_progress(s.err, f"uploading {file.name}", after="importing") as advance:
+        reply = s.client.upload_model(archive, folder, advance)
+    wanted = f"{folder}/{stem}"
+    for m in reply.get("data", []):
+        if m.get("id") == wanted:
+            return dict(m)
+    problems = "; ".join(f"{p.get('path', '')}: {p.get('reason', '')}" for p in reply.get("problems", []))
+    raise CliError(f"the upload did not give model {wanted}" + (f" ({problems})" if problems else ""))
 
 
 @models_app.command("export")

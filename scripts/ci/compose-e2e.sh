@@ -116,5 +116,6 @@ chmod -R a+rX build/compose-e2e/files
 log "docker-compose up"
 "${COMPOSE[@]}" up -d
 "$VENV/bin/python" scripts/ci/compose_e2e.py --url http://127.0.0.1:1337 \
-	--source-url http://files:8000/gemma-3-270m-Q4_K_M.gguf
+	--source-url http://files:8000/gemma-3-270m-Q4_K_M.gguf \
+	--local-file build/compose-e2e/files/gemma-3-270m-Q4_K_M.gguf
 log "scenario passed"

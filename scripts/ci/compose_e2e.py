@@ -1,17 +1,23 @@
 """The compose stack's scenario, driven from the host through the gateway only (scripts/ci/compose-e2e.sh):
 waits for /healthz with a runner, lists models, imports a GGUF by URL, downloads it (into the bucket),
-starts it, streams a chat with the official openai SDK, stops it. Exits non-zero on the first failure."""
+starts it, streams a chat with the official openai SDK, stops it. Then, with `--local-file`, the same
+GGUF from the host's disk through `jan models import` (the containers cannot read the path: the CLI
+uploads it, the catalog puts it into the bucket), started and asked once. Exits non-zero on the first
+failure."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 from openai import OpenAI
 
 MODEL_ID = "gemma-3-270m-ci/gemma-3-270m-Q4_K_M"
+UPLOADED_ID = "gemma-3-270m-upload-ci/gemma"
 
 
 def step(message: str) -> None:
@@ -51,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:1337")
     parser.add_argument("--source-url", required=True, help="where the containers can fetch the GGUF")
+    parser.add_argument("--local-file", type=Path, help="a GGUF on the host, imported through the CLI")
     parser.add_argument("--timeout", type=float, default=180.0)
     args = parser.parse_args()
     t0 = time.monotonic()
@@ -103,7 +110,40 @@ def main() -> None:
 
     http.post(f"/v1/models/{MODEL_ID}/stop").raise_for_status()
     wait_state(http, MODEL_ID, "stopped", 30)
-    step(f"stopped; scenario done in {time.monotonic() - t0:.1f} s")
+    step(f"stopped after {time.monotonic() - t0:.1f} s")
+
+    if args.local_file is not None:
+        upload(http, client, args.url, args.local_file, args.timeout)
+    step(f"scenario done in {time.monotonic() - t0:.1f} s")
+
+
+def upload(http: httpx.Client, client: OpenAI, url: str, file: Path, timeout: float) -> None:
+    if http.get(f"/v1/models/{UPLOADED_ID}").status_code == 200:  # a leftover volume: start from scratch
+        http.delete(f"/v1/models/{UPLOADED_ID}").raise_for_status()
+    t = time.monotonic()
+    jan = Path(sys.executable).parent / "jan"
+    done = subprocess.run(
+        [str(jan), "--url", url, "models", "import", str(file.resolve()), "--id", UPLOADED_ID],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0 or "uploading it" not in done.stderr:
+        raise SystemExit(f"jan models import: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+    state = http.get(f"/v1/models/{UPLOADED_ID}/state").json()
+    if state.get("state") != "stopped":
+        raise SystemExit(f"the uploaded model is not downloaded: {state}")
+    step(f"uploaded {file.name} from the host through the CLI in {time.monotonic() - t:.1f} s")
+    answer = client.chat.completions.create(
+        model=UPLOADED_ID,  # started just in time, from the runner's copy of the bucket object
+        messages=[{"role": "user", "content": "Say hi."}],
+        max_tokens=8,
+        temperature=0,
+    )
+    if not (answer.choices[0].message.content or "").strip():
+        raise SystemExit("the uploaded model answered nothing")
+    step(f"the uploaded model answered: {answer.choices[0].message.content.strip()[:60]!r}")
+    http.post(f"/v1/models/{UPLOADED_ID}/stop").raise_for_status()
 
 
 if __name__ == "__main__":

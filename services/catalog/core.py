@@ -13,6 +13,7 @@ import asyncio
 import base64
 import bisect
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -70,7 +71,7 @@ from services.common.errors import (
     Unavailable,
     Unimplemented,
 )
-from services.common.storage import Storage
+from services.common.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -540,9 +541,12 @@ class Catalog:
             raise InvalidArgument(f"the model object would be invalid: {exc}") from None
 
         async with self._lock(folder):
-            await asyncio.to_thread(
-                self._create_files, folder_dir, json_path, raw, local, file_name, import_mode
-            )
+            if local is not None and self.storage is not None:
+                await asyncio.to_thread(self._create_stored, folder_dir, json_path, raw, local, file_name)
+            else:
+                await asyncio.to_thread(
+                    self._create_files, folder_dir, json_path, raw, local, file_name, import_mode
+                )
         index = await self.refresh_folder(folder)
         return self._entry_or_raise(index, folder, stem).pb
 
@@ -639,6 +643,66 @@ class Catalog:
             if placed:
                 self.links.remove(binary)
                 binary.unlink(missing_ok=True)
+            raise
+
+    def _create_stored(
+        self, folder_dir: Path, json_path: Path, raw: bytes, local: Path, file_name: str
+    ) -> None:
+        """A local import when binaries live in a bucket: the file goes into the bucket (the runners
+        read it from there; the folder keeps the json only), then the json is written."""
+        assert self.storage is not None
+        folder = folder_dir.name
+        if json_path.exists() or json_path.is_symlink():
+            raise AlreadyExists(f"model {folder}/{json_path.stem} already exists", code="model_exists")
+        with _storage_errors():
+            if self.storage.stat(folder, file_name) is not None:
+                raise AlreadyExists(
+                    f"the bucket already holds {folder}/{file_name}", code="binary_exists", param="id"
+                )
+        self._upload(folder, file_name, local)
+        try:
+            self._create_files(folder_dir, json_path, raw, None, file_name, "copy")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.storage.delete(folder, file_name)
+            raise
+
+    def _upload(self, folder: str, name: str, source: Path) -> None:
+        """Copies `source` into the bucket as binary `name` of `folder`, with the sha256 of what was read
+        (the runners verify their copy against it)."""
+        assert self.storage is not None
+        partial = self.storage.partial_path(folder, name)
+        digest = hashlib.sha256()
+        buf = bytearray(4 * 1024 * 1024)
+        view = memoryview(buf)
+        try:
+            with open(source, "rb") as src, open(partial, "wb") as dst:
+                while n := src.readinto(buf):
+                    digest.update(view[:n])
+                    dst.write(view[:n])
+            with _storage_errors():
+                self.storage.commit(folder, name, sha256=digest.hexdigest())
+        finally:
+            for leftover in partial.parent.glob(f"{partial.name}*"):  # the partial and any upload state
+                leftover.unlink(missing_ok=True)
+
+    def _upload_folder(self, folder: str, staging: Path) -> None:
+        """An imported archive's binaries, when binaries live in a bucket: each goes up and leaves the
+        folder, which keeps its json files. Nothing stays half done: on a failure the ones already up
+        are removed again."""
+        assert self.storage is not None
+        uploaded: list[str] = []
+        try:
+            for path in sorted(staging.iterdir()):
+                if path.name.startswith(".") or path.suffix == ".json" or not path.is_file():
+                    continue
+                self._upload(folder, path.name, path)
+                uploaded.append(path.name)
+                path.unlink()
+        except BaseException:
+            for name in uploaded:
+                with contextlib.suppress(Exception):
+                    self.storage.delete(folder, name)
             raise
 
     def _check_local(self, source: str) -> Path:
@@ -865,6 +929,8 @@ class Catalog:
                     raise AlreadyExists(
                         f"model folder {name} already exists", code="folder_exists", param="folder"
                     )
+                if self.storage is not None:
+                    await asyncio.to_thread(self._upload_folder, name, staging)
                 os.rename(staging, target)
         finally:
             if staging.exists():
@@ -873,6 +939,15 @@ class Catalog:
         models = sorted((e.pb for e in index.entries.values()), key=lambda m: m.id) if index else []
         problems = list(index.problems.values()) if index else []
         return name, models, problems
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """A bucket that fails (unreachable, refusing) is the operator's to fix: 503 with what failed."""
+    try:
+        yield
+    except StorageError as exc:
+        raise Unavailable(f"the model storage failed: {exc}", code="storage_unavailable") from None
 
 
 def _varint(n: int) -> bytes:

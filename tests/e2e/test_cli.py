@@ -194,13 +194,26 @@ def test_rm_asks_for_confirmation(stack: Stack, imports_dir: Path) -> None:
     assert model_id not in model_ids(stack.url)
 
 
-def test_import_outside_allowed_dirs_fails(stack: Stack, tmp_path: Path) -> None:
+def test_a_file_the_server_may_not_read_is_uploaded(stack: Stack, tmp_path: Path) -> None:
+    # Outside JAN_IMPORT_ALLOWED_DIRS, as any file on the client's machine is for a gateway in a container
+    # or on a cluster: the server refuses to read it, so the CLI sends it (json + file as one archive).
     outside = tmp_path / "outside-Q4_K_M.gguf"
     write_model_file(outside)
-    err = failed(jan(stack.url, "models", "import", str(outside))).stderr
-    assert "outside the directories allowed for import" in err
-    assert str(outside) in err
-    assert "outside-Q4_K_M/outside-Q4_K_M" not in model_ids(stack.url)
+    result = ok(jan(stack.url, "models", "import", str(outside), "--name", "Sent over"))
+    assert "outside the directories allowed for import" in result.stderr and "uploading it" in result.stderr
+    assert "created outside-Q4_K_M/outside-Q4_K_M (stopped)" in result.stdout
+    model = model_ids(stack.url)["outside-Q4_K_M/outside-Q4_K_M"]
+    assert model["name"] == "Sent over" and model["state"] == "stopped"
+    folder = stack.root / "models" / "outside-Q4_K_M"
+    assert (folder / "outside-Q4_K_M.gguf").read_bytes() == outside.read_bytes()
+    assert outside.exists()  # the user's file stays where it was
+
+    # An id names the folder and the file; a folder that exists already is refused, nothing changed.
+    ok(jan(stack.url, "models", "import", str(outside), "--id", "sent/copy"))
+    assert "sent/copy" in model_ids(stack.url)
+    result = jan(stack.url, "models", "import", str(outside), "--id", "sent/again")
+    assert result.exit_code == 1 and "error: model folder sent already exists" in result.stderr
+    assert "sent/again" not in model_ids(stack.url)
 
 
 def test_import_missing_file_fails(stack: Stack, imports_dir: Path) -> None:
