@@ -16,9 +16,10 @@ import os
 import re
 import stat
 import tarfile
+import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -77,14 +78,19 @@ class Extracted:
 # ---------------------------------------------------------------------------------------------------
 
 
+Member = tuple[str, int, Callable[[], Iterator[bytes]]]  # name, size, its content in chunks
+
+
 def iter_export(
     folder: Path,
     *,
     arcname: str,
     follow_symlink: Callable[[Path], bool],
     chunk_size: int = 1 << 20,
+    extra: Sequence[Member] = (),
 ) -> Iterator[bytes]:
-    """Streams a gzip-compressed tar of `folder` in chunks, members named `<arcname>/<file>`.
+    """Streams a gzip-compressed tar of `folder` in chunks, members named `<arcname>/<file>`, then the
+    `extra` members (files kept elsewhere: binaries in a bucket), each exactly as long as it says.
 
     Only regular files directly inside `folder` are included; names starting with "." (partial
     downloads, temp files) and subdirectories are skipped. A symlink is exported as a regular file with
@@ -98,7 +104,7 @@ def iter_export(
     # wbits=31 selects the gzip container, so the output is a regular .tar.gz.
     compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
     pending = bytearray()
-    for piece in _iter_tar(folder, arcname, follow_symlink, chunk_size):
+    for piece in _iter_tar(folder, arcname, follow_symlink, chunk_size, extra):
         pending += compressor.compress(piece)
         if len(pending) >= chunk_size:
             yield bytes(pending)
@@ -120,7 +126,11 @@ def _check_arcname(arcname: str) -> None:
 
 
 def _iter_tar(
-    folder: Path, arcname: str, follow_symlink: Callable[[Path], bool], chunk_size: int
+    folder: Path,
+    arcname: str,
+    follow_symlink: Callable[[Path], bool],
+    chunk_size: int,
+    extra: Sequence[Member] = (),
 ) -> Iterator[bytes]:
     """Yields the raw (uncompressed) tar stream piece by piece.
 
@@ -165,6 +175,26 @@ def _iter_tar(
             if padding:
                 written += padding
                 yield bytes(padding)
+
+    for name, size, content in extra:
+        info = tarfile.TarInfo(f"{arcname}/{name}")
+        info.size, info.mode, info.mtime = size, 0o644, int(time.time())
+        header = _tar_header(info)
+        written += len(header)
+        yield header
+        remaining = size
+        for data in content():
+            if len(data) > remaining:
+                raise OSError(f"{name} is longer than the {size} bytes announced")
+            remaining -= len(data)
+            yield data
+        if remaining:
+            raise OSError(f"{name} ended {remaining} bytes short")
+        written += size
+        padding = -size % tarfile.BLOCKSIZE
+        if padding:
+            written += padding
+            yield bytes(padding)
 
     # End-of-archive marker (two zero blocks), padded to a full record as tar(1) does.
     end = 2 * tarfile.BLOCKSIZE

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import bisect
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -885,7 +886,19 @@ class Catalog:
 
     def export_folder(self, folder: str) -> Iterator[bytes]:
         path = self._folder_dir(folder)
-        return archive.iter_export(path, arcname=folder, follow_symlink=self.links.is_ours)
+        extra: list[archive.Member] = []
+        if self.storage is not None:
+            # Binaries in a bucket travel with the folder: the archive stays standalone.
+            storage = self.storage
+            with _storage_errors():
+                stored = storage.list_folder(folder)
+            here = set(os.listdir(path))
+            extra = [
+                (name, size, functools.partial(storage.iter_binary, folder, name))
+                for name, size in sorted(stored.items())
+                if name not in here
+            ]
+        return archive.iter_export(path, arcname=folder, follow_symlink=self.links.is_ours, extra=extra)
 
     def new_upload_file(self) -> Path:
         """A hidden temp file on the models filesystem to receive an uploaded archive."""

@@ -309,6 +309,10 @@ class Storage(ABC):
     def materialize(self, folder: str, name: str, *, sha256: str = "") -> Path:
         """A local, complete, verified file with the binary's content (for llama.cpp)."""
 
+    @abstractmethod
+    def iter_binary(self, folder: str, name: str) -> Iterator[bytes]:
+        """The binary's content in chunks, read where it is (an export streams it into an archive)."""
+
 
 class LocalStorage(Storage):
     """Binaries as plain files next to the model json: JAN_ROOT/models/<folder>/<name>."""
@@ -444,6 +448,11 @@ class LocalStorage(Storage):
                 with self._lock:
                     self._verified[str(path)] = key
         return path
+
+    def iter_binary(self, folder: str, name: str) -> Iterator[bytes]:
+        with open(self._path(folder, name), "rb") as f:
+            while chunk := f.read(_CHUNK):
+                yield chunk
 
 
 class S3Storage(Storage):
@@ -749,6 +758,17 @@ class S3Storage(Storage):
                 path.unlink()
 
     # -- materialize ----------------------------------------------------------------------------------
+
+    def iter_binary(self, folder: str, name: str) -> Iterator[bytes]:
+        key = self._key(folder, name)
+        with _s3_errors(f"reading {key}"):
+            response = self.client.get_object(self.bucket, key)
+        try:
+            with _s3_errors(f"reading {key}"):
+                yield from response.stream(_CHUNK)
+        finally:
+            response.close()
+            response.release_conn()
 
     def materialize(self, folder: str, name: str, *, sha256: str = "") -> Path:
         """cache_dir/<folder>/<name>, downloaded once and verified.

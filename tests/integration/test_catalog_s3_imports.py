@@ -1,6 +1,7 @@
 """Imports when binaries live in a bucket (compose and Kubernetes, against a real S3 server from moto):
 a local file and the binaries of an imported archive go into the bucket, where the runners read them,
-and the model is downloaded at once. A failure leaves neither a model nor an object behind."""
+and the model is downloaded at once; an export takes them from the bucket again. A failure leaves
+neither a model nor an object behind."""
 
 from __future__ import annotations
 
@@ -98,6 +99,13 @@ async def test_an_archives_binaries_go_into_the_bucket(env: tuple[Catalog, Stora
     }
     assert storage.list_folder("pack") == {"a.gguf": 1000, "b.gguf": 2000}
     assert sorted(p.name for p in (catalog.models_dir / "pack").iterdir()) == ["a.json", "b.json"]
+
+    # Exported again, the folder is whole: the binaries come from the bucket into the archive.
+    exported = b"".join(catalog.export_folder("pack"))
+    with tarfile.open(fileobj=io.BytesIO(exported)) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    assert members["pack/a.gguf"] == b"A" * 1000 and members["pack/b.gguf"] == b"B" * 2000
+    assert set(members) == {"pack/a.json", "pack/a.gguf", "pack/b.json", "pack/b.gguf"}
 
 
 async def test_an_unreachable_bucket_is_a_clear_error_and_leaves_nothing(
