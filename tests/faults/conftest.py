@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from cli.stack import SERVICES, Stack, free_port
-from tests.fakes.hub import FakeHub
+from tests.fakes.hub import FakeHub, Faults
 from tests.fakes.tiny_gguf import write_tiny_gguf
 
 MODEL = "tiny/chat"
@@ -61,6 +62,28 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     yield make
     for stack in stacks:
         stack.stop()
+
+
+def slow_download_stack(
+    make_stack: Callable[..., Stack], hub: FakeHub, size: int, seed: int
+) -> tuple[Stack, Path]:
+    """A stack whose model `big/big` is a Hub file of `size` bytes served in 32 KiB pieces (every response
+    is cut after 32 KiB): its download advances in small resumed steps, slow enough to be interrupted at
+    many points. Returns the stack and the model's folder, once the catalog lists the model."""
+    hub.add_repo("org/big-GGUF", {"big.Q4_K_M.gguf": (size, seed)})
+    hub.faults["org/big-GGUF/big.Q4_K_M.gguf"] = Faults(cut_after=32 * 1024, cut_times=10**9)
+    stack = make_stack(
+        JAN_ALLOW_PRIVATE_NETWORKS="true",
+        HF_ENDPOINT=hub.url,
+        JAN_DOWNLOADER_MIN_SPLIT_BYTES=str(4 * 1024 * 1024),
+        JAN_DOWNLOADER_RETRIES="1000",
+    )
+    folder = stack.root / "models" / "big"
+    folder.mkdir(parents=True)
+    url = f"{hub.url}/org/big-GGUF/resolve/main/big.Q4_K_M.gguf"
+    (folder / "big.json").write_bytes(orjson.dumps({"source_url": url}))
+    wait_for(lambda: httpx.get(f"{stack.url}/v1/models/big/big").status_code == 200)
+    return stack, folder
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:

@@ -16,8 +16,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.fakes.hub import FakeHub, Faults
-from tests.faults.conftest import wait_for, wait_service
+from tests.fakes.hub import FakeHub
+from tests.faults.conftest import slow_download_stack, wait_for, wait_service
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
@@ -61,21 +61,9 @@ class Watcher(threading.Thread):
 
 
 def test_a_download_survives_many_kill_9_of_the_downloader(make_stack, hub: FakeHub) -> None:
-    hub.add_repo("org/big-GGUF", {"big.Q4_K_M.gguf": (SIZE, 5)})
     # Every response is cut after 32 KiB: the transfer advances in small resumed steps (a few MiB/s),
     # slow enough to be killed at many different points of the file.
-    hub.faults["org/big-GGUF/big.Q4_K_M.gguf"] = Faults(cut_after=CUT, cut_times=10**9)
-    stack = make_stack(
-        JAN_ALLOW_PRIVATE_NETWORKS="true",
-        HF_ENDPOINT=hub.url,
-        JAN_DOWNLOADER_MIN_SPLIT_BYTES=str(4 * MiB),
-        JAN_DOWNLOADER_RETRIES="1000",
-    )
-    folder = stack.root / "models" / "big"
-    folder.mkdir(parents=True)
-    url = f"{hub.url}/org/big-GGUF/resolve/main/big.Q4_K_M.gguf"
-    (folder / "big.json").write_bytes(orjson.dumps({"source_url": url}))
-    wait_for(lambda: httpx.get(f"{stack.url}/v1/models/big/big").status_code == 200)
+    stack, folder = slow_download_stack(make_stack, hub, SIZE, 5)
 
     watcher = Watcher(stack.url, folder, "big.Q4_K_M.gguf")
     watcher.start()

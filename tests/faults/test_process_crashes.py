@@ -13,8 +13,8 @@ import openai
 import orjson
 import pytest
 
-from tests.fakes.hub import FakeHub, Faults
-from tests.faults.conftest import MODEL, wait_for, wait_service, write_tiny_model
+from tests.fakes.hub import FakeHub
+from tests.faults.conftest import MODEL, slow_download_stack, wait_for, wait_service, write_tiny_model
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("llama_cpp")
@@ -139,19 +139,7 @@ def test_a_gateway_killed_during_a_generation_frees_the_runner_slot(make_stack, 
 
 def test_a_gateway_killed_during_a_download_leaves_it_running_to_completion(make_stack, hub: FakeHub) -> None:
     size = 12 * MiB + 5
-    hub.add_repo("org/big-GGUF", {"big.Q4_K_M.gguf": (size, 9)})
-    hub.faults["org/big-GGUF/big.Q4_K_M.gguf"] = Faults(cut_after=32 * 1024, cut_times=10**9)
-    stack = make_stack(
-        JAN_ALLOW_PRIVATE_NETWORKS="true",
-        HF_ENDPOINT=hub.url,
-        JAN_DOWNLOADER_MIN_SPLIT_BYTES=str(4 * MiB),
-        JAN_DOWNLOADER_RETRIES="1000",
-    )
-    folder = stack.root / "models" / "big"
-    folder.mkdir(parents=True)
-    url = f"{hub.url}/org/big-GGUF/resolve/main/big.Q4_K_M.gguf"
-    (folder / "big.json").write_bytes(orjson.dumps({"source_url": url}))
-    wait_for(lambda: httpx.get(f"{stack.url}/v1/models/big/big").status_code == 200)
+    stack, folder = slow_download_stack(make_stack, hub, size, 9)
 
     assert httpx.post(f"{stack.url}/v1/models/big/big/download").status_code == 202
     # A client watches the progress through the gateway when the gateway dies.

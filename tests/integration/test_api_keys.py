@@ -18,8 +18,8 @@ from gateway.app import create_app
 from gateway.auth import KeyChecker, bearer_token
 from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
-from services.catalog.servicer import make_server
 from services.catalog.settings import CatalogSettings
+from tests.harness import serving_catalog
 
 KEY_A = "jan-test-key-aaaaaaaaaaaaaaaa"
 KEY_B = "jan-test-key-bbbbbbbbbbbbbbbb"
@@ -38,17 +38,8 @@ def assert_401(resp: httpx.Response, code: str) -> None:
 @pytest.fixture
 async def catalog_address(tmp_path: Path) -> AsyncIterator[str]:
     settings = CatalogSettings(root=tmp_path / "jan", port=0, seed_models_dir=None, import_allowed_dirs=[])
-    catalog = Catalog(settings)
-    server = make_server(catalog)
-    port = server.bind("127.0.0.1:0")
-    await server.start()
-    await catalog.start()
-    await server.set_serving(True)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(0)
-        await catalog.close()
+    async with serving_catalog(Catalog(settings)) as address:
+        yield address
 
 
 async def client_for(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
