@@ -40,6 +40,23 @@ def wait_healthy(http: httpx.Client, timeout: float) -> dict:
     raise SystemExit(f"the gateway did not become healthy with a runner in {timeout:.0f} s: {last}")
 
 
+def wait_download(http: httpx.Client, model_id: str, timeout: float) -> dict:
+    """Until the model's download job ends; exits unless it ended `done`. (The model's state is no
+    guide at the start: it stays not-downloaded, with the missing file as its reason, until the
+    downloader's first report.)"""
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        resp = http.get(f"/v1/models/{model_id}/download", headers={"accept": "application/json"})
+        job = resp.raise_for_status().json()
+        if job["phase"] == "done":
+            return job
+        if job["phase"] in ("failed", "cancelled"):
+            raise SystemExit(f"{model_id}: download {job['phase']}: {job.get('error')}")
+        time.sleep(0.5)
+    raise SystemExit(f"{model_id}: the download did not end in {timeout:.0f} s: {job}")
+
+
 def wait_state(http: httpx.Client, model_id: str, want: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     state: dict = {}
@@ -83,6 +100,7 @@ def main() -> None:
     step(f"imported {MODEL_ID}: {resp.json()['state']}")
 
     http.post(f"/v1/models/{MODEL_ID}/download").raise_for_status()
+    wait_download(http, MODEL_ID, args.timeout)
     wait_state(http, MODEL_ID, "stopped", args.timeout)
     step(f"downloaded into the bucket after {time.monotonic() - t0:.1f} s")
 

@@ -222,6 +222,8 @@ class Downloader:
         job = Job(model_id=model_id, files=files)
         self.jobs[model_id] = job
         self._save(job)
+        # Before answering: whoever asks the catalog next sees the model downloading, not missing.
+        await self._report(job)
         self._launch(job)
         return job, True
 

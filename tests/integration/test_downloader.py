@@ -217,6 +217,8 @@ async def test_cancel_pause_resume_and_join(make_env, hub: FakeHub) -> None:
         write_model(env.root, "s/s", {"source_url": f"{hub.url}/files/slow.gguf"})
         await env.catalog.rescan_all()
         first = (await env.http.post("/v1/models/s/s/download")).json()
+        # The catalog knows as soon as the request is answered: downloading, not "missing".
+        assert (await state(env.http, "s/s"))["state"] == "downloading"
         again = await env.downloader.start_download("s/s")
         assert again[1] is False  # joined
         await wait_job(env.http, "s/s", ("downloading",))
