@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+
+import orjson
 
 from services.catalog.core import Catalog
 from services.catalog.servicer import make_server as make_catalog_server
@@ -20,6 +23,22 @@ from services.downloader.settings import DownloaderSettings
 from services.runner.core import Runner
 from services.runner.servicer import make_server as make_runner_server
 from services.runner.settings import RunnerSettings
+from tests.fakes.tiny_gguf import write_tiny_gguf
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+TINY_CHAT = "tiny/chat"
+
+
+def write_tiny_chat_model(root: Path) -> None:
+    """Model `tiny/chat` under root/models: a tiny GGUF with a chat template, greedy, 12 tokens."""
+    folder = root / "models" / "tiny"
+    folder.mkdir(parents=True)
+    write_tiny_gguf(folder / "chat.gguf", chat_template=CHAT_TEMPLATE)
+    params = {"ctx_len": 512, "temperature": 0, "max_tokens": 12}
+    (folder / "chat.json").write_bytes(orjson.dumps({"parameters": params}))
 
 
 @asynccontextmanager

@@ -19,16 +19,11 @@ from services.catalog.settings import CatalogSettings
 from services.common.storage import StorageSettings, make_storage
 from services.runner.core import Runner
 from services.runner.settings import RunnerSettings
-from tests.fakes.tiny_gguf import write_tiny_gguf
-from tests.harness import serving_catalog, serving_runner
+from tests.harness import TINY_CHAT, serving_catalog, serving_runner, write_tiny_chat_model
 
 pytest.importorskip("llama_cpp")
 
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-MODEL = "tiny/chat"
+MODEL = TINY_CHAT
 
 
 @dataclass
@@ -43,11 +38,7 @@ class Env:
 def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
     async def make(jit_start: bool = True) -> AsyncIterator[Env]:
         root = tmp_path / "jan"
-        folder = root / "models" / "tiny"
-        folder.mkdir(parents=True)
-        write_tiny_gguf(folder / "chat.gguf", chat_template=TEMPLATE)
-        params = {"ctx_len": 512, "temperature": 0, "max_tokens": 12}
-        (folder / "chat.json").write_bytes(orjson.dumps({"parameters": params}))
+        write_tiny_chat_model(root)
         catalog = Catalog(CatalogSettings(root=root, port=0, seed_models_dir=None))
         async with serving_catalog(catalog) as cat_address:
             settings = RunnerSettings(root=root, name="r1", port=0, catalog_address=cat_address, threads=1)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from fastapi import FastAPI
 from grpc import aio
@@ -22,7 +21,6 @@ from gateway.settings import GatewaySettings
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 from jan.runner.v1 import runner_service_pb2_grpc as runner_grpc
 from services.catalog.core import Catalog
-from services.catalog.servicer import make_server as make_catalog_server
 from services.catalog.settings import CatalogSettings
 from services.common.catalog_client import CatalogClient
 from services.common.grpcserver import GrpcServer
@@ -30,15 +28,11 @@ from services.common.storage import StorageSettings, make_storage
 from services.runner.core import Runner
 from services.runner.servicer import make_server as make_runner_server
 from services.runner.settings import RunnerSettings
-from tests.fakes.tiny_gguf import write_tiny_gguf
+from tests.harness import TINY_CHAT, serving_catalog, write_tiny_chat_model
 
 pytest.importorskip("llama_cpp")
 
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-MODEL = "tiny/chat"
+MODEL = TINY_CHAT
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "the cat"}], "max_tokens": 3}
 
 
@@ -92,11 +86,7 @@ class Env:
 def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
     async def make(**gateway: Any) -> AsyncIterator[Env]:
         root = tmp_path / "jan"
-        folder = root / "models" / "tiny"
-        folder.mkdir(parents=True)
-        write_tiny_gguf(folder / "chat.gguf", chat_template=TEMPLATE)
-        params = {"ctx_len": 512, "temperature": 0, "max_tokens": 12}
-        (folder / "chat.json").write_bytes(orjson.dumps({"parameters": params}))
+        write_tiny_chat_model(root)
         catalog = Catalog(CatalogSettings(root=root, port=0, seed_models_dir=None))
         placed: list[str] = []
         place = catalog.place
@@ -106,31 +96,26 @@ def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
             return await place(model_id)
 
         catalog.place = counting_place  # type: ignore[method-assign]
-        cat_server = make_catalog_server(catalog)
-        cat_port = cat_server.bind("127.0.0.1:0")
-        await cat_server.start()
-        await catalog.start()
-        await cat_server.set_serving(True)
-        address = f"127.0.0.1:{cat_port}"
-        app = create_app(GatewaySettings(catalog_address=address, **gateway))
-        env: Env | None = None
-        try:
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60) as http:
-                    env = Env(root, app, http, catalog, address, 0, placed)
-                    await env.start_runner()
-                    yield env
-        finally:
-            if env is not None:
-                if env.runner_server is not None:
-                    await env.runner_server.stop(0)
-                if env.runner is not None:
-                    await env.runner.close()
-                for client in env.clients:
-                    await client.close()
-            await cat_server.stop(0)
-            await catalog.close()
+        async with serving_catalog(catalog) as address:
+            app = create_app(GatewaySettings(catalog_address=address, **gateway))
+            env: Env | None = None
+            try:
+                async with app.router.lifespan_context(app):
+                    transport = httpx.ASGITransport(app=app)
+                    async with httpx.AsyncClient(
+                        transport=transport, base_url="http://gw", timeout=60
+                    ) as http:
+                        env = Env(root, app, http, catalog, address, 0, placed)
+                        await env.start_runner()
+                        yield env
+            finally:
+                if env is not None:
+                    if env.runner_server is not None:
+                        await env.runner_server.stop(0)
+                    if env.runner is not None:
+                        await env.runner.close()
+                    for client in env.clients:
+                        await client.close()
 
     return make
 
