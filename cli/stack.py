@@ -8,6 +8,7 @@ The e2e tests start their own stack through `start_stack` on free ports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -33,10 +34,19 @@ DEFAULT_PORTS = {"catalog": 13370, "downloader": 13371, "runner": 13372, "gatewa
 DEFAULT_METRICS_PORTS = {"catalog": 13380, "downloader": 13381, "runner": 13382}
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on now, never one this process handed out before (the kernel may
+    offer a just-closed port again, and two services of one stack must not get the same one)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass
@@ -110,6 +120,7 @@ class Stack:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        last = "no answer"
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
@@ -118,16 +129,21 @@ class Stack:
                     raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
             try:
                 resp = httpx.get(f"{self.url}/healthz", timeout=1.0)
+                last = f"{resp.status_code} {resp.text}"
                 # Ready when every service answers and the runner has registered with the catalog.
                 if resp.status_code == 200 and (
                     resp.json().get("runners", 0) >= 1 or "runner" not in self.procs
                 ):
                     return
-            except httpx.HTTPError:
-                pass
+            except httpx.HTTPError as exc:
+                last = repr(exc)
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"the stack did not become ready in {timeout:.0f} s; logs in {self.log_dir}")
+        tails = "\n".join(f"--- {name}.log\n{self.log_tail(name, 15)}" for name in self.procs or SERVICES)
+        raise RuntimeError(
+            f"the stack did not become ready in {timeout:.0f} s (last /healthz: {last}); "
+            f"logs in {self.log_dir}\n{tails}"
+        )
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         try:
@@ -173,7 +189,10 @@ def _terminate(pid: int, timeout: float) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    # Reaped before returning, so its ports are free for whatever starts next.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def default_stack() -> Stack:

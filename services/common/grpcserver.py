@@ -30,6 +30,10 @@ CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", MESSAGE_LIMIT),
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
 )
+# gRPC servers set SO_REUSEPORT by default on Linux, so a second process bound to a port already
+# served (a second stack on the same ports, a port picked twice) would silently share its connections;
+# without it the second bind fails and the service exits saying so.
+SERVER_OPTIONS = (*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0))
 
 
 _HANDLER_KINDS = {
@@ -51,7 +55,7 @@ class GrpcServer:
     def __init__(self, service_names: Sequence[str]) -> None:
         # Metrics outside errors: it sees the status code and error code the error interceptor sets.
         interceptors = [MetricsInterceptor(), ErrorInterceptor()]
-        self.server = aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
+        self.server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)
@@ -79,9 +83,12 @@ class GrpcServer:
         self.server.add_registered_method_handlers(service.full_name, handlers)
 
     def bind(self, address: str) -> int:
-        port = self.server.add_insecure_port(address)
+        try:
+            port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.61 raises where older versions returned 0
+            port = 0
         if port == 0:
-            raise SystemExit(f"cannot listen on {address}")
+            raise SystemExit(f"cannot listen on {address}: the address is in use or not this host's")
         self.port = port
         return port
 
