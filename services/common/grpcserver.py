@@ -8,6 +8,7 @@ SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -108,6 +109,14 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+def freeze_startup_objects() -> None:
+    """Moves everything allocated while starting (modules, the app, its clients: ~70k objects) out of
+    the garbage collector's reach. A full collection otherwise walks them all (~17 ms here) and may land
+    in the middle of any request; requests then only pay for what they allocate themselves."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run_until_signal(
     server: GrpcServer,
     *,
@@ -123,6 +132,7 @@ async def run_until_signal(
     if on_start is not None:
         await on_start()
     await server.set_serving(True)
+    freeze_startup_objects()
     log.info("serving %s on port %d", ", ".join(server.service_names), server.port)
     await stop.wait()
     log.info("stopping")
