@@ -33,12 +33,13 @@ all three sample alike and write the same answers. Per request:
 
 Sequence: every system gets one warm-up request (a prompt not in the set), then `--runs` rounds; in each
 round every system runs the 6 prompts one after the other, the order of the systems rotating from round
-to round (a b c, b c a, c a b, ...) to spread the machine's noise. Consecutive requests to one system
-never repeat a prompt (llama-cpp-python reuses the KV cache of a common prompt prefix; the order is the
-same for every system). All three models stay loaded, but only one computes at a time.
-Then a concurrency sweep: 1, 2, 4 and 8 streams at once (different prompts, one thread each) against (b)
-(imported with n_parallel 8: every stream gets a slot of the same batch) and against (c), alternating,
-`--runs` rounds: aggregate tokens/s = total completion tokens / wall time of the round.
+to round (a b c, b c a, c a b, ...) to spread the machine's noise. No system sees a prompt twice: round
+r sends "Request r. " + each prompt (llama-cpp-python reuses the KV cache of the previous prompt, ours
+the cache of any earlier chat kept in a slot; the prompts are the same for every system). All three
+models stay loaded, but only one computes at a time.
+Then a concurrency sweep: 1, 2, 4 and 8 streams at once (different prompts, numbered too, one thread
+each) against (b) (imported with n_parallel 8: every stream gets a slot of the same batch) and against
+(c), alternating, `--runs` rounds: aggregate tokens/s = total completion tokens / wall time of the round.
 
 Also recorded, for the analysis: CPU time of each process (from /proc/<pid>/stat) during each system's
 sequential turns, per generated token: where (b) spends CPU that (a) does not.
@@ -102,6 +103,14 @@ SWEEP_PROMPTS = (
     "Explain what a compiler does, for a child.",
 )
 WARMUP_PROMPT = "Write a recipe for bread and explain every step."
+
+
+def numbered(prompt: str, n: int) -> str:
+    """`prompt` as request n of its kind: no system ever sees a prompt twice, so none answers from a
+    cache (ours keeps every chat's cache in a slot of its own, llama-cpp-python the previous one)."""
+    return f"Request {n}. {prompt}"
+
+
 SYSTEMS = ("a", "b", "c")
 LABELS = {
     "a": "(a) llama-cpp-python in-process",
@@ -421,7 +430,7 @@ def sequential(
         for name in order:
             before = cpu_snapshot(pids)
             for prompt in PROMPTS:
-                result = systems[name](prompt)
+                result = systems[name](numbered(prompt, r + 1))
                 samples[name].results.append(result)
                 samples[name].tokens += result.tokens
             after = cpu_snapshot(pids)
@@ -436,8 +445,8 @@ def sequential(
     return samples
 
 
-def concurrent_round(call: Http, streams: int) -> tuple[float, int, list[Result]]:
-    prompts = SWEEP_PROMPTS[:streams]
+def concurrent_round(call: Http, streams: int, n: int) -> tuple[float, int, list[Result]]:
+    prompts = [numbered(p, n) for p in SWEEP_PROMPTS[:streams]]
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(streams) as pool:
         results = list(pool.map(call, prompts))
@@ -453,7 +462,7 @@ def concurrency(systems: dict[str, Http], runs: int) -> dict[str, dict[int, list
         for streams in SWEEP:
             order = ("b", "c") if (r + streams) % 2 == 0 else ("c", "b")
             for name in order:
-                rate, tokens, results = concurrent_round(systems[name], streams)
+                rate, tokens, results = concurrent_round(systems[name], streams, 100 * (r + 1) + streams)
                 rates[name][streams].append(rate)
                 print(
                     f"  round {r + 1}/{runs} {name}: {streams} streams, {tokens} tokens, {rate:.2f} tok/s "

@@ -170,3 +170,45 @@ async def test_concurrent_requests_take_neighbouring_slots(engine: LlamaCppEngin
     assert len(active) == 2 and active[1] - active[0] == 1
     await a.aclose()
     await b.aclose()
+
+
+async def test_chats_taking_turns_each_keep_their_cache(engine: LlamaCppEngine) -> None:
+    # Three conversations on four slots, one turn each in turn: every second turn finds its first turn
+    # still cached (a new chat takes the slot used longest ago, not the one sharing the template's
+    # first tokens), so it reads only what was added since.
+    starts = ["the cat on the mat", "a dog and the cat", "the dog on the mat and the cat"]
+    firsts = []
+    for content in starts:
+        firsts.append(await run(engine, chat(content, max_tokens=6)))
+    for content, (answer, _, prompt_tokens, _) in zip(starts, firsts, strict=True):
+        before = dict(engine.stats)
+        turn = GenerateRequest(
+            messages=[
+                {"role": "user", "content": content},
+                {"role": "assistant", "content": answer},
+                {"role": "user", "content": "the cat"},
+            ],
+            prompt=None,
+            sampling=Sampling(temperature=0.0, max_tokens=3),
+        )
+        _, _, second_prompt, _ = await run(engine, turn)
+        reused = engine.stats["reused_tokens"] - before["reused_tokens"]
+        assert reused >= prompt_tokens, (content, reused, prompt_tokens, second_prompt)
+    # A new chat after them overwrites none of the three: it takes the slot never used.
+    await run(engine, chat("mat", max_tokens=2))
+    assert engine._batcher is not None
+    assert len([s for s in engine._batcher.slots if s.cache]) == 4
+
+
+async def test_every_slot_starts_with_the_chat_template_opening(engine: LlamaCppEngine) -> None:
+    # Decoded once at load into every slot: a new chat reads only its own part, whichever slot it takes.
+    assert engine._batcher is not None
+    caches = {tuple(s.cache) for s in engine._batcher.slots}
+    assert len(caches) == 1
+    opening = caches.pop()
+    assert opening and engine._batcher.stats["prompt_tokens"] == 0  # not counted as a request's tokens
+    before = dict(engine.stats)
+    text, finish, prompt_tokens, _ = await run(engine, chat("the cat", max_tokens=3))
+    assert engine.stats["reused_tokens"] - before["reused_tokens"] == len(opening)
+    assert engine.stats["prompt_tokens"] - before["prompt_tokens"] == prompt_tokens - len(opening)
+    assert text and finish == "length"

@@ -52,6 +52,9 @@ COMPUTE_OVERHEAD = 96 * 1024 * 1024  # scratch buffers of a context, measured ro
 EMBEDDING_MAX_TOKENS = 512
 # A cached prefix this long is reused even when it spreads the active sequences apart (see _choose_slot).
 REUSE_ALWAYS_TOKENS = 256
+# At load, the chat prefix (template opening, system prompt) is decoded into every slot when all of them
+# together take at most this many tokens.
+PREFILL_MAX_TOKENS = 4096
 T = TypeVar("T")
 
 
@@ -224,6 +227,10 @@ class LlamaCppEngine(Engine):
         self.ctx_len = self._batcher.ctx_len
         self._format = self._choose_format(self._batcher)
         self._compute.attach(self._batcher)
+        prefix = self._chat_prefix(self._batcher)
+        if prefix:
+            batcher = self._batcher
+            await asyncio.wrap_future(self._compute.submit(lambda: batcher.prefill(prefix)))
         await asyncio.to_thread(lambda: self.memory_bytes)
 
     async def unload(self) -> None:
@@ -298,6 +305,22 @@ class LlamaCppEngine(Engine):
             prompt, stops, has_special = self._format(request.messages)
             return prompt.encode(), not has_special, True, stops
         return (request.prompt or "").encode(), True, False, []
+
+    def _chat_prefix(self, batcher: _Batcher) -> list[int]:
+        """The tokens every chat prompt of this model starts with (BOS, the template's opening, the model
+        object's system prompt): rendered for two different messages, the tokens they share."""
+        if self.embedding_only or not batcher.slots:
+            return []
+        try:
+            rendered = [
+                self._prompt(GenerateRequest(messages=[{"role": "user", "content": c}], prompt=None))
+                for c in ("x", "y")
+            ]
+        except Exception:  # a template that cannot render one user message: no shared opening then
+            log.debug("no chat prefix for %s", self.spec.model_id, exc_info=True)
+            return []
+        a, b = (batcher.tokenize(text, add_bos, special) for text, add_bos, special, _ in rendered)
+        return a[: _common_prefix(a, b)]
 
     # --- generation ---------------------------------------------------------------------------------------
 
@@ -419,6 +442,7 @@ class _Slot:
     text: str = ""  # decoded text not sent yet (held back while it could start a stop string)
     decoder: Any = None
     logits_at: int = -1  # the batch index whose logits this slot samples from after a decode
+    last_used: int = 0  # when it last took a request (a counter; 0: never)
 
 
 class _Batcher:
@@ -426,9 +450,9 @@ class _Batcher:
 
     Every step decodes one batch: the next token of every generating slot plus a chunk of the prompts
     being read (so a new prompt never stalls the others for long), then samples each slot that has
-    logits with the slot's own sampler chain. A request waits in a FIFO until a slot is free and takes
-    the free slot whose cached tokens share the longest prefix with its prompt (a chat's next turn
-    reuses the cache of its previous one). Embeddings use a second context on the same weights, one
+    logits with the slot's own sampler chain. A request waits in a FIFO until a slot is free; a chat's
+    next turn goes back to the slot that holds its previous one, a new chat takes the slot used longest
+    ago (see _choose_slot). Embeddings use a second context on the same weights, one
     input per step. All methods but the `submit*` ones run on the compute thread.
     """
 
@@ -475,6 +499,7 @@ class _Batcher:
         self.metadata = self.model.metadata()
         self.ctx_len = ctx_len
         self.slots = [_Slot(seq=i) for i in range(n_parallel)]
+        self._admitted = 0  # requests given a slot so far (the slots' last_used clock)
         if n_parallel:
             n_parallel = min(n_parallel, int(llama_cpp.llama_max_parallel_sequences()))
             self.n_batch = 512
@@ -543,6 +568,28 @@ class _Batcher:
             or any(s.job is not None for s in self.slots)
             or (bool(self.waiting) and any(s.job is None for s in self.slots))
         )
+
+    def prefill(self, prefix: list[int]) -> None:
+        """Decodes `prefix` (what every chat prompt starts with) into every empty slot, as few slots per
+        batch as fit: a new chat then reads only its own part, whichever slot it takes."""
+        per_batch = self.n_batch // len(prefix) if len(prefix) < self.ctx_len else 0
+        if not per_batch or len(prefix) * len(self.slots) > PREFILL_MAX_TOKENS:
+            return
+        empty = [slot for slot in self.slots if not slot.cache and slot.job is None]
+        for first in range(0, len(empty), per_batch):
+            group = empty[first : first + per_batch]
+            n = 0
+            for slot in group:
+                for pos, token in enumerate(prefix):
+                    self._put(self._batch, n, token, pos, slot.seq, False)
+                    n += 1
+            self._batch.n_tokens = n
+            if self._ll.llama_decode(self._ctx, self._batch) != 0:
+                for slot in group:
+                    self._ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+                return  # not worth failing a load for
+            for slot in group:
+                slot.cache = list(prefix)
 
     def step(self) -> None:
         out: list[tuple[_Job | _EmbedJob, Any]] = []
@@ -651,6 +698,8 @@ class _Batcher:
             )
 
         slot = self._choose_slot(tokens, free)
+        self._admitted += 1
+        slot.last_used = self._admitted
         keep = min(
             _common_prefix(slot.cache, tokens), len(tokens) - 1
         )  # the last prompt token is always decoded: its logits
@@ -679,21 +728,33 @@ class _Batcher:
         )
 
     def _choose_slot(self, tokens: list[int], free: list[_Slot]) -> _Slot:
-        """The free slot for a prompt. llama.cpp decodes the sequences of a batch as one range of its
-        per-sequence caches, idle ones in between included (measured: 2 streams on sequences 0 and 7 ran
-        at 44 tokens/s, on 0 and 1 at 69), so while others generate the slot that keeps the active
-        sequences closest together wins, then the longest cached prefix (a chat's next turn). Alone, or
-        when the cache holds a long prefix of the prompt, reusing it wins."""
+        """The free slot for a prompt.
+
+        A prompt that continues a slot's cache (a chat's next turn: at least half of its tokens, or
+        REUSE_ALWAYS_TOKENS of them, are cached there) goes back to that slot. Any other prompt is new
+        and takes the slot used longest ago (never-used ones first), so that it does not overwrite a
+        conversation that may come back: with 4 chats in turn on 4 slots, every turn re-reads only its
+        new message, where filling the slot with the longest common prefix (a chat template's first
+        few tokens) would make every turn re-read its whole history.
+
+        While others generate, the slot that keeps the active sequences closest together comes first
+        (a cached prefix of REUSE_ALWAYS_TOKENS excepted): llama.cpp decodes the sequences of a batch as
+        one range of its per-sequence caches, idle ones in between included (measured: 2 streams on
+        sequences 0 and 7 ran at 44 tokens/s, on 0 and 1 at 69)."""
         common = {s.seq: _common_prefix(s.cache, tokens) for s in free}
-        reuse = max(free, key=lambda s: (common[s.seq], -s.seq))
+        reuse = max(free, key=lambda s: (common[s.seq], -s.last_used, -s.seq))
+        cached = common[reuse.seq]
+        returning = cached >= REUSE_ALWAYS_TOKENS or cached * 2 >= len(tokens)
         active = [s.seq for s in self.slots if s.job is not None]
-        if not active or common[reuse.seq] >= REUSE_ALWAYS_TOKENS:
+        if returning and (not active or cached >= REUSE_ALWAYS_TOKENS):
             return reuse
 
         def span(slot: _Slot) -> int:
-            return max(*active, slot.seq) - min(*active, slot.seq)
+            return max(*active, slot.seq) - min(*active, slot.seq) if active else 0
 
-        return min(free, key=lambda s: (span(s), -common[s.seq], s.seq))
+        if returning:
+            return min(free, key=lambda s: (span(s), -common[s.seq], s.seq))
+        return min(free, key=lambda s: (span(s), s.last_used, s.seq))
 
     def _sampler(self, s: Sampling) -> Any:
         """The chain llama-cpp-python's `Llama` builds, so that answers match it token for token."""
