@@ -33,10 +33,10 @@ all three sample alike and write the same answers. Per request:
 
 Sequence: every system gets one warm-up request (a prompt not in the set), then `--runs` rounds; in each
 round every system runs the 6 prompts one after the other, the order of the systems rotating from round
-to round (a b c, b c a, c a b, ...) to spread the machine's noise. No system sees a prompt twice: round
-r sends "Request r. " + each prompt (llama-cpp-python reuses the KV cache of the previous prompt, ours
-the cache of any earlier chat kept in a slot; the prompts are the same for every system). All three
-models stay loaded, but only one computes at a time.
+to round (a b c, b c a, c a b, ...) to spread the machine's noise. No system sees a prompt twice: each
+request starts with a word of its own ("Alpha: ", "Bravo: ", ...; llama-cpp-python reuses the KV cache
+of the previous prompt, ours the cache of any recent chat kept in a slot), the same for every system.
+All three models stay loaded, but only one computes at a time.
 Then a concurrency sweep: 1, 2, 4 and 8 streams at once (different prompts, numbered too, one thread
 each) against (b) (imported with n_parallel 8: every stream gets a slot of the same batch) and against
 (c), alternating, `--runs` rounds: aggregate tokens/s = total completion tokens / wall time of the round.
@@ -105,10 +105,20 @@ SWEEP_PROMPTS = (
 WARMUP_PROMPT = "Write a recipe for bread and explain every step."
 
 
-def numbered(prompt: str, n: int) -> str:
-    """`prompt` as request n of its kind: no system ever sees a prompt twice, so none answers from a
-    cache (ours keeps every chat's cache in a slot of its own, llama-cpp-python the previous one)."""
-    return f"Request {n}. {prompt}"
+# Words that start each sequential request: unique in a run, and consecutive requests share no first
+# token, so no system reuses more than the chat template's opening of the previous prompt.
+MARKERS = (
+    "Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India", "Juliet",
+    "Kilo", "Lima", "Mike", "November", "Oscar", "Papa", "Quebec", "Romeo", "Sierra", "Tango",
+    "Uniform", "Victor", "Whiskey", "Xray", "Yankee", "Zulu",
+)  # fmt: skip
+
+
+def marked(prompt: str, n: int) -> str:
+    """`prompt` as the n-th request of a run: no system ever sees a prompt twice, so none answers from a
+    cache (ours keeps the cache of every recent chat in a slot of its own, llama-cpp-python the
+    previous request's), and none shares more with the previous prompt than the template's opening."""
+    return f"{MARKERS[n % len(MARKERS)]}{'' if n < len(MARKERS) else n // len(MARKERS)}: {prompt}"
 
 
 SYSTEMS = ("a", "b", "c")
@@ -430,7 +440,7 @@ def sequential(
         for name in order:
             before = cpu_snapshot(pids)
             for prompt in PROMPTS:
-                result = systems[name](numbered(prompt, r + 1))
+                result = systems[name](marked(prompt, r * len(PROMPTS) + PROMPTS.index(prompt)))
                 samples[name].results.append(result)
                 samples[name].tokens += result.tokens
             after = cpu_snapshot(pids)
@@ -446,7 +456,7 @@ def sequential(
 
 
 def concurrent_round(call: Http, streams: int, n: int) -> tuple[float, int, list[Result]]:
-    prompts = [numbered(p, n) for p in SWEEP_PROMPTS[:streams]]
+    prompts = [f"Request {n}. {p}" for p in SWEEP_PROMPTS[:streams]]
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(streams) as pool:
         results = list(pool.map(call, prompts))
