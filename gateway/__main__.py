@@ -9,14 +9,15 @@ import uvicorn
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.common.logs import LogSettings, setup_logging
+from services.common.main import read_settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     parser.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
     args = parser.parse_args()
-    settings = GatewaySettings()
-    log_settings = LogSettings()
+    settings = read_settings(GatewaySettings)
+    log_settings = read_settings(LogSettings)
     if args.print_settings:
         print(settings.model_dump_json(indent=2))
         print(log_settings.model_dump_json(indent=2))

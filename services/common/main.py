@@ -5,12 +5,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from services.common.logs import LogSettings, setup_logging
 from services.common.metrics import start_metrics_server
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def read_settings(cls: type[S]) -> S:
+    """`cls()` from the environment; a bad value ends the process with one line per problem that names
+    the variable (`JAN_RUNNER_THREADS='': Input should be a valid integer, ...`), not a traceback."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix") or "")
+        lines = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            variable = name if name.upper().startswith("JAN_") else f"{prefix}{name}".upper()
+            lines.append(f"{variable}={error.get('input')!r}: {error['msg']}")
+        raise SystemExit("invalid settings:\n  " + "\n  ".join(lines)) from None
 
 
 def service_main(
@@ -19,13 +37,14 @@ def service_main(
     settings_types: tuple[type[BaseSettings], ...],
     serve: Callable[..., Coroutine[Any, Any, None]],
 ) -> None:
-    """Reads the settings (bad ones fail here, with pydantic's message), then runs `serve(*settings)`.
-    The first settings class is the service's own and gives the log level, the host and the metrics port."""
+    """Reads the settings (a bad one ends the process here, naming the variable), then runs
+    `serve(*settings)`. The first settings class is the service's own and gives the log level, the host
+    and the metrics port."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
     args = parser.parse_args()
-    settings: list[Any] = [cls() for cls in settings_types]
-    log_settings = LogSettings()
+    settings: list[Any] = [read_settings(cls) for cls in settings_types]
+    log_settings = read_settings(LogSettings)
     if args.print_settings:
         for s in [*settings, log_settings]:  # secrets are SecretStr: printed as **********
             print(s.model_dump_json(indent=2))
