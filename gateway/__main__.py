@@ -8,6 +8,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from services.common.grpcserver import freeze_startup_objects
 from services.common.logs import LogSettings, setup_logging
 from services.common.main import read_settings
 
@@ -23,8 +24,12 @@ def main() -> None:
         print(log_settings.model_dump_json(indent=2))
         return
     setup_logging(settings.log_level, log_settings.format)
+    app = create_app(settings)
+    # As every service does once serving (services/common/grpcserver.py); here in the process's entry
+    # point, so that an app made in-process (the tests') leaves its host's garbage collector alone.
+    freeze_startup_objects()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

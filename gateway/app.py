@@ -18,7 +18,6 @@ from gateway.metrics import install_metrics
 from gateway.routes import downloads, folders, inference, models
 from gateway.settings import GatewaySettings
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
-from services.common.grpcserver import freeze_startup_objects
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -30,7 +29,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.catalog = CatalogClient(settings.catalog_address, *timeouts)
         app.state.downloader = DownloaderClient(settings.downloader_address, *timeouts)
         app.state.runners = RunnerPool(*timeouts)
-        freeze_startup_objects()
         try:
             yield
         finally:
