@@ -16,6 +16,7 @@ from gateway.errors import APIError, install_error_handlers
 from gateway.limits import install_body_limit
 from gateway.metrics import install_metrics
 from gateway.routes import downloads, folders, inference, models
+from gateway.serving import Serving
 from gateway.settings import GatewaySettings
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 
@@ -29,6 +30,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.catalog = CatalogClient(settings.catalog_address, *timeouts)
         app.state.downloader = DownloaderClient(settings.downloader_address, *timeouts)
         app.state.runners = RunnerPool(*timeouts)
+        app.state.serving = Serving(app.state.catalog, app.state.runners, settings)
         try:
             yield
         finally:

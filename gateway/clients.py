@@ -1,12 +1,12 @@
 """gRPC clients the gateway holds in app.state: one channel per service, a deadline on every call, and
 gRPC errors turned into APIError where the call is made. Runner channels are replaced when a runner
-cannot be reached, and the catalog client keeps short-lived placement hints (PlacementCache)."""
+cannot be reached. Typed methods (`catalog.place(id)`, `runner.generate(req)`) hold no policy: placement
+and retries live in gateway/serving.py."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -130,14 +130,32 @@ class CatalogClient(ServiceClient):
 
     def __init__(self, address: str, timeout: float, transfer_timeout: float) -> None:
         super().__init__(address, timeout, transfer_timeout)
-        self.placements = PlacementCache()
+        # Called after every call that changes model objects (the serving layer drops its hints).
+        self.after_write: Callable[[], None] = lambda: None
 
     async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
             return await super().call(method, request, timeout)
         finally:
             if method in self.WRITES:
-                self.placements.clear()
+                self.after_write()
+
+    async def place(self, model_id: str) -> catalog_pb.PlaceModelResponse:
+        """Where the model runs, or the runner that should load it (the catalog decides)."""
+        async with self._errors(self.channel):
+            return await self.stub.PlaceModel(
+                catalog_pb.PlaceModelRequest(model_id=model_id), timeout=self.timeout
+            )
+
+    async def get_model(self, model_id: str) -> model_pb2.Model:
+        async with self._errors(self.channel):
+            reply = await self.stub.GetModel(catalog_pb.GetModelRequest(id=model_id), timeout=self.timeout)
+        return reply.model
+
+    async def list_runners(self) -> list[catalog_pb.Runner]:
+        async with self._errors(self.channel):
+            reply = await self.stub.ListRunners(catalog_pb.ListRunnersRequest(), timeout=self.timeout)
+        return list(reply.runners)
 
     async def list_all(
         self, states: Sequence[model_pb2.ModelState.ValueType], engines: Sequence[str]
@@ -182,7 +200,7 @@ class CatalogClient(ServiceClient):
             async with self._errors(self.channel):
                 return await self.stub.ImportFolder(requests(), timeout=self.transfer_timeout)
         finally:
-            self.placements.clear()
+            self.after_write()
 
 
 class DownloaderClient(ServiceClient):
@@ -238,46 +256,32 @@ class RunnerClient(ServiceClient):
     async def generate(
         self, request: runner_pb.GenerateRequest
     ) -> AsyncGenerator[runner_pb.GenerateResponse, None]:
+        """The answer's messages; the first one is awaited here (an error at the start is raised now)."""
         return await self.stream(self.stub.Generate(request, timeout=self.transfer_timeout))
 
+    async def load(self, request: runner_pb.LoadModelRequest, timeout: float) -> runner_pb.LoadModelResponse:
+        async with self._errors(self.channel):
+            return await self.stub.LoadModel(request, timeout=timeout)
 
-class PlacementCache:
-    """model_id → the runner client the catalog placed it on, where it was loaded: a hint that lets an
-    inference request skip PlaceModel for `ttl` seconds. The catalog alone decides placement; a hint is
-    never renewed, only replaced by the catalog's next answer. It is gone after its ttl, once its runner's
-    channel was replaced (unreachable), on a catalog write, and when the caller drops it (stop, or the
-    runner says the model is not loaded)."""
+    async def unload(self, model_id: str) -> None:
+        async with self._errors(self.channel):
+            await self.stub.UnloadModel(runner_pb.UnloadModelRequest(model_id=model_id), timeout=self.timeout)
 
-    MAX_HINTS = 4096
+    async def list_loaded(self) -> runner_pb.ListLoadedResponse:
+        async with self._errors(self.channel):
+            return await self.stub.ListLoaded(runner_pb.ListLoadedRequest(), timeout=self.timeout)
 
-    def __init__(self) -> None:
-        self._hints: dict[str, tuple[RunnerClient, int, float]] = {}
+    async def embed(self, request: runner_pb.EmbedRequest) -> runner_pb.EmbedResponse:
+        async with self._errors(self.channel):
+            return await self.stub.Embed(request, timeout=self.transfer_timeout)
 
-    def get(self, model_id: str) -> RunnerClient | None:
-        hint = self._hints.get(model_id)
-        if hint is None:
-            return None
-        client, resets, expires = hint
-        if client.resets != resets or time.monotonic() >= expires:
-            del self._hints[model_id]
-            return None
-        return client
+    async def tokenize(self, request: runner_pb.TokenizeRequest) -> runner_pb.TokenizeResponse:
+        async with self._errors(self.channel):
+            return await self.stub.Tokenize(request, timeout=self.timeout)
 
-    def put(self, model_id: str, client: RunnerClient, ttl: float) -> None:
-        if ttl <= 0:
-            return
-        now = time.monotonic()
-        if len(self._hints) >= self.MAX_HINTS:
-            self._hints = {k: v for k, v in self._hints.items() if v[2] > now}
-            if len(self._hints) >= self.MAX_HINTS:
-                self._hints.clear()
-        self._hints[model_id] = (client, client.resets, now + ttl)
-
-    def drop(self, model_id: str) -> None:
-        self._hints.pop(model_id, None)
-
-    def clear(self) -> None:
-        self._hints.clear()
+    async def detokenize(self, request: runner_pb.DetokenizeRequest) -> runner_pb.DetokenizeResponse:
+        async with self._errors(self.channel):
+            return await self.stub.Detokenize(request, timeout=self.timeout)
 
 
 class RunnerPool:

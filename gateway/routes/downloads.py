@@ -10,10 +10,10 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from gateway import convert
 from gateway.clients import DownloaderClient
-from gateway.convert import DownloadListOut, DownloadOut
 from gateway.errors import APIError, error_responses
+from gateway.protocol import models as convert
+from gateway.protocol.models import DownloadListOut, DownloadOut
 from jan.downloader.v1 import downloader_service_pb2 as pb
 
 router = APIRouter(tags=["downloads"])

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from gateway import convert
 from gateway.clients import CatalogClient
-from gateway.convert import ImportOut, ProblemListOut
 from gateway.errors import error_responses
+from gateway.protocol import models as convert
+from gateway.protocol.models import ImportOut, ProblemListOut
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 router = APIRouter(tags=["folders"])
@@ -72,7 +73,7 @@ async def import_folder(
         "data": [convert.model_dict(m) for m in reply.models],
         "problems": [convert.problem_dict(p) for p in reply.problems],
     }
-    return Response(convert.orjson.dumps(body), status_code=201, media_type="application/json")
+    return Response(orjson.dumps(body), status_code=201, media_type="application/json")
 
 
 @router.get("/v1/catalog/problems", response_model=ProblemListOut, responses=error_responses(503))

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from gateway import convert
 from gateway.clients import CatalogClient
-from gateway.convert import (
+from gateway.errors import APIError, error_responses
+from gateway.protocol import models as convert
+from gateway.protocol.models import (
     CreateModelIn,
     DeletedOut,
     MetadataOut,
@@ -19,7 +20,6 @@ from gateway.convert import (
     StateOut,
     UpdateModelIn,
 )
-from gateway.errors import APIError, error_responses
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 

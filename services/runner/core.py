@@ -28,7 +28,15 @@ from services.common.catalog_client import CatalogClient
 from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable, Unimplemented
 from services.common.storage import Storage
 from services.runner import metrics
-from services.runner.engines.base import Delta, Engine, GenerateRequest, LoadSpec
+from services.runner.engines.base import (
+    Delta,
+    Engine,
+    GenerateRequest,
+    LoadSpec,
+    Tokenized,
+    TokenizeRequest,
+    refuse_unsupported,
+)
 from services.runner.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -315,6 +323,7 @@ class Runner:
     ) -> AsyncGenerator[Delta, None]:
         started = time.perf_counter()
         hosted = self._hosted(model_id)
+        refuse_unsupported(hosted.engine, request)  # nothing the engine cannot honour is ignored
         hosted.active += 1
         hosted.touch(keep_alive_s)
         try:
@@ -331,14 +340,20 @@ class Runner:
                     return
                 metrics.first_token(model_id, time.perf_counter() - started)
                 yield first
-                last = first
+                generated = first.completion_tokens  # each choice's last delta carries its usage
                 async for delta in stream:
-                    last = delta
+                    generated += delta.completion_tokens
                     yield delta
-            metrics.finished(model_id, last.completion_tokens)  # the last delta carries the usage
+            metrics.finished(model_id, generated)
         finally:
             hosted.active -= 1
             hosted.touch()
+
+    async def tokenize(self, model_id: str, request: TokenizeRequest) -> Tokenized:
+        return await self._hosted(model_id).engine.tokenize(request)
+
+    async def detokenize(self, model_id: str, tokens: list[int]) -> str:
+        return await self._hosted(model_id).engine.detokenize(tokens)
 
     async def embed(
         self, model_id: str, inputs: list[str], keep_alive_s: float = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from grpc import aio
@@ -13,10 +14,23 @@ from jan.runner.v1 import runner_service_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpcserver import GrpcServer
 from services.runner.core import Hosted, Runner
-from services.runner.engines.base import GenerateRequest, Sampling
+from services.runner.engines.base import (
+    Constraint,
+    Delta,
+    GenerateRequest,
+    Sampling,
+    TokenizeRequest,
+    Tool,
+    ToolChoice,
+)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RunnerService"].full_name
-_FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+_FINISH = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
+}
+MAX_TOP_LOGPROBS = 20
 
 
 def _loaded(hosted: Hosted) -> pb.LoadedModel:
@@ -63,6 +77,103 @@ def _sampling(s: pb.Sampling, defaults: dict) -> Sampling:
     )
 
 
+def _message(m: pb.ChatMessage) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id:
+        message["tool_call_id"] = m.tool_call_id
+    if m.name:
+        message["name"] = m.name
+    return message
+
+
+def _constraint(c: pb.Constraint) -> Constraint | None:
+    kind = c.WhichOneof("kind")
+    if kind == "json_object":
+        return Constraint(kind="json_object")
+    if kind == "json_schema":
+        try:
+            schema = orjson.loads(c.json_schema)
+        except orjson.JSONDecodeError:
+            raise InvalidArgument("the JSON schema is not valid JSON", param="response_format") from None
+        if not isinstance(schema, dict):
+            raise InvalidArgument("a JSON schema must be an object", param="response_format")
+        return Constraint(kind="json_schema", schema=schema)
+    if kind == "grammar":
+        return Constraint(kind="grammar", grammar=c.grammar)
+    return None
+
+
+def _tool(t: pb.Tool) -> Tool:
+    try:
+        parameters = orjson.loads(t.parameters_json) if t.parameters_json else {}
+    except orjson.JSONDecodeError:
+        raise InvalidArgument(
+            f"the parameters of tool {t.name!r} are not valid JSON", param="tools"
+        ) from None
+    if not isinstance(parameters, dict):
+        raise InvalidArgument(
+            f"the parameters of tool {t.name!r} must be a JSON schema object", param="tools"
+        )
+    return Tool(name=t.name, description=t.description, parameters=parameters)
+
+
+_TOOL_CHOICE: dict[int, Any] = {
+    pb.TOOL_CHOICE_MODE_UNSPECIFIED: "auto",
+    pb.TOOL_CHOICE_MODE_AUTO: "auto",
+    pb.TOOL_CHOICE_MODE_NONE: "none",
+    pb.TOOL_CHOICE_MODE_REQUIRED: "required",
+    pb.TOOL_CHOICE_MODE_FUNCTION: "function",
+}
+
+
+def generate_request(request: pb.GenerateRequest, defaults: dict) -> GenerateRequest:
+    """The engine's request of a GenerateRequest; unset sampling fields from the model's parameters."""
+    if request.top_logprobs < 0 or request.top_logprobs > MAX_TOP_LOGPROBS:
+        raise InvalidArgument(f"top_logprobs must be 0-{MAX_TOP_LOGPROBS}", param="top_logprobs")
+    return GenerateRequest(
+        messages=[_message(m) for m in request.chat.messages] if request.HasField("chat") else None,
+        prompt=None if request.HasField("chat") else request.text,
+        sampling=_sampling(request.sampling, defaults),
+        constraint=_constraint(request.constraint) if request.HasField("constraint") else None,
+        tools=tuple(_tool(t) for t in request.tools),
+        tool_choice=ToolChoice(mode=_TOOL_CHOICE[request.tool_choice.mode], name=request.tool_choice.name),
+        parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
+        logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs,
+        n=max(1, request.n),
+        logit_bias=dict(request.logit_bias),
+        reasoning="inline" if request.reasoning == pb.REASONING_MODE_INLINE else "separate",
+    )
+
+
+def _response(delta: Delta) -> pb.GenerateResponse:
+    reply = pb.GenerateResponse(text=delta.text, index=delta.index, reasoning=delta.reasoning)
+    for call in delta.tool_calls:
+        reply.tool_calls.append(
+            pb.ToolCallDelta(index=call.index, id=call.id, name=call.name, arguments=call.arguments)
+        )
+    for lp in delta.logprobs:
+        reply.logprobs.append(
+            pb.TokenLogprob(
+                token=lp.token,
+                bytes=lp.bytes,
+                logprob=lp.logprob,
+                top_logprobs=[pb.TopLogprob(token=t.token, bytes=t.bytes, logprob=t.logprob) for t in lp.top],
+            )
+        )
+    if delta.finish_reason:
+        reply.finish_reason = _FINISH[delta.finish_reason]
+        reply.usage.prompt_tokens = delta.prompt_tokens
+        reply.usage.completion_tokens = delta.completion_tokens
+        reply.usage.cached_tokens = delta.cached_tokens
+    return reply
+
+
 class RunnerServicer(pb_grpc.RunnerServiceServicer):
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
@@ -97,27 +208,36 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         hosted = self.runner.loaded.get(request.model_id)
         defaults = hosted.engine.spec.parameters if hosted else {}
-        if request.HasField("chat"):
-            messages = [{"role": m.role, "content": m.content} for m in request.chat.messages]
-            gen = GenerateRequest(
-                messages=messages, prompt=None, sampling=_sampling(request.sampling, defaults)
-            )
-        else:
-            gen = GenerateRequest(
-                messages=None, prompt=request.text, sampling=_sampling(request.sampling, defaults)
-            )
+        gen = generate_request(request, defaults)
         # Closed explicitly: a cancelled call (the client went away) must stop the generation now, not
         # when the garbage collector finalises the abandoned generators.
         async with contextlib.aclosing(
             self.runner.generate(request.model_id, gen, request.keep_alive_s)
         ) as deltas:
             async for delta in deltas:
-                reply = pb.GenerateResponse(text=delta.text)
-                if delta.finish_reason:
-                    reply.finish_reason = _FINISH[delta.finish_reason]
-                    reply.usage.prompt_tokens = delta.prompt_tokens
-                    reply.usage.completion_tokens = delta.completion_tokens
-                yield reply
+                yield _response(delta)
+
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: aio.ServicerContext
+    ) -> pb.TokenizeResponse:
+        tokenize = TokenizeRequest(
+            text=request.text if request.HasField("text") else None,
+            messages=[_message(m) for m in request.chat.messages] if request.HasField("chat") else None,
+            add_special=request.add_special if request.HasField("add_special") else True,
+        )
+        out = await self.runner.tokenize(request.model_id, tokenize)
+        return pb.TokenizeResponse(
+            tokens=out.tokens,
+            pieces=out.pieces if request.with_pieces else [],
+            max_model_len=out.max_model_len,
+        )
+
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: aio.ServicerContext
+    ) -> pb.DetokenizeResponse:
+        return pb.DetokenizeResponse(
+            text=await self.runner.detokenize(request.model_id, list(request.tokens))
+        )
 
     async def Embed(self, request: pb.EmbedRequest, context: aio.ServicerContext) -> pb.EmbedResponse:
         vectors, tokens = await self.runner.embed(request.model_id, list(request.inputs))

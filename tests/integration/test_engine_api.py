@@ -248,7 +248,7 @@ async def test_azure_errors(
 def test_gateway_masks_credentials() -> None:
     import orjson
 
-    from gateway.convert import parameters_fragment
+    from gateway.protocol.models import parameters_fragment
 
     def shown(params: dict[str, Any]) -> Any:
         return orjson.loads(orjson.dumps(parameters_fragment(orjson.dumps(params).decode())))

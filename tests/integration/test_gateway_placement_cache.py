@@ -1,4 +1,4 @@
-"""The gateway's placement hints (gateway/clients.py PlacementCache) against a real catalog and a real
+"""The gateway's placement hints (gateway/serving.py PlacementCache) against a real catalog and a real
 runner (llama.cpp, tiny GGUF): a running model is served without asking the catalog again, and every way
 a hint can go stale (stop, delete, a runner that lost the model, a runner that died and came back) still
 ends in a correct answer."""
@@ -121,7 +121,7 @@ def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
 
 
 def _hint(env: Env) -> Any:
-    return env.app.state.catalog.placements.get(MODEL)
+    return env.app.state.serving.placements.get(MODEL)
 
 
 async def _unload_on_the_runner(env: Env) -> None:

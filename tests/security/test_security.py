@@ -203,13 +203,15 @@ async def test_model_ids_that_try_to_leave_the_root_are_refused_on_every_route(
         assert error["code"] in ("invalid_model_id", "download_not_found", None), (method, path, error)
         assert "x-evil" not in resp.headers
     unquoted = unquote(model_id)
-    for route in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
-        body = {
-            "model": unquoted,
-            "messages": [{"role": "user", "content": "x"}],
-            "prompt": "x",
-            "input": "x",
-        }
+    inputs = {
+        "/v1/chat/completions": {"messages": [{"role": "user", "content": "x"}]},
+        "/v1/completions": {"prompt": "x"},
+        "/v1/embeddings": {"input": "x"},
+        "/v1/tokenize": {"prompt": "x"},
+        "/v1/detokenize": {"tokens": [1]},
+    }
+    for route, fields in inputs.items():
+        body = {"model": unquoted, **fields}
         assert_error(await env.http.post(route, json=body), (400, 404), "invalid_model_id")
 
 

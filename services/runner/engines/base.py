@@ -11,7 +11,9 @@ import abc
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from services.common.errors import InvalidArgument, Unimplemented
 
 
 @dataclass(frozen=True)
@@ -44,27 +46,160 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class Tool:
+    """A function the model may call (OpenAI's `tools[].function`)."""
+
+    name: str
+    description: str = ""
+    # The arguments' JSON schema (an object schema; {} when the tool takes none).
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """auto: the model decides; none: no call; required: at least one call; function: a call of `name`."""
+
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the output must be: any JSON object, JSON matching a schema, or text of a GBNF grammar."""
+
+    kind: Literal["json_object", "json_schema", "grammar"]
+    # json_schema: the schema (a dict); grammar: the GBNF text; json_object: None.
+    schema: dict[str, Any] | None = None
+    grammar: str = ""
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
-    # Either chat messages ({"role", "content"}) or a plain prompt.
-    messages: list[dict[str, str]] | None
+    # Either chat messages or a plain prompt. A message is {"role", "content"} plus, for an assistant's
+    # calls, "tool_calls": [{"id", "type": "function", "function": {"name", "arguments"}}], and for a
+    # tool's answer "tool_call_id" (and "name").
+    messages: list[dict[str, Any]] | None
     prompt: str | None
     sampling: Sampling = field(default_factory=Sampling)
+    constraint: Constraint | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    parallel_tool_calls: bool = True
+    # Log-probabilities of each sampled token, and of the `top_logprobs` most likely alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # Choices generated from the one prompt (each its own seed stream).
+    n: int = 1
+    # Token id -> bias added to its logit (-100 bans it, +100 makes it all but certain).
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # Thinking text between reasoning markers: "separate" (Delta.reasoning) or "inline" (in the text).
+    reasoning: Literal["separate", "inline"] = "separate"
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token, its log-probability, and the most likely alternatives at that step."""
+
+    token: str
+    bytes: bytes
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call: the first piece of call `index` carries its id and name, later pieces
+    carry more of its arguments (JSON text, concatenated in order)."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 @dataclass(frozen=True)
 class Delta:
-    """Text produced since the previous delta; the last one carries the finish reason and usage."""
+    """Output since the previous delta of choice `index`; a choice's last delta carries its finish
+    reason and usage."""
 
     text: str
-    finish_reason: str | None = None  # "stop" | "length"
+    finish_reason: str | None = None  # "stop" | "length" | "tool_calls"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    index: int = 0
+    reasoning: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    # Prompt tokens read from a cache instead of being computed (on the last delta).
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """Plain text (with the model's BOS when `add_special`) or chat messages rendered with the template."""
+
+    text: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special: bool = True
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    tokens: list[int]
+    pieces: list[str]
+    # The context one request may use.
+    max_model_len: int
+
+
+# Features of a request beyond plain sampling, each with the OpenAI request field that asks for it.
+FEATURE_PARAMS = {
+    "constraint": "response_format",
+    "tools": "tools",
+    "logprobs": "logprobs",
+    "n": "n",
+    "logit_bias": "logit_bias",
+}
+
+
+def requested_features(request: GenerateRequest) -> list[str]:
+    """The features (FEATURE_PARAMS keys) the request uses."""
+    used = {
+        "constraint": request.constraint is not None,
+        "tools": bool(request.tools),
+        "logprobs": request.logprobs or request.top_logprobs > 0,
+        "n": request.n > 1,
+        "logit_bias": bool(request.logit_bias),
+    }
+    return [name for name, on in used.items() if on]
+
+
+def refuse_unsupported(engine: Engine, request: GenerateRequest) -> None:
+    """Raises InvalidArgument naming the first field the engine cannot honour: nothing is ignored."""
+    for feature in requested_features(request):
+        if feature not in engine.features:
+            param = FEATURE_PARAMS[feature]
+            if feature == "constraint" and request.constraint is not None:
+                param = "grammar" if request.constraint.kind == "grammar" else param
+            raise InvalidArgument(
+                f"{param} is not supported by the {engine.name} engine that runs {engine.spec.model_id}",
+                code="unsupported_parameter",
+                param=param,
+            )
 
 
 class Engine(abc.ABC):
     """One loaded model. Methods are called from the runner's event loop."""
 
     name: str = "engine"
+    # The request features (FEATURE_PARAMS keys) it honours; generate() refuses the others.
+    features: frozenset[str] = frozenset()
 
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
@@ -88,6 +223,18 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
         """One vector per input, and the number of tokens read."""
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        raise Unimplemented(
+            f"{self.spec.model_id} runs on the {self.name} engine, which does not tokenize here",
+            code="tokenize_unsupported",
+        )
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        raise Unimplemented(
+            f"{self.spec.model_id} runs on the {self.name} engine, which does not detokenize here",
+            code="tokenize_unsupported",
+        )
 
     @property
     @abc.abstractmethod

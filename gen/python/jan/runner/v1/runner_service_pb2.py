@@ -24,15 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"jan/runner/v1/runner_service.proto\x12\rjan.runner.v1\"R\n\x10LoadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0eoverrides_json\x18\x02 \x01(\t\x12\x14\n\x0ckeep_alive_s\x18\x03 \x01(\x01\"\x92\x01\n\x0bLoadedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x17\n\x0fparameters_json\x18\x06 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\">\n\x11LoadModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.jan.runner.v1.LoadedModel\"&\n\x12UnloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"\x13\n\x11ListLoadedRequest\"\x88\x01\n\x12ListLoadedResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.jan.runner.v1.LoadedModel\x12\x0e\n\x06runner\x18\x02 \x01(\t\x12\x1b\n\x13memory_budget_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x04 \x01(\x03\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xfa\x02\n\x08Sampling\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x01H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x01H\x06\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\t \x01(\x01H\x07\x88\x01\x01\x12\x12\n\x05min_p\x18\n \x01(\x01H\x08\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x11\n\x0f_repeat_penaltyB\x08\n\x06_min_p\"\xab\x01\n\x0fGenerateRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12+\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1b.jan.runner.v1.ChatMessagesH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12)\n\x08sampling\x18\x04 \x01(\x0b\x32\x17.jan.runner.v1.Sampling\x12\x14\n\x0ckeep_alive_s\x18\x05 \x01(\x01\x42\x08\n\x06prompt\"<\n\x0c\x43hatMessages\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.jan.runner.v1.ChatMessage\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"y\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x32\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1b.jan.runner.v1.FinishReason\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.jan.runner.v1.Usage\"0\n\x0c\x45mbedRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"T\n\rEmbedResponse\x12,\n\nembeddings\x18\x01 \x03(\x0b\x32\x18.jan.runner.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x9b\x03\n\rRunnerService\x12N\n\tLoadModel\x12\x1f.jan.runner.v1.LoadModelRequest\x1a .jan.runner.v1.LoadModelResponse\x12T\n\x0bUnloadModel\x12!.jan.runner.v1.UnloadModelRequest\x1a\".jan.runner.v1.UnloadModelResponse\x12Q\n\nListLoaded\x12 .jan.runner.v1.ListLoadedRequest\x1a!.jan.runner.v1.ListLoadedResponse\x12M\n\x08Generate\x12\x1e.jan.runner.v1.GenerateRequest\x1a\x1f.jan.runner.v1.GenerateResponse0\x01\x12\x42\n\x05\x45mbed\x12\x1b.jan.runner.v1.EmbedRequest\x1a\x1c.jan.runner.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"jan/runner/v1/runner_service.proto\x12\rjan.runner.v1\"R\n\x10LoadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0eoverrides_json\x18\x02 \x01(\t\x12\x14\n\x0ckeep_alive_s\x18\x03 \x01(\x01\"\x92\x01\n\x0bLoadedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x17\n\x0fparameters_json\x18\x06 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\">\n\x11LoadModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.jan.runner.v1.LoadedModel\"&\n\x12UnloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"\x13\n\x11ListLoadedRequest\"\x88\x01\n\x12ListLoadedResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.jan.runner.v1.LoadedModel\x12\x0e\n\x06runner\x18\x02 \x01(\t\x12\x1b\n\x13memory_budget_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x04 \x01(\x03\"}\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12+\n\ntool_calls\x18\x03 \x03(\x0b\x32\x17.jan.runner.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"B\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"G\n\nToolChoice\x12+\n\x04mode\x18\x01 \x01(\x0e\x32\x1d.jan.runner.v1.ToolChoiceMode\x12\x0c\n\x04name\x18\x02 \x01(\t\"U\n\nConstraint\x12\x15\n\x0bjson_object\x18\x01 \x01(\x08H\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x12\x11\n\x07grammar\x18\x03 \x01(\tH\x00\x42\x06\n\x04kind\"\xfa\x02\n\x08Sampling\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x01H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x01H\x06\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\t \x01(\x01H\x07\x88\x01\x01\x12\x12\n\x05min_p\x18\n \x01(\x01H\x08\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x11\n\x0f_repeat_penaltyB\x08\n\x06_min_p\"\xc1\x04\n\x0fGenerateRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12+\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1b.jan.runner.v1.ChatMessagesH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12)\n\x08sampling\x18\x04 \x01(\x0b\x32\x17.jan.runner.v1.Sampling\x12\x14\n\x0ckeep_alive_s\x18\x05 \x01(\x01\x12-\n\nconstraint\x18\x06 \x01(\x0b\x32\x19.jan.runner.v1.Constraint\x12\"\n\x05tools\x18\x07 \x03(\x0b\x32\x13.jan.runner.v1.Tool\x12.\n\x0btool_choice\x18\x08 \x01(\x0b\x32\x19.jan.runner.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\t \x01(\x08H\x01\x88\x01\x01\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0b \x01(\x05\x12\t\n\x01n\x18\x0c \x01(\x05\x12\x41\n\nlogit_bias\x18\r \x03(\x0b\x32-.jan.runner.v1.GenerateRequest.LogitBiasEntry\x12/\n\treasoning\x18\x0e \x01(\x0e\x32\x1c.jan.runner.v1.ReasoningMode\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x08\n\x06promptB\x16\n\x14_parallel_tool_calls\"<\n\x0c\x43hatMessages\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.jan.runner.v1.ChatMessage\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\";\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x0c\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"n\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x0c\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12/\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x19.jan.runner.v1.TopLogprob\"K\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"\xfc\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x32\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1b.jan.runner.v1.FinishReason\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.jan.runner.v1.Usage\x12\r\n\x05index\x18\x04 \x01(\x05\x12\x11\n\treasoning\x18\x05 \x01(\t\x12\x30\n\ntool_calls\x18\x06 \x03(\x0b\x32\x1c.jan.runner.v1.ToolCallDelta\x12-\n\x08logprobs\x18\x07 \x03(\x0b\x32\x1b.jan.runner.v1.TokenLogprob\"0\n\x0c\x45mbedRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"T\n\rEmbedResponse\x12,\n\nembeddings\x18\x01 \x03(\x0b\x32\x18.jan.runner.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\"\xa8\x01\n\x0fTokenizeRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12+\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1b.jan.runner.v1.ChatMessagesH\x00\x12\x18\n\x0b\x61\x64\x64_special\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x13\n\x0bwith_pieces\x18\x05 \x01(\x08\x42\x07\n\x05inputB\x0e\n\x0c_add_special\"I\n\x10TokenizeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x0e\n\x06pieces\x18\x02 \x03(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\"5\n\x11\x44\x65tokenizeRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t*\xa6\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x12\x1d\n\x19TOOL_CHOICE_MODE_FUNCTION\x10\x04*g\n\rReasoningMode\x12\x1e\n\x1aREASONING_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17REASONING_MODE_SEPARATE\x10\x01\x12\x19\n\x15REASONING_MODE_INLINE\x10\x02*}\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x32\xbb\x04\n\rRunnerService\x12N\n\tLoadModel\x12\x1f.jan.runner.v1.LoadModelRequest\x1a .jan.runner.v1.LoadModelResponse\x12T\n\x0bUnloadModel\x12!.jan.runner.v1.UnloadModelRequest\x1a\".jan.runner.v1.UnloadModelResponse\x12Q\n\nListLoaded\x12 .jan.runner.v1.ListLoadedRequest\x1a!.jan.runner.v1.ListLoadedResponse\x12M\n\x08Generate\x12\x1e.jan.runner.v1.GenerateRequest\x1a\x1f.jan.runner.v1.GenerateResponse0\x01\x12\x42\n\x05\x45mbed\x12\x1b.jan.runner.v1.EmbedRequest\x1a\x1c.jan.runner.v1.EmbedResponse\x12K\n\x08Tokenize\x12\x1e.jan.runner.v1.TokenizeRequest\x1a\x1f.jan.runner.v1.TokenizeResponse\x12Q\n\nDetokenize\x12 .jan.runner.v1.DetokenizeRequest\x1a!.jan.runner.v1.DetokenizeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jan.runner.v1.runner_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1583
-  _globals['_FINISHREASON']._serialized_end=1678
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._loaded_options = None
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_TOOLCHOICEMODE']._serialized_start=3098
+  _globals['_TOOLCHOICEMODE']._serialized_end=3264
+  _globals['_REASONINGMODE']._serialized_start=3266
+  _globals['_REASONINGMODE']._serialized_end=3369
+  _globals['_FINISHREASON']._serialized_start=3371
+  _globals['_FINISHREASON']._serialized_end=3496
   _globals['_LOADMODELREQUEST']._serialized_start=53
   _globals['_LOADMODELREQUEST']._serialized_end=135
   _globals['_LOADEDMODEL']._serialized_start=138
@@ -48,23 +54,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTLOADEDRESPONSE']._serialized_start=435
   _globals['_LISTLOADEDRESPONSE']._serialized_end=571
   _globals['_CHATMESSAGE']._serialized_start=573
-  _globals['_CHATMESSAGE']._serialized_end=617
-  _globals['_SAMPLING']._serialized_start=620
-  _globals['_SAMPLING']._serialized_end=998
-  _globals['_GENERATEREQUEST']._serialized_start=1001
-  _globals['_GENERATEREQUEST']._serialized_end=1172
-  _globals['_CHATMESSAGES']._serialized_start=1174
-  _globals['_CHATMESSAGES']._serialized_end=1234
-  _globals['_USAGE']._serialized_start=1236
-  _globals['_USAGE']._serialized_end=1293
-  _globals['_GENERATERESPONSE']._serialized_start=1295
-  _globals['_GENERATERESPONSE']._serialized_end=1416
-  _globals['_EMBEDREQUEST']._serialized_start=1418
-  _globals['_EMBEDREQUEST']._serialized_end=1466
-  _globals['_EMBEDDING']._serialized_start=1468
-  _globals['_EMBEDDING']._serialized_end=1495
-  _globals['_EMBEDRESPONSE']._serialized_start=1497
-  _globals['_EMBEDRESPONSE']._serialized_end=1581
-  _globals['_RUNNERSERVICE']._serialized_start=1681
-  _globals['_RUNNERSERVICE']._serialized_end=2092
+  _globals['_CHATMESSAGE']._serialized_end=698
+  _globals['_TOOLCALL']._serialized_start=700
+  _globals['_TOOLCALL']._serialized_end=755
+  _globals['_TOOL']._serialized_start=757
+  _globals['_TOOL']._serialized_end=823
+  _globals['_TOOLCHOICE']._serialized_start=825
+  _globals['_TOOLCHOICE']._serialized_end=896
+  _globals['_CONSTRAINT']._serialized_start=898
+  _globals['_CONSTRAINT']._serialized_end=983
+  _globals['_SAMPLING']._serialized_start=986
+  _globals['_SAMPLING']._serialized_end=1364
+  _globals['_GENERATEREQUEST']._serialized_start=1367
+  _globals['_GENERATEREQUEST']._serialized_end=1944
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_start=1862
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_end=1910
+  _globals['_CHATMESSAGES']._serialized_start=1946
+  _globals['_CHATMESSAGES']._serialized_end=2006
+  _globals['_USAGE']._serialized_start=2008
+  _globals['_USAGE']._serialized_end=2088
+  _globals['_TOPLOGPROB']._serialized_start=2090
+  _globals['_TOPLOGPROB']._serialized_end=2149
+  _globals['_TOKENLOGPROB']._serialized_start=2151
+  _globals['_TOKENLOGPROB']._serialized_end=2261
+  _globals['_TOOLCALLDELTA']._serialized_start=2263
+  _globals['_TOOLCALLDELTA']._serialized_end=2338
+  _globals['_GENERATERESPONSE']._serialized_start=2341
+  _globals['_GENERATERESPONSE']._serialized_end=2593
+  _globals['_EMBEDREQUEST']._serialized_start=2595
+  _globals['_EMBEDREQUEST']._serialized_end=2643
+  _globals['_EMBEDDING']._serialized_start=2645
+  _globals['_EMBEDDING']._serialized_end=2672
+  _globals['_EMBEDRESPONSE']._serialized_start=2674
+  _globals['_EMBEDRESPONSE']._serialized_end=2758
+  _globals['_TOKENIZEREQUEST']._serialized_start=2761
+  _globals['_TOKENIZEREQUEST']._serialized_end=2929
+  _globals['_TOKENIZERESPONSE']._serialized_start=2931
+  _globals['_TOKENIZERESPONSE']._serialized_end=3004
+  _globals['_DETOKENIZEREQUEST']._serialized_start=3006
+  _globals['_DETOKENIZEREQUEST']._serialized_end=3059
+  _globals['_DETOKENIZERESPONSE']._serialized_start=3061
+  _globals['_DETOKENIZERESPONSE']._serialized_end=3095
+  _globals['_RUNNERSERVICE']._serialized_start=3499
+  _globals['_RUNNERSERVICE']._serialized_end=4070
 # @@protoc_insertion_point(module_scope)

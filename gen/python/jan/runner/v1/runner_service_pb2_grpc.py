@@ -59,6 +59,16 @@ class RunnerServiceStub:
                 request_serializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/jan.runner.v1.RunnerService/Tokenize',
+                request_serializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/jan.runner.v1.RunnerService/Detokenize',
+                request_serializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
 
 
 class RunnerServiceServicer:
@@ -98,6 +108,20 @@ class RunnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """A model's tokens of a text, or of chat messages rendered with the model's chat template.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """The text of tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +149,16 @@ def add_RunnerServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.EmbedRequest.FromString,
                     response_serializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.TokenizeRequest.FromString,
+                    response_serializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeRequest.FromString,
+                    response_serializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +296,60 @@ class RunnerService:
             '/jan.runner.v1.RunnerService/Embed',
             jan_dot_runner_dot_v1_dot_runner__service__pb2.EmbedRequest.SerializeToString,
             jan_dot_runner_dot_v1_dot_runner__service__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jan.runner.v1.RunnerService/Tokenize',
+            jan_dot_runner_dot_v1_dot_runner__service__pb2.TokenizeRequest.SerializeToString,
+            jan_dot_runner_dot_v1_dot_runner__service__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jan.runner.v1.RunnerService/Detokenize',
+            jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeRequest.SerializeToString,
+            jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,10 @@ class RunnerServiceStub:
     Generate: _grpc.UnaryStreamMultiCallable[_runner_service_pb2.GenerateRequest, _runner_service_pb2.GenerateResponse]
     """Tokens of a chat or a plain completion as they are produced. Cancelling the call stops generation."""
     Embed: _grpc.UnaryUnaryMultiCallable[_runner_service_pb2.EmbedRequest, _runner_service_pb2.EmbedResponse]
+    Tokenize: _grpc.UnaryUnaryMultiCallable[_runner_service_pb2.TokenizeRequest, _runner_service_pb2.TokenizeResponse]
+    """A model's tokens of a text, or of chat messages rendered with the model's chat template."""
+    Detokenize: _grpc.UnaryUnaryMultiCallable[_runner_service_pb2.DetokenizeRequest, _runner_service_pb2.DetokenizeResponse]
+    """The text of tokens."""
 
 @_typing.type_check_only
 class RunnerServiceAsyncStub(RunnerServiceStub):
@@ -58,6 +62,10 @@ class RunnerServiceAsyncStub(RunnerServiceStub):
     Generate: _aio.UnaryStreamMultiCallable[_runner_service_pb2.GenerateRequest, _runner_service_pb2.GenerateResponse]  # type: ignore[assignment]
     """Tokens of a chat or a plain completion as they are produced. Cancelling the call stops generation."""
     Embed: _aio.UnaryUnaryMultiCallable[_runner_service_pb2.EmbedRequest, _runner_service_pb2.EmbedResponse]  # type: ignore[assignment]
+    Tokenize: _aio.UnaryUnaryMultiCallable[_runner_service_pb2.TokenizeRequest, _runner_service_pb2.TokenizeResponse]  # type: ignore[assignment]
+    """A model's tokens of a text, or of chat messages rendered with the model's chat template."""
+    Detokenize: _aio.UnaryUnaryMultiCallable[_runner_service_pb2.DetokenizeRequest, _runner_service_pb2.DetokenizeResponse]  # type: ignore[assignment]
+    """The text of tokens."""
 
 class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -99,5 +107,21 @@ class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runner_service_pb2.EmbedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runner_service_pb2.EmbedResponse, _abc.Awaitable[_runner_service_pb2.EmbedResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Tokenize(
+        self,
+        request: _runner_service_pb2.TokenizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runner_service_pb2.TokenizeResponse, _abc.Awaitable[_runner_service_pb2.TokenizeResponse]]:
+        """A model's tokens of a text, or of chat messages rendered with the model's chat template."""
+
+    @_abc_1.abstractmethod
+    def Detokenize(
+        self,
+        request: _runner_service_pb2.DetokenizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runner_service_pb2.DetokenizeResponse, _abc.Awaitable[_runner_service_pb2.DetokenizeResponse]]:
+        """The text of tokens."""
 
 def add_RunnerServiceServicer_to_server(servicer: RunnerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,20 +1,19 @@
-"""Pure conversions between the internal messages and the OpenAI-style REST shapes."""
+"""The REST shapes of model management (model objects, states, downloads, imports, running models) and
+the pure conversions between them and the services' protobuf messages."""
 
 from __future__ import annotations
 
-import base64
 import re
-import struct
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.protocol.common import JsonObject, StrictBoolsModel
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 from jan.model.v1 import model_pb2
-from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 STATE_NAMES = {
     model_pb2.MODEL_STATE_NOT_DOWNLOADED: "not-downloaded",
@@ -154,40 +153,6 @@ class RepoImportOut(BaseModel):
 
 
 # --- request shapes ---------------------------------------------------------------------------------------
-
-
-def _encodable(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A JSON object the services can take: orjson (which writes it on) refuses integers beyond 64 bits
-    and nesting deeper than 255, which Python's parser accepts; refused here, that is a 422, not a 500."""
-    try:
-        orjson.dumps(value)
-    except orjson.JSONEncodeError as exc:
-        raise ValueError(f"not a storable JSON object: {exc}") from None
-    return value
-
-
-JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_encodable)]
-
-
-class StrictBoolsModel(BaseModel):
-    """A request body where `true`/`false` count only for boolean fields: pydantic would otherwise take
-    `"temperature": true` as 1.0, which the OpenAPI document (and OpenAI) call invalid."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_as_number(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name, value in data.items():
-                field = cls.model_fields.get(name)
-                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
-                    raise ValueError(f"{name}: a boolean is not valid here")
-        return data
-
-
-def _accepts_bool(annotation: Any) -> bool:
-    if annotation is bool or annotation is Any:
-        return True
-    return any(_accepts_bool(arg) for arg in get_args(annotation))
 
 
 class CreateModelIn(StrictBoolsModel):
@@ -420,159 +385,7 @@ def problem_dict(p: model_pb2.Problem) -> dict[str, Any]:
     return {"path": p.path, "id": p.id, "reason": p.reason}
 
 
-# --- inference (OpenAI chat/completions/embeddings) --------------------------------------------------------
-
-
-def parse_keep_alive(value: float | str | None) -> float:
-    """Ollama-style keep_alive: seconds, or "5m" / "1h" / "30s"; negative = forever; None = unchanged (0)."""
-    if value is None:
-        return 0.0
-    if isinstance(value, int | float):
-        return float(value) if value != 0 else 1e-3  # 0 means: unload right after this request
-    text = value.strip().lower()
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for unit in ("ms", "s", "m", "h"):
-        if text.endswith(unit) and text[: -len(unit)].lstrip("-").replace(".", "", 1).isdigit():
-            seconds = float(text[: -len(unit)]) * units[unit]
-            return seconds if seconds != 0 else 1e-3
-    try:
-        return parse_keep_alive(float(text))
-    except ValueError:
-        raise ValueError(f'keep_alive {value!r} is not a duration (e.g. 300, "5m", "1h", -1)') from None
-
-
-class SamplingIn(StrictBoolsModel):
-    """Sampling fields shared by chat and completions; unset ones come from the model's parameters."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(description="The model id, '<folder>/<file>'.")
-    stream: bool = False
-    temperature: float | None = Field(default=None, ge=0, le=5)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    top_k: int | None = Field(default=None, ge=0, le=100_000)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    repeat_penalty: float | None = Field(default=None, ge=0, le=10)
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice is supported.")
-    stream_options: dict[str, Any] | None = None
-    keep_alive: float | str | None = Field(default=None, description="How long the model stays loaded after.")
-
-    def sampling(self) -> runner_pb.Sampling:
-        s = runner_pb.Sampling()
-        for name in (
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "seed",
-            "presence_penalty",
-            "frequency_penalty",
-        ):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(s, name, value)
-        if self.repeat_penalty is not None:
-            s.repeat_penalty = self.repeat_penalty
-        max_tokens = self.max_completion_tokens or self.max_tokens
-        if max_tokens is not None:
-            s.max_tokens = max_tokens
-        if self.stop:
-            s.stop.extend([self.stop] if isinstance(self.stop, str) else self.stop)
-        return s
-
-    @property
-    def include_usage(self) -> bool:
-        return bool((self.stream_options or {}).get("include_usage"))
-
-
-class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        if self.content is None or isinstance(self.content, str):
-            return self.content or ""
-        parts = [p.get("text", "") for p in self.content if p.get("type") == "text"]
-        if len(parts) != len(self.content):
-            raise ValueError("only text content parts are supported")
-        return "".join(parts)
-
-
-class ChatCompletionIn(SamplingIn):
-    messages: list[ChatMessageIn] = Field(min_length=1)
-
-
-class CompletionIn(SamplingIn):
-    prompt: str | list[str]
-    echo: bool = False
-
-
-class EmbeddingIn(StrictBoolsModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str
-    input: str | list[str]
-    encoding_format: Literal["float", "base64"] = "float"
-    keep_alive: float | str | None = None
-
-
-class UsageOut(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class ChatChoiceOut(BaseModel):
-    index: int
-    message: dict[str, Any]
-    finish_reason: str | None
-    logprobs: None = None
-
-
-class ChatCompletionOut(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoiceOut]
-    usage: UsageOut
-
-
-class CompletionChoiceOut(BaseModel):
-    index: int
-    text: str
-    finish_reason: str | None
-    logprobs: None = None
-
-
-class CompletionOut(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoiceOut]
-    usage: UsageOut
-
-
-class EmbeddingDataOut(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingListOut(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EmbeddingDataOut]
-    model: str
-    usage: dict[str, int]
+# --- running models ------------------------------------------------------------------------------------
 
 
 class StartIn(StrictBoolsModel):
@@ -595,114 +408,3 @@ class RunningOut(BaseModel):
 class RunningListOut(BaseModel):
     object: Literal["list"] = "list"
     data: list[RunningOut]
-
-
-FINISH_NAMES = {runner_pb.FINISH_REASON_STOP: "stop", runner_pb.FINISH_REASON_LENGTH: "length"}
-
-
-def chat_request(body: ChatCompletionIn) -> runner_pb.GenerateRequest:
-    messages = []
-    for m in body.messages:
-        role = "system" if m.role == "developer" else m.role
-        messages.append(runner_pb.ChatMessage(role=role, content=m.text()))
-    return runner_pb.GenerateRequest(
-        model_id=body.model,
-        chat=runner_pb.ChatMessages(messages=messages),
-        sampling=body.sampling(),
-        keep_alive_s=parse_keep_alive(body.keep_alive),
-    )
-
-
-def completion_request(body: CompletionIn) -> runner_pb.GenerateRequest:
-    prompt = body.prompt
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise ValueError("one prompt per request")
-        prompt = prompt[0]
-    return runner_pb.GenerateRequest(
-        model_id=body.model,
-        text=prompt,
-        sampling=body.sampling(),
-        keep_alive_s=parse_keep_alive(body.keep_alive),
-    )
-
-
-def usage_dict(usage: runner_pb.Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    }
-
-
-def chat_completion(
-    cid: str, created: int, model: str, text: str, last: runner_pb.GenerateResponse
-) -> dict[str, Any]:
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": FINISH_NAMES.get(last.finish_reason, "stop"),
-                "logprobs": None,
-            }
-        ],
-        "usage": usage_dict(last.usage),
-    }
-
-
-def chat_chunk(
-    cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None
-) -> dict[str, Any]:
-    return {
-        "id": cid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-    }
-
-
-def text_completion(
-    cid: str, created: int, model: str, text: str, last: runner_pb.GenerateResponse
-) -> dict[str, Any]:
-    return {
-        "id": cid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "text": text,
-                "finish_reason": FINISH_NAMES.get(last.finish_reason, "stop"),
-                "logprobs": None,
-            }
-        ],
-        "usage": usage_dict(last.usage),
-    }
-
-
-def text_chunk(cid: str, created: int, model: str, text: str, finish: str | None = None) -> dict[str, Any]:
-    return {
-        "id": cid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-    }
-
-
-def embedding_list(model: str, reply: runner_pb.EmbedResponse, encoding: str) -> dict[str, Any]:
-    data = []
-    for i, e in enumerate(reply.embeddings):
-        values: list[float] | str = list(e.values)
-        if encoding == "base64":
-            values = base64.b64encode(struct.pack(f"<{len(e.values)}f", *e.values)).decode()
-        data.append({"object": "embedding", "index": i, "embedding": values})
-    usage = {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.prompt_tokens}
-    return {"object": "list", "data": data, "model": model, "usage": usage}

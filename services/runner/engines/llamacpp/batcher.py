@@ -1,20 +1,7 @@
-"""The llama.cpp engine (llama-cpp-python's low-level API): continuous batching in one context.
+"""The batched scheduler of the llama.cpp engine: one model, one context whose sequences are the slots.
 
-A loaded model is one set of weights and one llama.cpp context holding `n_parallel` sequences, the
-slots. Every step decodes one batch holding the next token of every generating slot and a chunk of the
-prompts being read, then samples each slot with its own sampler chain (temperature, top-k/p, min-p,
-penalties, seed). New requests join between steps; a request beyond the slots waits in a FIFO (the
-runner's core bounds it). On 2 cores, 4 streams decoded together give ~1.5 times the tokens/s of
-one, 8 give ~2 times; separate contexts per request give nothing. All compute runs on the process's
-one compute thread (compute.py explains why); llama.cpp objects are never used from two threads at once.
-
-Prompts: the model object's prompt fields (`pre_prompt`, `user_prompt`, `ai_prompt`) win; else the
-GGUF's own `tokenizer.chat_template`; else `parameters.chat_format` names one of llama-cpp-python's
-formats; else a choice by architecture (Gemma → "gemma", everything else → "chatml"), because
-llama-cpp-python's own silent fallback ("llama-2") makes Gemma-style models stop at once or babble.
-
-Embeddings use a second context on the same weights (mean pooling, L2-normalised as llama-server and
-OpenAI return them), one input per step, so a long embedding request never stalls generation for long.
+It runs on the process's one compute thread (see compute.py); only the `submit*` methods are called from
+the event loop.
 """
 
 from __future__ import annotations
@@ -23,26 +10,20 @@ import asyncio
 import codecs
 import contextlib
 import ctypes
-import dataclasses
 import logging
 import math
-import os
 import random
-import struct
-import threading
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.runner.engines.base import Delta, Engine, GenerateRequest, LoadSpec, Sampling
+from services.runner.engines.base import Delta, GenerateRequest, Sampling
 from services.runner.engines.compute import ComputeThread
-from services.runner.engines.compute import shared as shared_compute
-from services.runner.engines.prompt import CHAT_FORMATS, find_stop, partial_stop, spec_prompt, stop_list
+from services.runner.engines.prompt import find_stop, partial_stop
 
 log = logging.getLogger(__name__)
 
@@ -55,360 +36,10 @@ REUSE_ALWAYS_TOKENS = 256
 # At load, the chat prefix (template opening, system prompt) is decoded into every slot when all of them
 # together take at most this many tokens.
 PREFILL_MAX_TOKENS = 4096
-T = TypeVar("T")
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-_SCALARS = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-
-
-def _gguf_facts(path: Path) -> dict[str, Any]:
-    """The scalar header values of a GGUF file (arrays such as the vocabulary are skipped), read
-    without loading the model: the memory estimate needs a few of them before deciding to load."""
-    facts: dict[str, Any] = {}
-    with open(path, "rb") as f:
-        magic, _version, _tensors, count = struct.unpack("<4sIQQ", f.read(24))
-        if magic != b"GGUF":
-            raise ValueError(f"{path.name} is not a GGUF file")
-
-        def string() -> bytes:
-            (n,) = struct.unpack("<Q", f.read(8))
-            return f.read(n)
-
-        def skip(kind: int) -> None:
-            if kind == 8:
-                (n,) = struct.unpack("<Q", f.read(8))
-                f.seek(n, os.SEEK_CUR)
-            elif kind == 9:
-                item, n = struct.unpack("<IQ", f.read(12))
-                if item in _SCALARS:
-                    f.seek(n * struct.calcsize(_SCALARS[item]), os.SEEK_CUR)
-                else:
-                    for _ in range(n):
-                        skip(item)
-            else:
-                f.seek(struct.calcsize(_SCALARS[kind]), os.SEEK_CUR)
-
-        for _ in range(count):
-            key = string().decode(errors="replace")
-            (kind,) = struct.unpack("<I", f.read(4))
-            if kind in _SCALARS:
-                fmt = _SCALARS[kind]
-                (facts[key],) = struct.unpack(fmt, f.read(struct.calcsize(fmt)))
-            elif kind == 8:
-                facts[key] = string().decode(errors="replace")
-            else:
-                skip(kind)
-    return facts
-
-
-def _kv_bytes_per_token(facts: dict[str, Any]) -> int:
-    arch = facts.get("general.architecture", "llama")
-    layers = int(facts.get(f"{arch}.block_count", 32))
-    embd = int(facts.get(f"{arch}.embedding_length", 4096))
-    heads = int(facts.get(f"{arch}.attention.head_count", 32)) or 1
-    heads_kv = int(facts.get(f"{arch}.attention.head_count_kv", heads)) or heads
-    key_len = int(facts.get(f"{arch}.attention.key_length", embd // heads))
-    value_len = int(facts.get(f"{arch}.attention.value_length", embd // heads))
-    return layers * heads_kv * (key_len + value_len) * 2  # f16 K and V
-
-
-class LlamaCppEngine(Engine):
-    name = "llamacpp"
-
-    def __init__(
-        self,
-        spec: LoadSpec,
-        *,
-        threads: int = 0,
-        default_ctx_len: int = 4096,
-        compute: ComputeThread | None = None,
-    ) -> None:
-        super().__init__(spec)
-        params = spec.parameters
-        self.ctx_len = int(params.get("ctx_len") or default_ctx_len)
-        self.ngl = int(params.get("ngl") or 0)
-        self.n_parallel = max(1, int(params.get("n_parallel") or 1))
-        self.threads = int(params.get("cpu_threads") or threads or os.cpu_count() or 1)
-        self.embedding_only = _truthy(params.get("embedding", False)) and _truthy(
-            params.get("embedding_only", False)
-        )
-        self.chat_format = ""
-        self._compute = compute or shared_compute()
-        self._format: Callable[[list[dict[str, str]]], tuple[str, list[str], bool]] | None = None
-        self._memory: int | None = None
-        self._batcher: _Batcher | None = None
-
-    # --- memory -------------------------------------------------------------------------------------------
-
-    @classmethod
-    def estimate_memory(cls, spec: LoadSpec) -> int:
-        """Weights once (all slots share one context), the KV cache of every slot, compute buffers."""
-        weights = sum(p.stat().st_size for p in spec.files) + (
-            spec.mmproj.stat().st_size if spec.mmproj else 0
-        )
-        params = spec.parameters
-        ctx = int(params.get("ctx_len") or 4096)
-        n = max(1, int(params.get("n_parallel") or 1))
-        try:
-            per_token = _kv_bytes_per_token(_gguf_facts(spec.files[0]))
-        except Exception:
-            per_token = 256 * 1024  # a 7B-class model, when the header cannot be read
-        return weights + n * ctx * per_token + COMPUTE_OVERHEAD
-
-    @property
-    def memory_bytes(self) -> int:
-        if self._memory is None:  # estimated once: it reads the file's header
-            spec = LoadSpec(
-                model_id=self.spec.model_id,
-                files=self.spec.files,
-                mmproj=self.spec.mmproj,
-                parameters={**self.spec.parameters, "ctx_len": self.ctx_len, "n_parallel": self.n_parallel},
-                metadata=self.spec.metadata,
-            )
-            self._memory = self.estimate_memory(spec)
-        extra = self._batcher.embedding_bytes if self._batcher is not None else 0
-        return self._memory + extra
-
-    @property
-    def slots(self) -> int:
-        return self.n_parallel
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """Counters of the batched scheduler (see `_Batcher.stats`)."""
-        return dict(self._batcher.stats) if self._batcher is not None else {}
-
-    @property
-    def effective_parameters(self) -> dict[str, Any]:
-        return {
-            **self.spec.parameters,
-            "ctx_len": self.ctx_len,
-            "ngl": self.ngl,
-            "n_parallel": self.n_parallel,
-            "cpu_threads": self.threads,
-            "chat_format": self.chat_format,
-        }
-
-    # --- life cycle ---------------------------------------------------------------------------------------
-
-    async def load(self) -> None:
-        loop = asyncio.get_running_loop()
-        # Reading weights and making contexts runs no compute: a thread of its own that then ends, so that
-        # no OpenMP team outlives it (see compute.py).
-        self._batcher = await _in_new_thread(
-            lambda: _Batcher(
-                path=self.spec.files[0],
-                loop=loop,
-                ctx_len=self.ctx_len,
-                n_parallel=0 if self.embedding_only else self.n_parallel,
-                threads=self.threads,
-                ngl=self.ngl,
-            ),
-            name=f"load-{self.spec.model_id}",
-        )
-        self.ctx_len = self._batcher.ctx_len
-        self._format = self._choose_format(self._batcher)
-        self._compute.attach(self._batcher)
-        prefix = self._chat_prefix(self._batcher)
-        if prefix:
-            batcher = self._batcher
-            await asyncio.wrap_future(self._compute.submit(lambda: batcher.prefill(prefix)))
-        await asyncio.to_thread(lambda: self.memory_bytes)
-
-    async def unload(self) -> None:
-        batcher, self._batcher = self._batcher, None
-        if batcher is None:
-            return
-
-        def close() -> None:
-            self._compute.detach(batcher)
-            batcher.close()
-
-        await asyncio.wrap_future(self._compute.submit(close))
-        _malloc_trim()
-
-    # --- prompts ------------------------------------------------------------------------------------------
-
-    def _choose_format(
-        self, model: _Batcher
-    ) -> Callable[[list[dict[str, str]]], tuple[str, list[str], bool]]:
-        from llama_cpp import llama_chat_format as fmt
-
-        params = self.spec.parameters
-        if any(params.get(k) for k in ("pre_prompt", "user_prompt", "ai_prompt")):
-            self.chat_format = "model object prompt fields"
-            return self._spec_prompt
-        template = model.metadata.get("tokenizer.chat_template")
-        named = params.get("chat_format")
-        if named:
-            if named not in CHAT_FORMATS:
-                raise InvalidArgument(
-                    f"chat_format must be one of {', '.join(CHAT_FORMATS)}", param="chat_format"
-                )
-            return self._named(named)
-        if template:
-            formatter = fmt.Jinja2ChatFormatter(
-                template=template,
-                eos_token=model.token_text(model.eos),
-                bos_token=model.token_text(model.bos),
-            )
-            self.chat_format = "gguf chat template"
-
-            def render(messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
-                result = formatter(messages=messages)  # type: ignore[arg-type]
-                return result.prompt, stop_list(result.stop), True
-
-            return render
-        arch = str(model.metadata.get("general.architecture", ""))
-        return self._named("gemma" if arch.startswith("gemma") else "chatml")
-
-    def _named(self, name: str) -> Callable[[list[dict[str, str]]], tuple[str, list[str], bool]]:
-        from llama_cpp import llama_chat_format as fmt
-
-        function = getattr(
-            fmt, "format_" + name.replace("-", "_").replace("llama_2", "llama2").replace("llama_3", "llama3")
-        )
-        self.chat_format = name
-
-        def render(messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
-            result = function(messages=messages)
-            return result.prompt, stop_list(result.stop), False
-
-        return render
-
-    def _spec_prompt(self, messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
-        prompt, stops = spec_prompt(self.spec.parameters, messages)
-        return prompt, stops, False
-
-    def _prompt(self, request: GenerateRequest) -> tuple[bytes, bool, bool, list[str]]:
-        """The prompt's bytes, whether to add BOS, whether special tokens are parsed, and stop strings."""
-        if request.messages is not None:
-            assert self._format is not None
-            prompt, stops, has_special = self._format(request.messages)
-            return prompt.encode(), not has_special, True, stops
-        return (request.prompt or "").encode(), True, False, []
-
-    def _chat_prefix(self, batcher: _Batcher) -> list[int]:
-        """The tokens every chat prompt of this model starts with (BOS, the template's opening, the model
-        object's system prompt): rendered for two different messages, the tokens they share."""
-        if self.embedding_only or not batcher.slots:
-            return []
-        try:
-            rendered = [
-                self._prompt(GenerateRequest(messages=[{"role": "user", "content": c}], prompt=None))
-                for c in ("x", "y")
-            ]
-        except Exception:  # a template that cannot render one user message: no shared opening then
-            log.debug("no chat prefix for %s", self.spec.model_id, exc_info=True)
-            return []
-        a, b = (batcher.tokenize(text, add_bos, special) for text, add_bos, special, _ in rendered)
-        return a[: _common_prefix(a, b)]
-
-    # --- generation ---------------------------------------------------------------------------------------
-
-    def _ready(self) -> _Batcher:
-        if self._batcher is None:
-            raise FailedPrecondition(f"{self.spec.model_id} is not loaded", code="model_not_loaded")
-        return self._batcher
-
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Delta, None]:
-        batcher = self._ready()
-        if self.embedding_only:
-            raise FailedPrecondition(
-                f"{self.spec.model_id} is an embedding model (parameters.embedding_only): no generation",
-                code="embedding_only",
-            )
-        text, add_bos, special, stops = self._prompt(request)
-        job = _Job(request=request, text=text, add_bos=add_bos, special=special, stops=stops)
-        batcher.submit(job, self._compute)
-        done = False
-        try:
-            while True:
-                item = await job.queue.get()
-                pieces: list[str] = []
-                final: Delta | None = None
-                while True:  # everything already waiting goes out as one delta
-                    if isinstance(item, BaseException):
-                        done = True
-                        raise item
-                    pieces.append(item.text)
-                    if item.finish_reason is not None:
-                        final = item
-                        break
-                    if job.queue.empty():
-                        break
-                    item = job.queue.get_nowait()
-                if final is not None:
-                    done = True
-                    yield dataclasses.replace(final, text="".join(pieces))
-                    return
-                yield Delta(text="".join(pieces))
-        finally:
-            if not done:  # the client went away: the slot is freed at the next step
-                job.cancelled = True
-                self._compute.wake()
-
-    # --- embeddings ---------------------------------------------------------------------------------------
-
-    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
-        batcher = self._ready()
-        job = _EmbedJob(
-            inputs=[t.encode() for t in inputs], future=asyncio.get_running_loop().create_future()
-        )
-        batcher.submit_embedding(job, self._compute)
-        try:
-            return await job.future
-        finally:
-            job.cancelled = True
-
-
-async def _in_new_thread(fn: Callable[[], T], name: str) -> T:
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def run() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return await future
-
-
-# --- the batched scheduler (runs on the compute thread) -----------------------------------------------------
 
 
 @dataclass(eq=False)
-class _Job:
+class Job:
     request: GenerateRequest
     text: bytes
     add_bos: bool
@@ -419,7 +50,7 @@ class _Job:
 
 
 @dataclass(eq=False)
-class _EmbedJob:
+class EmbedJob:
     inputs: list[bytes]
     future: asyncio.Future[tuple[list[list[float]], int]]
     vectors: list[list[float]] = field(default_factory=list)
@@ -431,7 +62,7 @@ class _EmbedJob:
 class _Slot:
     seq: int
     cache: list[int] = field(default_factory=list)  # the tokens in this sequence's KV cache
-    job: _Job | None = None
+    job: Job | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not decoded yet
     next_token: int | None = None  # sampled, decoded at the next step
     sampler: Any = None
@@ -445,7 +76,7 @@ class _Slot:
     last_used: int = 0  # when it last took a request (a counter; 0: never)
 
 
-class _Batcher:
+class Batcher:
     """One model, one llama.cpp context whose sequences are the slots; continuous batching.
 
     Every step decodes one batch: the next token of every generating slot plus a chunk of the prompts
@@ -474,8 +105,8 @@ class _Batcher:
         self._ll = llama_cpp
         self.loop = loop
         self.threads = threads
-        self.waiting: deque[_Job] = deque()
-        self.embeds: deque[_EmbedJob] = deque()
+        self.waiting: deque[Job] = deque()
+        self.embeds: deque[EmbedJob] = deque()
         self.embedding_bytes = 0
         self._embed_ctx: Any = None
         self._embed_batch: Any = None
@@ -524,12 +155,12 @@ class _Batcher:
 
     # --- from the event loop ------------------------------------------------------------------------------
 
-    def submit(self, job: _Job, compute: ComputeThread) -> None:
+    def submit(self, job: Job, compute: ComputeThread) -> None:
         with compute.lock:
             self.waiting.append(job)
             compute.lock.notify()
 
-    def submit_embedding(self, job: _EmbedJob, compute: ComputeThread) -> None:
+    def submit_embedding(self, job: EmbedJob, compute: ComputeThread) -> None:
         with compute.lock:
             self.embeds.append(job)
             compute.lock.notify()
@@ -592,7 +223,7 @@ class _Batcher:
                 slot.cache = list(prefix)
 
     def step(self) -> None:
-        out: list[tuple[_Job | _EmbedJob, Any]] = []
+        out: list[tuple[Job | EmbedJob, Any]] = []
         try:
             if self.embeds:
                 self._embed_one(out)
@@ -607,7 +238,7 @@ class _Batcher:
             if out:
                 self.loop.call_soon_threadsafe(_deliver, out)
 
-    def _generate_step(self, out: list[tuple[_Job | _EmbedJob, Any]]) -> None:
+    def _generate_step(self, out: list[tuple[Job | EmbedJob, Any]]) -> None:
         ll = self._ll
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled:
@@ -685,7 +316,7 @@ class _Batcher:
         batch.seq_id[i][0] = seq
         batch.logits[i] = logits
 
-    def _admit(self, job: _Job, free: list[_Slot]) -> None:
+    def _admit(self, job: Job, free: list[_Slot]) -> None:
         ll = self._ll
         tokens = self.tokenize(job.text, job.add_bos, job.special)
         if not tokens:
@@ -701,7 +332,7 @@ class _Batcher:
         self._admitted += 1
         slot.last_used = self._admitted
         keep = min(
-            _common_prefix(slot.cache, tokens), len(tokens) - 1
+            common_prefix(slot.cache, tokens), len(tokens) - 1
         )  # the last prompt token is always decoded: its logits
         if keep < len(slot.cache) and not ll.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
             ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
@@ -741,7 +372,7 @@ class _Batcher:
         (a cached prefix of REUSE_ALWAYS_TOKENS excepted): llama.cpp decodes the sequences of a batch as
         one range of its per-sequence caches, idle ones in between included (measured: 2 streams on
         sequences 0 and 7 ran at 44 tokens/s, on 0 and 1 at 69)."""
-        common = {s.seq: _common_prefix(s.cache, tokens) for s in free}
+        common = {s.seq: common_prefix(s.cache, tokens) for s in free}
         reuse = max(free, key=lambda s: (common[s.seq], -s.last_used, -s.seq))
         cached = common[reuse.seq]
         returning = cached >= REUSE_ALWAYS_TOKENS or cached * 2 >= len(tokens)
@@ -783,7 +414,7 @@ class _Batcher:
             add(ll.llama_sampler_init_dist(seed))
         return chain
 
-    def _advance(self, slot: _Slot, token: int, out: list[tuple[_Job | _EmbedJob, Any]]) -> None:
+    def _advance(self, slot: _Slot, token: int, out: list[tuple[Job | EmbedJob, Any]]) -> None:
         job = slot.job
         assert job is not None
         if self._ll.llama_vocab_is_eog(self.vocab, token):
@@ -807,7 +438,7 @@ class _Batcher:
         slot.next_token = token
 
     def _finish(
-        self, slot: _Slot, reason: str, out: list[tuple[_Job | _EmbedJob, Any]], *, flush: bool
+        self, slot: _Slot, reason: str, out: list[tuple[Job | EmbedJob, Any]], *, flush: bool
     ) -> None:
         assert slot.job is not None
         text = slot.text + (slot.decoder.decode(b"", final=True) if flush else "")
@@ -839,7 +470,7 @@ class _Batcher:
 
     # --- embeddings ---------------------------------------------------------------------------------------
 
-    def _embed_one(self, out: list[tuple[_Job | _EmbedJob, Any]]) -> None:
+    def _embed_one(self, out: list[tuple[Job | EmbedJob, Any]]) -> None:
         """One input of the oldest embedding request: a bounded pause for the generating slots."""
         ll = self._ll
         job = self.embeds[0]
@@ -902,7 +533,7 @@ class _Batcher:
         """Fails whatever still waits or runs, then frees contexts and weights (on the compute thread)."""
         ll = self._ll
         gone = Unavailable("the model was unloaded", code="model_unloaded")
-        out: list[tuple[_Job | _EmbedJob, Any]] = []
+        out: list[tuple[Job | EmbedJob, Any]] = []
         for slot in self.slots:
             if slot.job is not None:
                 out.append((slot.job, gone))
@@ -926,7 +557,7 @@ class _Batcher:
         self.model.close()
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -935,10 +566,10 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _deliver(out: list[tuple[_Job | _EmbedJob, Any]]) -> None:
+def _deliver(out: list[tuple[Job | EmbedJob, Any]]) -> None:
     """On the event loop: hands each request what the step produced for it."""
     for job, item in out:
-        if isinstance(job, _Job):
+        if isinstance(job, Job):
             job.queue.put_nowait(item)
         elif not job.future.done():
             if isinstance(item, BaseException):
@@ -947,7 +578,7 @@ def _deliver(out: list[tuple[_Job | _EmbedJob, Any]]) -> None:
                 job.future.set_result(item)
 
 
-def _malloc_trim() -> None:
+def malloc_trim() -> None:
     # llama.cpp frees with free(); glibc keeps the pages until asked to give them back.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)

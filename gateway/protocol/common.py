@@ -1,0 +1,60 @@
+"""What the gateway's request shapes share: strict JSON values, no booleans as numbers, durations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, get_args
+
+import orjson
+from pydantic import AfterValidator, BaseModel, model_validator
+
+
+def _encodable(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON object the services can take: orjson (which writes it on) refuses integers beyond 64 bits
+    and nesting deeper than 255, which Python's parser accepts; refused here, that is a 422, not a 500."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"not a storable JSON object: {exc}") from None
+    return value
+
+
+JsonObject = Annotated[dict[str, Any] | None, AfterValidator(_encodable)]
+
+
+class StrictBoolsModel(BaseModel):
+    """A request body where `true`/`false` count only for boolean fields: pydantic would otherwise take
+    `"temperature": true` as 1.0, which the OpenAPI document (and OpenAI) call invalid."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
+                    raise ValueError(f"{name}: a boolean is not valid here")
+        return data
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_accepts_bool(arg) for arg in get_args(annotation))
+
+
+def parse_keep_alive(value: float | str | None) -> float:
+    """Ollama-style keep_alive: seconds, or "5m" / "1h" / "30s"; negative = forever; None = unchanged (0)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, int | float):
+        return float(value) if value != 0 else 1e-3  # 0 means: unload right after this request
+    text = value.strip().lower()
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit) and text[: -len(unit)].lstrip("-").replace(".", "", 1).isdigit():
+            seconds = float(text[: -len(unit)]) * units[unit]
+            return seconds if seconds != 0 else 1e-3
+    try:
+        return parse_keep_alive(float(text))
+    except ValueError:
+        raise ValueError(f'keep_alive {value!r} is not a duration (e.g. 300, "5m", "1h", -1)') from None
