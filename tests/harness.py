@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
+import openai
 import orjson
 
 from services.catalog.core import Catalog
@@ -100,3 +104,37 @@ async def serving_runner(
         await server.stop(0)
         await runner.close()
         await client.close()
+
+
+@dataclass
+class Stack:
+    """A catalog, a runner and the gateway in-process, with an HTTP client and the official openai SDK
+    talking to the gateway over ASGI."""
+
+    http: httpx.AsyncClient
+    sdk: openai.AsyncOpenAI
+    catalog: Catalog
+    runner: Runner
+
+
+@asynccontextmanager
+async def serving_stack(root: Path, **gateway: Any) -> AsyncIterator[Stack]:
+    """The stack over the models under `root` (write them first); `gateway`: GatewaySettings fields."""
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+    from services.catalog.settings import CatalogSettings
+    from services.common.storage import StorageSettings, make_storage
+
+    catalog = Catalog(CatalogSettings(root=root, port=0, seed_models_dir=None))
+    async with serving_catalog(catalog) as cat_address:
+        settings = RunnerSettings(root=root, name="r1", port=0, catalog_address=cat_address, threads=1)
+        storage = make_storage(StorageSettings(), root)
+        async with serving_runner(settings, storage) as (runner, _):
+            app = create_app(GatewaySettings(catalog_address=cat_address, **gateway))
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60) as http:
+                    sdk = openai.AsyncOpenAI(
+                        base_url="http://gw/v1", api_key="x", http_client=http, max_retries=0
+                    )
+                    yield Stack(http, sdk, catalog, runner)

@@ -91,7 +91,7 @@ class ToolFunctionIn(BaseModel):
 
 
 class ToolIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")  # other tool types (custom, ...) are refused by name
 
     type: str
     function: ToolFunctionIn | None = None
@@ -304,7 +304,7 @@ def _constraint(
 def _tools(body: ChatCompletionIn) -> tuple[list[runner_pb.Tool], runner_pb.ToolChoice | None]:
     tools = []
     for i, tool in enumerate(body.tools or []):
-        if tool.type != "function" or tool.function is None:
+        if tool.type != "function" or tool.function is None or tool.model_extra:
             raise Unsupported(
                 f"tools.{i}.type", f"tools of type {tool.type!r} are not supported: only function"
             )

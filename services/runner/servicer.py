@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,11 +50,15 @@ def _loaded(hosted: Hosted) -> pb.LoadedModel:
 def _sampling(s: pb.Sampling, defaults: dict) -> Sampling:
     """The request's fields win; the model object's parameters fill the rest (spec names included)."""
 
+    given: set[str] = set()
+
     def pick(field: str, *names: str, cast: type = float, fallback: object = None) -> object:
         if s.HasField(field):  # type: ignore[arg-type]
+            given.add(field)
             return getattr(s, field)
         for name in names:
             if defaults.get(name) is not None:
+                given.add(field)
                 return cast(defaults[name])
         return fallback
 
@@ -61,7 +66,7 @@ def _sampling(s: pb.Sampling, defaults: dict) -> Sampling:
     stop = list(s.stop) or defaults.get("stop") or []
     if isinstance(stop, str):
         stop = [stop]
-    return Sampling(
+    sampling = Sampling(
         temperature=float(pick("temperature", "temperature", fallback=base.temperature)),  # type: ignore[arg-type]
         top_p=float(pick("top_p", "top_p", fallback=base.top_p)),  # type: ignore[arg-type]
         top_k=int(pick("top_k", "top_k", cast=int, fallback=base.top_k)),  # type: ignore[call-overload]
@@ -75,6 +80,11 @@ def _sampling(s: pb.Sampling, defaults: dict) -> Sampling:
         frequency_penalty=float(pick("frequency_penalty", "frequency_penalty", fallback=0.0)),  # type: ignore[arg-type]
         repeat_penalty=float(pick("repeat_penalty", "repeat_penalty", fallback=1.0)),  # type: ignore[arg-type]
     )
+    if stop:
+        given.add("stop")
+    if s.HasField("seed"):
+        given.add("seed")
+    return dataclasses.replace(sampling, given=frozenset(given))
 
 
 def _message(m: pb.ChatMessage) -> dict[str, Any]:

@@ -4,56 +4,26 @@ GGUF written by the tests), driven by the official openai SDK over ASGI."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import orjson
 import pytest
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
-from services.catalog.core import Catalog
-from services.catalog.settings import CatalogSettings
-from services.common.storage import StorageSettings, make_storage
-from services.runner.core import Runner
-from services.runner.settings import RunnerSettings
-from tests.harness import TINY_CHAT, serving_catalog, serving_runner, write_tiny_chat_model
+from tests.harness import TINY_CHAT, Stack, serving_stack, write_tiny_chat_model
 
 pytest.importorskip("llama_cpp")
 
 MODEL = TINY_CHAT
 
 
-@dataclass
-class Env:
-    http: httpx.AsyncClient
-    sdk: openai.AsyncOpenAI
-    catalog: Catalog
-    runner: Runner
-
-
 @pytest.fixture
-def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
-    async def make(jit_start: bool = True) -> AsyncIterator[Env]:
+def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Stack]]:
+    async def make(jit_start: bool = True) -> AsyncIterator[Stack]:
         root = tmp_path / "jan"
         write_tiny_chat_model(root)
-        catalog = Catalog(CatalogSettings(root=root, port=0, seed_models_dir=None))
-        async with serving_catalog(catalog) as cat_address:
-            settings = RunnerSettings(root=root, name="r1", port=0, catalog_address=cat_address, threads=1)
-            storage = make_storage(StorageSettings(), root)
-            async with serving_runner(settings, storage) as (runner, _):
-                app = create_app(GatewaySettings(catalog_address=cat_address, jit_start=jit_start))
-                async with app.router.lifespan_context(app):
-                    transport = httpx.ASGITransport(app=app)
-                    async with httpx.AsyncClient(
-                        transport=transport, base_url="http://gw", timeout=60
-                    ) as http:
-                        sdk = openai.AsyncOpenAI(
-                            base_url="http://gw/v1", api_key="x", http_client=http, max_retries=0
-                        )
-                        yield Env(http, sdk, catalog, runner)
+        async with serving_stack(root, jit_start=jit_start) as stack:
+            yield stack
 
     return make
 

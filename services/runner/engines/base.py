@@ -43,6 +43,9 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
+    # The fields the request or the model object set; the others hold these defaults (a remote API is
+    # sent only what was asked for).
+    given: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ class Tokenized:
 # Features of a request beyond plain sampling, each with the OpenAI request field that asks for it.
 FEATURE_PARAMS = {
     "constraint": "response_format",
+    "grammar": "grammar",
     "tools": "tools",
     "logprobs": "logprobs",
     "n": "n",
@@ -170,8 +174,10 @@ FEATURE_PARAMS = {
 
 def requested_features(request: GenerateRequest) -> list[str]:
     """The features (FEATURE_PARAMS keys) the request uses."""
+    kind = request.constraint.kind if request.constraint is not None else None
     used = {
-        "constraint": request.constraint is not None,
+        "constraint": kind in ("json_object", "json_schema"),
+        "grammar": kind == "grammar",
         "tools": bool(request.tools),
         "logprobs": request.logprobs or request.top_logprobs > 0,
         "n": request.n > 1,
@@ -185,8 +191,6 @@ def refuse_unsupported(engine: Engine, request: GenerateRequest) -> None:
     for feature in requested_features(request):
         if feature not in engine.features:
             param = FEATURE_PARAMS[feature]
-            if feature == "constraint" and request.constraint is not None:
-                param = "grammar" if request.constraint.kind == "grammar" else param
             raise InvalidArgument(
                 f"{param} is not supported by the {engine.name} engine that runs {engine.spec.model_id}",
                 code="unsupported_parameter",
