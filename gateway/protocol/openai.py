@@ -692,7 +692,7 @@ def text_completion(
 
 def text_chunk_choice(reply: runner_pb.GenerateResponse, with_logprobs: bool, offset: int) -> dict | None:
     finish = FINISH_NAMES.get(reply.finish_reason) if reply.finish_reason else None
-    if not reply.text and not finish:
+    if not reply.text and not finish and not reply.logprobs:
         return None
     return {
         "index": reply.index,

@@ -3,11 +3,19 @@
 `FakeAzure` runs an aiohttp server in a background thread (its own event loop) on 127.0.0.1 and a free
 port. It answers only `/openai/deployments/{name}/{chat/completions|completions|embeddings}` with an
 `api-version` query and the `api-key` header (401 otherwise, 404 for an unknown deployment, in Azure's
-error shape), in OpenAI's response shapes: streamed chunks with a final usage chunk, or one answer.
-The text is generated here: the words of `WORDS` in turn, one per token, up to `max_tokens`.
+error shape), in OpenAI's response shapes: streamed chunks (after Azure's prompt-filter event, with a
+final usage chunk), or one answer. The text is generated here: the words of `WORDS` in turn, one per
+token, up to `max_tokens`. The request's fields are honoured in OpenAI's wire shapes: `n` (choice i
+starts i words further on, tokens interleaved), `response_format` (JSON valid for the schema, see
+`instance`), `tools` (calls of the named tool, or of every tool unless `parallel_tool_calls` is false:
+id, type and name first, then the arguments in pieces), `logprobs`/`top_logprobs` (chat and legacy
+shapes, deterministic values), and usage with `prompt_tokens_details.cached_tokens` (the whole prompt
+when the same prompt came before). `bodies` records every generation request's JSON body.
 
-Deployments with special names inject failures: `throttled` answers 429 with `Retry-After`, `broken`
-answers 500, `slow` waits `slow_s` before answering, `cut` breaks a stream after two tokens.
+Deployments with special names: `thinker` streams `reasoning_content` before its answer, `unstreamed`
+answers one JSON document even to a streaming request; and failures: `throttled` answers 429 with
+`Retry-After`, `broken` answers 500, `slow` waits `slow_s` before answering, `cut` breaks a stream
+after two tokens.
 """
 
 from __future__ import annotations
@@ -15,12 +23,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
+THOUGHT = ("Let", " me", " think")  # what the `thinker` deployment reasons before it answers
 
 
 class FakeAzure:
@@ -32,10 +43,12 @@ class FakeAzure:
         slow_s: float = 5,
     ) -> None:
         self.key = key
-        self.deployments = set(deployments) | {"throttled", "broken", "slow", "cut"}
+        self.deployments = set(deployments) | {"throttled", "broken", "slow", "cut", "thinker", "unstreamed"}
         self.slow_s = slow_s
         self.url = ""  # "http://127.0.0.1:PORT" once started
         self.requests: list[tuple[str, str, str]] = []  # (path, api-version, deployment)
+        self.bodies: list[dict[str, Any]] = []  # the JSON bodies of chat/completions requests, in order
+        self._prompts: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -148,34 +161,93 @@ class FakeAzure:
             )
         if operation not in ("chat/completions", "completions"):
             return self._error(404, "404", "Resource not found")
-        chat = operation == "chat/completions"
+        self.bodies.append(body)
+        return await self._generate(request, name, body, chat=operation == "chat/completions")
+
+    # --- generation ---------------------------------------------------------------------------------------
+
+    def _steps(self, name: str, body: dict[str, Any], choice: int, chat: bool) -> tuple[list[Step], str]:
+        """What choice `choice` generates, one step a token, and its finish reason."""
+        max_tokens = int(body.get("max_tokens") or 16)
+        steps: list[Step] = []
+        if chat and name == "thinker":
+            steps += [Step(reasoning=w) for w in THOUGHT]
+        tools = [t["function"] for t in body.get("tools") or []]
+        choice_of_tool = body.get("tool_choice", "auto")
+        fmt = body.get("response_format") or {}
+        if chat and tools and choice_of_tool != "none":
+            if isinstance(choice_of_tool, dict):
+                tools = [t for t in tools if t["name"] == choice_of_tool["function"]["name"]]
+            elif body.get("parallel_tool_calls") is False:
+                tools = tools[:1]
+            for k, tool in enumerate(tools):
+                call_id = f"call_{len(self.bodies):04d}{choice}{k}"
+                # OpenAI's shape: the first piece carries id, type and name with empty arguments, the later
+                # pieces only arguments.
+                steps.append(
+                    Step(
+                        call={
+                            "index": k,
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": tool["name"], "arguments": ""},
+                        }
+                    )
+                )
+                arguments = orjson.dumps(instance(tool.get("parameters") or {}, choice)).decode()
+                steps += [Step(call={"index": k, "function": {"arguments": p}}) for p in chunks(arguments)]
+            finish = "tool_calls"
+        elif fmt.get("type") in ("json_object", "json_schema"):
+            schema = (fmt.get("json_schema") or {}).get("schema") or {
+                "type": "object",
+                "properties": {"words": {"type": "string"}},
+            }
+            steps += [Step(content=p) for p in chunks(orjson.dumps(instance(schema, choice)).decode())]
+            finish = "stop"
+        else:
+            # Every token a word: the text runs to max_tokens. Choice i starts i words further on.
+            words = [(" " if i else "") + WORDS[(i + choice) % len(WORDS)] for i in range(max_tokens)]
+            return steps + [Step(content=w) for w in words][: max_tokens - len(steps)], "length"
+        if len(steps) > max_tokens:
+            return steps[:max_tokens], "length"
+        return steps, finish
+
+    async def _generate(
+        self, request: web.Request, name: str, body: dict[str, Any], *, chat: bool
+    ) -> web.StreamResponse:
         if chat:
             prompt = " ".join(str(m.get("content") or "") for m in body.get("messages", []))
         else:
             prompt = str(body.get("prompt") or "")
-        max_tokens = int(body.get("max_tokens") or 16)
-        words = [(" " if i else "") + WORDS[i % len(WORDS)] for i in range(max_tokens)]
+        n = int(body.get("n") or 1)
+        choices = [self._steps(name, body, i, chat) for i in range(n)]
+        prompt_tokens = len(prompt.split())
+        completion_tokens = sum(len(steps) for steps, _ in choices)
         usage = {
-            "prompt_tokens": len(prompt.split()),
-            "completion_tokens": len(words),
-            "total_tokens": len(prompt.split()) + len(words),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            # A prompt seen before is read from the cache, as Azure reports it.
+            "prompt_tokens_details": {"cached_tokens": prompt_tokens if prompt in self._prompts else 0},
         }
+        self._prompts.add(prompt)
         cid, created = f"chatcmpl-fake{time.monotonic_ns()}", int(time.time())
-        kind = "chat.completion" if chat else "text_completion"
-        if not body.get("stream"):
-            text = "".join(words)
-            choice = (
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
-                if chat
-                else {"index": 0, "text": text, "finish_reason": "length"}
-            )
+        logprobs = body.get("logprobs")
+        want = (
+            (int(body.get("top_logprobs") or 0) if logprobs else None)
+            if chat
+            else (int(logprobs) if logprobs is not None else None)
+        )
+        if not body.get("stream") or name == "unstreamed":
             return web.json_response(
                 {
                     "id": cid,
-                    "object": kind,
+                    "object": "chat.completion" if chat else "text_completion",
                     "created": created,
                     "model": name,
-                    "choices": [choice],
+                    "choices": [
+                        whole(i, steps, finish, chat, want) for i, (steps, finish) in enumerate(choices)
+                    ],
                     "usage": usage,
                 },
                 dumps=lambda o: orjson.dumps(o).decode(),
@@ -184,20 +256,156 @@ class FakeAzure:
         await resp.prepare(request)
         kind = "chat.completion.chunk" if chat else "text_completion"
 
-        async def send(choices: list[dict[str, object]], extra: dict[str, object] | None = None) -> None:
+        async def send(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
             event = {"id": cid, "object": kind, "created": created, "model": name, "choices": choices}
             await resp.write(b"data: " + orjson.dumps({**event, **(extra or {})}) + b"\n\n")
 
-        for i, word in enumerate(words):
-            if name == "cut" and i == 2:
+        # Azure's first event: the prompt's content filter results, no choices.
+        await resp.write(
+            b"data: "
+            + orjson.dumps(
+                {
+                    "id": "",
+                    "object": "",
+                    "created": 0,
+                    "model": "",
+                    "choices": [],
+                    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+                }
+            )
+            + b"\n\n"
+        )
+        for t in range(max(len(steps) for steps, _ in choices)):
+            if name == "cut" and t == 2:
                 assert request.transport is not None
                 request.transport.close()
                 return resp
-            part = {"delta": {"content": word}} if chat else {"text": word}
-            await send([{"index": 0, **part, "finish_reason": None}])
-        last = {"delta": {}} if chat else {"text": ""}
-        await send([{"index": 0, **last, "finish_reason": "length"}])
+            # The choices' tokens interleaved, as OpenAI sends them.
+            await send(
+                [piece(i, steps, t, chat, want) for i, (steps, _) in enumerate(choices) if t < len(steps)]
+            )
+        await send(
+            [
+                {
+                    "index": i,
+                    **({"delta": {}} if chat else {"text": ""}),
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+                for i, (_, finish) in enumerate(choices)
+            ]
+        )
         if (body.get("stream_options") or {}).get("include_usage"):
             await send([], {"usage": usage})
         await resp.write(b"data: [DONE]\n\n")
         return resp
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token: text, thinking, or a piece of a tool call (a `tool_calls` entry)."""
+
+    content: str = ""
+    reasoning: str = ""
+    call: dict[str, Any] | None = None
+
+
+def chunks(text: str, size: int = 4) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def instance(schema: dict[str, Any], choice: int = 0) -> Any:
+    """A value valid for a (simple) JSON schema: what a constrained model would write."""
+    if "enum" in schema:
+        return schema["enum"][choice % len(schema["enum"])]
+    kind = schema.get("type", "object")
+    if kind == "object":
+        return {k: instance(v, choice) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [instance(schema.get("items") or {"type": "string"}, choice)]
+    return {"string": WORDS[choice % len(WORDS)], "integer": 7 + choice, "number": 1.5, "boolean": True}.get(
+        kind
+    )
+
+
+def _logprob(t: int, choice: int) -> float:
+    return -round(0.1 * (t + 1) + 0.01 * choice, 4)
+
+
+def chat_logprobs(token: str, t: int, choice: int, top: int) -> dict[str, Any]:
+    """OpenAI's `logprobs.content` item of a token: the token first among its alternatives."""
+    lp = _logprob(t, choice)
+    others = [token] + [w for w in WORDS if w != token.strip()]
+    return {
+        "token": token,
+        "logprob": lp,
+        "bytes": list(token.encode()),
+        "top_logprobs": [
+            {"token": o, "logprob": lp - k, "bytes": list(o.encode())} for k, o in enumerate(others[:top])
+        ],
+    }
+
+
+def piece(i: int, steps: list[Step], t: int, chat: bool, top: int | None) -> dict[str, Any]:
+    """The streamed choice of step `t`."""
+    step = steps[t]
+    if not chat:
+        lp = None
+        if top is not None:
+            # The legacy shape; like OpenAI, the sampled token is among the alternatives even with top 0.
+            alternatives = {step.content: _logprob(t, i), " omega": -9.0}
+            lp = {
+                "tokens": [step.content],
+                "token_logprobs": [_logprob(t, i)],
+                "top_logprobs": [dict(list(alternatives.items())[: top + 1])],
+                "text_offset": [sum(len(s.content) for s in steps[:t])],
+            }
+        return {"index": i, "text": step.content, "logprobs": lp, "finish_reason": None}
+    delta: dict[str, Any] = {"role": "assistant"} if t == 0 else {}
+    if step.content:
+        delta["content"] = step.content
+    if step.reasoning:
+        delta["reasoning_content"] = step.reasoning
+    if step.call is not None:
+        delta["tool_calls"] = [step.call]
+    logprobs = None
+    if top is not None and step.content:
+        logprobs = {"content": [chat_logprobs(step.content, t, i, top)], "refusal": None}
+    return {
+        "index": i,
+        "delta": delta,
+        "logprobs": logprobs,
+        "finish_reason": None,
+        "content_filter_results": {},
+    }
+
+
+def whole(i: int, steps: list[Step], finish: str, chat: bool, top: int | None) -> dict[str, Any]:
+    """The choice of a whole (not streamed) answer."""
+    text = "".join(s.content for s in steps)
+    if not chat:
+        return {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if any(s.reasoning for s in steps):
+        message["reasoning_content"] = "".join(s.reasoning for s in steps)
+    calls: dict[int, dict[str, Any]] = {}
+    for s in steps:
+        if s.call is not None:
+            call = calls.setdefault(
+                s.call["index"],
+                {
+                    "id": s.call.get("id"),
+                    "type": "function",
+                    "function": {"name": s.call["function"].get("name"), "arguments": ""},
+                },
+            )
+            call["function"]["arguments"] += s.call["function"]["arguments"]
+    if calls:
+        message["tool_calls"] = [calls[k] for k in sorted(calls)]
+    logprobs = None
+    if top is not None:
+        logprobs = {
+            "content": [chat_logprobs(s.content, t, i, top) for t, s in enumerate(steps) if s.content],
+            "refusal": None,
+        }
+    return {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}

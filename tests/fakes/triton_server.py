@@ -1,6 +1,8 @@
 """A real Triton Inference Server (the `tritonserver` binary shipped by nvidia-pytriton, CPU only) on free
 loopback ports, hosting tests/fakes/triton: a Python-backend model with the interface of TensorRT-LLM's
-`ensemble` model that runs the tiny GGUF through llama-cpp-python, so real tokens flow through Triton.
+`ensemble` model that runs the tiny GGUF through llama-cpp-python, so real tokens flow through Triton:
+`llm` (the current ensemble's interface: guided decoding, log-probs) and `llm_basic` (an older one
+without them), both served by llm/1/model.py.
 
 `triton_server(tmp_dir)` is a context manager yielding a `TritonServer` (gRPC and HTTP addresses). The
 server runs with explicit model control and loads nothing at start: loading is the runner's job.
@@ -26,6 +28,7 @@ from pathlib import Path
 from tests.fakes.tiny_gguf import write_tiny_gguf
 
 MODEL_NAME = "llm"
+BASIC_MODEL_NAME = "llm_basic"
 REPOSITORY = Path(__file__).parent / "triton"
 
 
@@ -86,7 +89,13 @@ def prepare(workdir: Path) -> tuple[Path, Path, dict[str, str]]:
     shutil.copy2(home / "python_backend_stubs" / version / "triton_python_backend_stub", python_backend)
     repository = workdir / "models"
     shutil.copytree(REPOSITORY, repository, ignore=shutil.ignore_patterns("__pycache__"))
-    write_tiny_gguf(repository / MODEL_NAME / "1" / "model.gguf")
+    # Every model runs the one Python model file; their configs decide the interface each one shows.
+    for config in repository.glob("*/config.pbtxt"):
+        version = config.parent / "1"
+        version.mkdir(exist_ok=True)
+        if not (version / "model.py").exists():
+            shutil.copy2(repository / MODEL_NAME / "1" / "model.py", version / "model.py")
+        write_tiny_gguf(version / "model.gguf")
     libs = [str(sysconfig.get_config_var("LIBDIR") or ""), str(home.parent.parent / "nvidia_pytriton.libs")]
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["LD_LIBRARY_PATH"] = ":".join(p for p in [*libs, env.get("LD_LIBRARY_PATH", "")] if p)

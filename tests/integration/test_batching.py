@@ -5,7 +5,9 @@ between steps, and embeddings that never hold generation up for long."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -212,3 +214,25 @@ async def test_every_slot_starts_with_the_chat_template_opening(engine: LlamaCpp
     assert engine.stats["reused_tokens"] - before["reused_tokens"] == len(opening)
     assert engine.stats["prompt_tokens"] - before["prompt_tokens"] == prompt_tokens - len(opening)
     assert text and finish == "length"
+
+
+async def test_a_constrained_slot_and_free_neighbours_each_equal_their_solo_runs(
+    engine: LlamaCppEngine,
+) -> None:
+    """A grammar, log-probabilities, n > 1 and logit biases are per slot: decoded in the same steps as free
+    requests, every answer is what it is alone."""
+    from services.runner.engines.base import Constraint
+
+    requests = [
+        chat(PROMPTS[0]),
+        dataclasses.replace(
+            chat(PROMPTS[1]), constraint=Constraint(kind="grammar", grammar='root ::= "a"+ "b"')
+        ),
+        dataclasses.replace(chat(PROMPTS[2], max_tokens=10), logprobs=True, top_logprobs=2),
+        dataclasses.replace(chat(PROMPTS[3]), logit_bias={300: 5.0}),
+    ]
+    alone = [await run(engine, r) for r in requests]
+    together = await asyncio.gather(*(run(engine, r) for r in requests))
+    assert together == alone
+    text, finish = alone[1][0], alone[1][1]
+    assert re.fullmatch("a+b?", text) and (finish == "stop") == text.endswith("b")

@@ -1,8 +1,11 @@
 """The `tensorrt` engine against a real Triton Inference Server (nvidia-pytriton's tritonserver, CPU)
-hosting a decoupled Python model with TensorRT-LLM's ensemble interface that runs the tiny GGUF."""
+hosting decoupled Python models with TensorRT-LLM's ensemble interface that run the tiny GGUF: `llm` (the
+current ensemble: guided decoding, log-probs) and `llm_basic` (an older one without them)."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,10 +13,18 @@ from typing import Any
 import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
-from services.runner.engines.base import Delta, GenerateRequest, LoadSpec, Sampling
+from services.runner.engines.base import (
+    Constraint,
+    Delta,
+    GenerateRequest,
+    LoadSpec,
+    Sampling,
+    Tool,
+    refuse_unsupported,
+)
 from services.runner.engines.tensorrt import TensorRTEngine, parse_source
 from services.runner.settings import RunnerSettings
-from tests.fakes.triton_server import TritonMissing, TritonServer, triton_server
+from tests.fakes.triton_server import BASIC_MODEL_NAME, TritonMissing, TritonServer, triton_server
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +135,94 @@ async def test_errors(triton: TritonServer, tmp_path: Path) -> None:
     with pytest.raises((Unavailable, FailedPrecondition)):
         await e.load()
     await e.unload()
+
+
+def plain(prompt: str = "hello", max_tokens: int = 6, **fields: Any) -> GenerateRequest:
+    return GenerateRequest(
+        messages=None, prompt=prompt, sampling=Sampling(max_tokens=max_tokens, temperature=0), **fields
+    )
+
+
+async def test_guided_decoding_and_logprobs(triton: TritonServer, tmp_path: Path) -> None:
+    e = engine(triton.source_url(), tmp_path)
+    await e.load()
+    try:
+        assert e.features == {"constraint", "logprobs"}  # read from the model's declared tensors
+        schema = {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"],
+        }
+        deltas = await collect(
+            e, plain(max_tokens=50, constraint=Constraint(kind="json_schema", schema=schema))
+        )
+        # The fake writes what a guided decoder would let through for the guide it received.
+        assert json.loads("".join(d.text for d in deltas)) == {"name": "guided", "age": 42}
+        assert len(deltas) > 3 and deltas[-1].finish_reason == "stop"
+        deltas = await collect(e, plain(max_tokens=50, constraint=Constraint(kind="json_object")))
+        assert json.loads("".join(d.text for d in deltas)) == {"answer": 1}
+
+        text = "".join(d.text for d in await collect(e, plain()))
+        deltas = await collect(e, plain(logprobs=True))
+        entries = [lp for d in deltas for lp in d.logprobs]
+        assert "".join(d.text for d in deltas) == text  # the same greedy text, with its log-probs
+        assert "".join(lp.token for lp in entries) == text and len(entries) == 6
+        # Real log-softmax values of a greedy pick: below 0, above log(1/vocab), no alternatives.
+        assert all(-math.log(1000) < lp.logprob < 0 and lp.top == () for lp in entries)
+        assert all(lp.bytes == lp.token.encode() for lp in entries)
+        assert all(not d.logprobs for d in await collect(e, plain()))  # not asked, none
+    finally:
+        await e.unload()
+
+
+async def test_refusals_name_the_field(triton: TritonServer, tmp_path: Path) -> None:
+    e = engine(triton.source_url(), tmp_path)
+    basic = engine(triton.source_url(BASIC_MODEL_NAME), tmp_path)
+    await e.load()
+    await basic.load()
+    try:
+        assert basic.features == frozenset()  # return_log_probs alone is not enough: no output_log_probs
+        refused = {
+            "tools": plain(tools=(Tool(name="f"),)),
+            "n": plain(n=2),
+            "logit_bias": plain(logit_bias={5: 1.0}),
+            "grammar": plain(constraint=Constraint(kind="grammar", grammar='root ::= "a"')),
+            "top_logprobs": plain(logprobs=True, top_logprobs=2),
+        }
+        for param, request in refused.items():
+            with pytest.raises(InvalidArgument) as info:
+                await collect(e, request)
+            assert info.value.param == param
+        for param, request in (
+            ("response_format", plain(constraint=Constraint(kind="json_object"))),
+            ("logprobs", plain(logprobs=True)),
+        ):
+            with pytest.raises(InvalidArgument) as info:
+                refuse_unsupported(basic, request)  # the runner core's gate, before generation
+            assert info.value.param == param
+            with pytest.raises(InvalidArgument):
+                await collect(basic, request)
+        # The older interface still generates, counts and stops as before.
+        deltas = await collect(basic, plain(max_tokens=4))
+        assert deltas[-1].completion_tokens == 4 and deltas[-1].prompt_tokens > 0
+    finally:
+        await e.unload()
+        await basic.unload()
+
+
+@pytest.mark.parametrize("model", ["llm", BASIC_MODEL_NAME])
+async def test_seed_reaches_either_input_name(triton: TritonServer, tmp_path: Path, model: str) -> None:
+    # `llm` declares the current ensemble's `seed`, `llm_basic` the older `random_seed`.
+    e = engine(triton.source_url(model), tmp_path)
+    await e.load()
+    try:
+
+        async def sampled(seed: int) -> str:
+            hot = Sampling(max_tokens=8, temperature=1.5, top_k=0, top_p=1.0, seed=seed)
+            return "".join(d.text for d in await collect(e, GenerateRequest(None, "the", sampling=hot)))
+
+        first = await sampled(11)
+        assert await sampled(11) == first
+        assert await sampled(12) != first
+    finally:
+        await e.unload()

@@ -6,6 +6,17 @@ remote's deltas back, with its usage and finish reason. The remote's failures be
 errors (see `remote_error`): a rejected key or an unknown remote model is a bad gateway (502), a rate
 limit stays 429, a remote that fails, cannot be reached or is too slow is 503/504.
 
+What is forwarded: the sampling fields the request or the model object set (`Sampling.given`: top_k,
+min_p and repeat_penalty too, which llama-server and vLLM honour and OpenAI refuses with a 400),
+`response_format`, `tools`/`tool_choice`/`parallel_tool_calls`, `logprobs`/`top_logprobs`, `n` and
+`logit_bias`; a GBNF grammar is refused (OpenAI's API has none). What comes back, per choice: text,
+thinking (`reasoning_content` or `reasoning`; put back between <think> and </think> when reasoning is
+inline), tool-call pieces, log-probs and the finish reason. Each choice ends with its own final delta;
+all of them carry the prompt's token counts, and the remote's completion count goes whole on the last
+one (0 on the others), so their sum is the remote's. A remote that answers without what it was asked
+for (fewer choices than `n`, text without log-probs, no call where tool_choice requires one) is an
+InvalidArgument naming the field, not an answer that pretends.
+
 Model objects:
 - OpenAI-compatible: `source_url` `<base>/models/<remote-model-id>` (`https://api.openai.com/v1/models/gpt-4o-mini`),
   key in `parameters["API-KEY"]` (sent as `Authorization: Bearer`).
@@ -22,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +50,19 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from services.runner.engines.base import Delta, Engine, GenerateRequest, LoadSpec
+from services.runner.engines.base import (
+    Constraint,
+    Delta,
+    Engine,
+    GenerateRequest,
+    LoadSpec,
+    TokenLogprob,
+    ToolCallDelta,
+    ToolChoice,
+    TopLogprob,
+)
 from services.runner.engines.prompt import StopFilter
+from services.runner.engines.tools import tools_for_template, validate_tools
 from services.runner.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +71,20 @@ KEY_NAMES = ("API-KEY", "api_key", "api-key")
 AZURE_DEFAULT_API_VERSION = "2024-10-21"
 DEFAULT_SLOTS = 8  # requests forwarded at once; the remote does the real scheduling
 OPENAI_STOP_LIMIT = 4  # OpenAI refuses more stop strings; the rest are applied here
+# Sampling fields and the request keys they are sent as. repeat_penalty goes under llama-server's name and
+# vLLM's (each ignores the other's); OpenAI itself refuses all three non-OpenAI fields with a 400.
+SAMPLING_FIELDS: dict[str, tuple[str, ...]] = {
+    "temperature": ("temperature",),
+    "top_p": ("top_p",),
+    "top_k": ("top_k",),
+    "min_p": ("min_p",),
+    "presence_penalty": ("presence_penalty",),
+    "frequency_penalty": ("frequency_penalty",),
+    "repeat_penalty": ("repeat_penalty", "repetition_penalty"),
+}
+# The remote's finish reasons as the runner's ("content_filter" has no name of its own there).
+FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -195,6 +232,8 @@ def make_session(settings: RunnerSettings) -> aiohttp.ClientSession:
 
 class ApiEngine(Engine):
     name = "api"
+    # Not "grammar": OpenAI's API has no GBNF.
+    features = frozenset({"constraint", "tools", "logprobs", "n", "logit_bias"})
 
     def __init__(self, spec: LoadSpec, settings: RunnerSettings) -> None:
         super().__init__(spec)
@@ -287,32 +326,52 @@ class ApiEngine(Engine):
         body: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
         if self.target.kind == "openai":
             body["model"] = self.target.model
-        if request.messages is not None:
+        chat = request.messages is not None
+        if chat:
             operation = "chat/completions"
             body["messages"] = request.messages
         else:
             operation = "completions"
             body["prompt"] = request.prompt or ""
-        body["temperature"] = s.temperature
-        body["top_p"] = s.top_p
+        # Only what the request or the model object set: a default sent as if asked for would override the
+        # remote's own default, and a field the remote does not know should fail only when it was asked for.
+        for name, keys in SAMPLING_FIELDS.items():
+            if name in s.given:
+                body.update(dict.fromkeys(keys, getattr(s, name)))
         if s.max_tokens > 0:
             body["max_tokens"] = s.max_tokens
         if s.stop:
             body["stop"] = list(s.stop[:OPENAI_STOP_LIMIT])
         if s.seed is not None:
             body["seed"] = s.seed
-        if s.presence_penalty:
-            body["presence_penalty"] = s.presence_penalty
-        if s.frequency_penalty:
-            body["frequency_penalty"] = s.frequency_penalty
+        if request.constraint is not None:
+            body["response_format"] = response_format(request.constraint)
+        if request.tools or request.tool_choice.mode in ("required", "function"):
+            if not chat:
+                raise InvalidArgument("tools need chat messages, not a prompt", param="tools")
+            validate_tools(request.tools, request.tool_choice)
+            body["tools"] = tools_for_template(request.tools)
+            body["tool_choice"] = tool_choice(request.tool_choice)
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+        elif not request.parallel_tool_calls:
+            body["parallel_tool_calls"] = False
+        if request.logprobs or request.top_logprobs:
+            if chat:
+                # top_logprobs goes even when 0: llama_cpp.server returns no log-probs at all without it.
+                body.update(logprobs=True, top_logprobs=request.top_logprobs)
+            else:
+                body["logprobs"] = request.top_logprobs  # the legacy API: how many alternatives
+        if request.n > 1:
+            body["n"] = request.n
+        if request.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in request.logit_bias.items()}
         return operation, body
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[Delta, None]:
         operation, body = self._body(request)
         chat = operation == "chat/completions"
-        stops = StopFilter(request.sampling.stop)
-        finish = "stop"
-        prompt_tokens = completion_tokens = pieces = 0
+        choices: dict[int, ChoiceStream] = {}
+        usage: dict[str, Any] = {}
         async with self._slots, self._request("POST", self.target.url(operation), body) as resp:
             if resp.status != 200:
                 raise remote_error(
@@ -325,27 +384,19 @@ class ApiEngine(Engine):
                 events = _sse_events(resp.content, self.target)
             try:
                 async for event in events:
-                    usage = event.get("usage")
-                    if isinstance(usage, dict):
-                        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                        completion_tokens = int(usage.get("completion_tokens") or 0)
-                    for choice in event.get("choices") or []:
-                        if chat:
-                            part = (choice.get("delta") or choice.get("message") or {}).get("content") or ""
-                        else:
-                            part = choice.get("text") or ""
-                        if part:
-                            pieces += 1
-                            out = stops.feed(part)
-                            if out:
-                                yield Delta(text=out)
-                            if stops.stopped:
-                                break
-                        if choice.get("finish_reason"):
-                            finish = "length" if choice["finish_reason"] == "length" else "stop"
-                    if stops.stopped:
-                        finish = "stop"
-                        break
+                    if isinstance(event.get("usage"), dict):
+                        usage = event["usage"]
+                    for raw in event.get("choices") or []:
+                        if not isinstance(raw, dict):
+                            continue
+                        index = int(raw.get("index") or 0)
+                        if index not in choices:
+                            choices[index] = ChoiceStream(index, request, chat)
+                        delta = choices[index].feed(raw)
+                        if delta is not None:
+                            yield delta
+                    if stopped_here(choices, request.n):
+                        break  # the remote would go on generating what nobody reads
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 raise Unavailable(
                     f"the remote API ({self.target.base}) stopped sending in the middle of an answer",
@@ -356,12 +407,44 @@ class ApiEngine(Engine):
                     f"the remote API ({self.target.base}) broke the stream: {type(exc).__name__}",
                     code="remote_unavailable",
                 ) from None
-        yield Delta(
-            text=stops.flush(),
-            finish_reason=finish,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens or pieces,
-        )
+        if not choices:
+            choices[0] = ChoiceStream(0, request, chat)
+        self._check_honoured(request, choices)
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        counted = usage.get("completion_tokens")
+        last = max(choices)
+        for index in sorted(choices):
+            choice = choices[index]
+            # The remote counts its tokens for all choices together: the whole count goes on the last
+            # choice's final delta (0 on the others), so that the sum over the choices is the remote's.
+            # Without a count (a stream cut here, a remote without usage), each choice counts its pieces.
+            completion = (int(counted) if index == last else 0) if counted is not None else choice.pieces
+            yield choice.final(prompt_tokens, completion, cached)
+
+    def _check_honoured(self, request: GenerateRequest, choices: dict[int, ChoiceStream]) -> None:
+        """A remote that ignored a field it was sent must not pass for one that honoured it (llama_cpp.server
+        ignores `n`, and `tools` unless tool_choice names a function)."""
+
+        def refuse(param: str, what: str) -> None:
+            raise InvalidArgument(
+                f"the remote API ({self.target.base}) {what}: it does not support {param}",
+                code="remote_ignored_parameter",
+                param=param,
+            )
+
+        if len(choices) < request.n:
+            refuse("n", f"answered {len(choices)} of the {request.n} choices asked for")
+        if (request.logprobs or request.top_logprobs) and any(
+            c.texts and not c.logprobs for c in choices.values()
+        ):
+            refuse("logprobs", "sent text without its log-probabilities")
+        mode = request.tool_choice.mode
+        # A choice cut by max_tokens before it wrote anything cannot tell.
+        if mode in ("required", "function") and any(
+            not c.calls and (c.texts or c.finish != "length") for c in choices.values()
+        ):
+            refuse("tool_choice", f"answered without the tool call that tool_choice {mode!r} asks for")
 
     async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
         body: dict[str, Any] = {"input": inputs, "encoding_format": "float"}
@@ -429,3 +512,189 @@ def _event(payload: bytes, target: Target) -> dict[str, Any] | None:
             code="remote_unavailable",
         )
     return event if isinstance(event, dict) else None
+
+
+def response_format(constraint: Constraint) -> dict[str, Any]:
+    """OpenAI's `response_format` of a constraint (a GBNF grammar has none: the core refuses it first)."""
+    if constraint.kind == "json_object":
+        return {"type": "json_object"}
+    if constraint.kind == "json_schema":
+        # The runner's constraint keeps no schema name: OpenAI requires one, any name will do.
+        schema = {"name": "response", "schema": constraint.schema or {}, "strict": True}
+        return {"type": "json_schema", "json_schema": schema}
+    raise InvalidArgument(
+        "a GBNF grammar is not part of the OpenAI API that remote models speak: use response_format",
+        code="unsupported_parameter",
+        param="grammar",
+    )
+
+
+def tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.mode == "function":
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
+
+
+def token_logprobs(raw: Any, chat: bool, top: int) -> list[TokenLogprob]:
+    """The log-probs of a remote choice: chat's `logprobs.content` items, or the legacy completions object
+    (parallel lists `tokens`, `token_logprobs`, `top_logprobs` of {token: logprob})."""
+    if not isinstance(raw, dict):
+        return []
+    if chat:
+        return [
+            TokenLogprob(
+                token=str(item.get("token") or ""),
+                bytes=_bytes(item),
+                logprob=_float(item.get("logprob")),
+                top=tuple(
+                    TopLogprob(
+                        token=str(t.get("token") or ""), bytes=_bytes(t), logprob=_float(t.get("logprob"))
+                    )
+                    for t in (item.get("top_logprobs") or [])[:top]
+                    if isinstance(t, dict)
+                ),
+            )
+            for item in raw.get("content") or []
+            if isinstance(item, dict)
+        ]
+    tokens, values, tops = (raw.get(k) or [] for k in ("tokens", "token_logprobs", "top_logprobs"))
+    out = []
+    for i, token in enumerate(tokens):
+        alternatives = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        # Remotes add the sampled token to the alternatives (up to logprobs + 1): the best `top` remain.
+        best = sorted(alternatives.items(), key=lambda kv: -_float(kv[1]))[:top]
+        out.append(
+            TokenLogprob(
+                token=str(token),
+                bytes=str(token).encode(),
+                logprob=_float(values[i] if i < len(values) else None),
+                top=tuple(
+                    TopLogprob(token=str(t), bytes=str(t).encode(), logprob=_float(v)) for t, v in best
+                ),
+            )
+        )
+    return out
+
+
+def _bytes(item: dict[str, Any]) -> bytes:
+    raw = item.get("bytes")
+    if isinstance(raw, list):
+        with contextlib.suppress(TypeError, ValueError):
+            return bytes(raw)
+    return str(item.get("token") or "").encode()
+
+
+def _float(value: Any) -> float:
+    # None is the first prompt token's log-prob with `echo`, which is never asked for here.
+    return float(value) if value is not None else 0.0
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+class ChoiceStream:
+    """One choice of a remote's answer: its local stop strings, thinking put back into the text when
+    reasoning is inline, tool-call pieces, and log-probs held until the text they belong to is sent (text
+    held back by a stop string would otherwise leave them on a delta without text)."""
+
+    def __init__(self, index: int, request: GenerateRequest, chat: bool) -> None:
+        self.index = index
+        self.chat = chat
+        self.inline = request.reasoning == "inline"
+        self.top = request.top_logprobs
+        self.stops = StopFilter(request.sampling.stop)
+        self.thinking = False  # inside an inline <think> block
+        self.calls: set[int] = set()  # tool calls whose first piece (id, name) was sent
+        self.pending: list[TokenLogprob] = []
+        self.pieces = 0  # remote deltas that carried output: the token count when the remote gives none
+        self.texts = 0  # of which carried text
+        self.logprobs = 0
+        self.finish: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+    def feed(self, raw: dict[str, Any]) -> Delta | None:
+        """The delta of one remote choice event, or None when there is nothing to send yet."""
+        if self.done:
+            return None
+        logprobs = token_logprobs(raw.get("logprobs"), self.chat, self.top)
+        self.pending += logprobs
+        self.logprobs += len(logprobs)
+        if self.chat:
+            part = raw.get("delta") or raw.get("message") or {}
+            # A refusal (structured outputs) is the only answer there is: it is shown, not dropped.
+            content = _str(part.get("content")) + _str(part.get("refusal"))
+            thought = _str(part.get("reasoning_content")) or _str(part.get("reasoning"))
+            calls = self._calls(part.get("tool_calls"))
+        else:
+            content, thought, calls = _str(raw.get("text")), "", ()
+        text = ""
+        if thought and self.inline:
+            text, thought = ("" if self.thinking else THINK_OPEN) + thought, ""
+            self.thinking = True
+        if content:
+            text += THINK_CLOSE if self.thinking else ""
+            text += content
+            self.thinking = False
+            self.texts += 1
+        if text or thought or calls:
+            self.pieces += 1
+        out = self.stops.feed(text) if text else ""
+        if self.stops.stopped:
+            self.finish = "stop"
+        elif raw.get("finish_reason"):
+            self.finish = FINISH.get(str(raw["finish_reason"]), "stop")
+        if not (out or thought or calls):
+            return None
+        sent: tuple[TokenLogprob, ...] = ()
+        if out:
+            sent, self.pending = tuple(self.pending), []
+        return Delta(text=out, index=self.index, reasoning=thought, tool_calls=calls, logprobs=sent)
+
+    def _calls(self, raw: Any) -> tuple[ToolCallDelta, ...]:
+        if not isinstance(raw, list):
+            return ()
+        out = []
+        for position, call in enumerate(raw):
+            if not isinstance(call, dict):
+                continue
+            given = call.get("index")
+            index = given if isinstance(given, int) else position  # a whole message's calls have no index
+            function = call.get("function") or {}
+            arguments = function.get("arguments") or ""
+            if not isinstance(arguments, str):  # some remotes send the object itself
+                arguments = orjson.dumps(arguments).decode()
+            if index in self.calls:
+                # Later pieces carry arguments only (llama_cpp.server repeats the id and name in each).
+                if arguments:
+                    out.append(ToolCallDelta(index=index, arguments=arguments))
+                continue
+            self.calls.add(index)
+            call_id = str(call.get("id") or f"call_{uuid.uuid4().hex[:24]}")  # the tool's answer refers to it
+            out.append(ToolCallDelta(index, call_id, str(function.get("name") or ""), arguments))
+        return tuple(out)
+
+    def final(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Delta:
+        text = self.stops.feed(THINK_CLOSE) if self.thinking and not self.stops.stopped else ""
+        return Delta(
+            text=text + self.stops.flush(),
+            finish_reason=self.finish or "stop",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens,
+            index=self.index,
+            logprobs=tuple(self.pending),
+        )
+
+
+def stopped_here(choices: dict[int, ChoiceStream], n: int) -> bool:
+    """Every choice is over and one of them was cut here by a stop string (beyond OpenAI's 4, the remote
+    was not sent): the remote may still be generating it."""
+    return (
+        len(choices) >= n
+        and all(c.done for c in choices.values())
+        and any(c.stops.stopped for c in choices.values())
+    )

@@ -4,15 +4,28 @@ The model object names the server and the Triton model: `source_url` `triton://H
 (optionally `/MODEL/VERSION`), `metadata.engine` `tensorrt`. The runner speaks the interface of
 tensorrtllm_backend's `ensemble` / `tensorrt_llm_bls` models: `text_input` (BYTES) and `max_tokens`
 (INT32) in, `text_output` (BYTES) out, the optional sampling inputs (`temperature`, `top_p`, `top_k`,
-`random_seed`, `repetition_penalty`, ... with the data types the server declares), and `stream` for
-decoupled token streaming. Inputs the model does not declare are not sent. Stop strings are applied here
-(the request is cancelled on the server when one is reached).
+`seed` or the older `random_seed`, `repetition_penalty`, ... with the data types the server declares),
+and `stream` for decoupled token streaming. Inputs the model does not declare are not sent. Stop strings
+are applied here (the request is cancelled on the server when one is reached).
+
+Beyond sampling, a model honours what its config declares, and `features` (read from the model's metadata
+at load) says so; the runner's core refuses the rest before generation:
+- `response_format` (feature "constraint") with the guided decoding inputs `guided_decoding_guide_type` /
+  `guided_decoding_guide`: json_object is guide type "json", json_schema is "json_schema" with the schema's
+  text. A GBNF grammar is refused: TensorRT-LLM's "ebnf_grammar" (XGrammar's EBNF) is another dialect.
+- `logprobs` with the `return_log_probs` input and the `output_log_probs` output: the sampled tokens'
+  log-probabilities only, so `top_logprobs` > 0 is refused. A streamed response's log-probs become one
+  entry for that response's text (their sum when the response holds several tokens).
+- `n`, `tools` and `logit_bias` are never declared (refused; the ensemble's `num_return_sequences` could
+  serve `n` one day, its `embedding_bias_words` are words, not token ids).
 
 Start/stop are Triton's explicit model control (load/unload); a server that does not allow model control
 (models loaded at its start) is fine as long as the model is ready, and is then never told to unload.
 Triton takes text, so chats become a prompt here (services/runner/engines/prompt.py). Usage: exact when
-the model also returns `num_input_tokens` / `num_output_tokens`, else the streamed responses are counted
-(one per decoding step) and the prompt is 0 tokens. Memory lives on the Triton server: ~0 here.
+the model also returns `num_input_tokens` / `num_output_tokens` (asked for with `return_num_input_tokens`
+/ `return_num_output_tokens` where the model declares them, as current ensembles do), else the streamed
+responses are counted (one per decoding step) and the prompt is 0 tokens. Memory lives on the Triton
+server: ~0 here.
 """
 
 from __future__ import annotations
@@ -27,10 +40,18 @@ from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
+import orjson
 
 from services.common import netsafety
 from services.common.errors import FailedPrecondition, InvalidArgument, JanError, Unavailable, Unimplemented
-from services.runner.engines.base import Delta, Engine, GenerateRequest, LoadSpec
+from services.runner.engines.base import (
+    Delta,
+    Engine,
+    GenerateRequest,
+    LoadSpec,
+    TokenLogprob,
+    refuse_unsupported,
+)
 from services.runner.engines.prompt import Render, StopFilter, formatter
 from services.runner.settings import RunnerSettings
 
@@ -47,6 +68,13 @@ _NUMPY = {
     "FP32": np.float32,
     "FP64": np.float64,
     "BYTES": np.object_,
+}
+# TensorRT-LLM's guide types of the runner's constraints (a GBNF grammar has none).
+GUIDE_TYPES = {"json_object": "json", "json_schema": "json_schema"}
+# Feature -> (inputs, outputs) the model's config must declare for it.
+FEATURE_TENSORS: dict[str, tuple[set[str], set[str]]] = {
+    "constraint": ({"guided_decoding_guide_type", "guided_decoding_guide"}, set()),
+    "logprobs": ({"return_log_probs"}, {"output_log_probs"}),
 }
 
 
@@ -158,6 +186,11 @@ class TensorRTEngine(Engine):
                 "interface of TensorRT-LLM's ensemble / tensorrt_llm_bls models",
                 code="triton_interface_mismatch",
             )
+        self.features = frozenset(
+            feature
+            for feature, (inputs, outputs) in FEATURE_TENSORS.items()
+            if inputs <= set(self._inputs) and outputs <= self._outputs
+        )
 
     async def _ready(self) -> bool:
         from tritonclient.utils import InferenceServerException
@@ -212,7 +245,16 @@ class TensorRTEngine(Engine):
             "stream": [True],
         }
         if s.seed is not None:
-            wanted["random_seed"] = [s.seed & 0xFFFFFFFFFFFFFFFF]
+            # `seed` in current ensembles, `random_seed` in older ones: a model declares one of them.
+            wanted["seed"] = wanted["random_seed"] = [s.seed & 0xFFFFFFFFFFFFFFFF]
+        # Current ensembles count tokens only when asked.
+        wanted["return_num_input_tokens"] = wanted["return_num_output_tokens"] = [True]
+        if request.constraint is not None:
+            wanted["guided_decoding_guide_type"] = [GUIDE_TYPES[request.constraint.kind]]
+            if request.constraint.kind == "json_schema":
+                wanted["guided_decoding_guide"] = [orjson.dumps(request.constraint.schema or {}).decode()]
+        if request.logprobs:
+            wanted["return_log_probs"] = [True]
         # Stop strings are applied here, not sent as `stop_words`: the server would already have streamed
         # the start of a stop string that spans tokens, and what was sent cannot be taken back.
         inputs = [self._tensor(name, values) for name, values in wanted.items() if name in self._inputs]
@@ -223,6 +265,16 @@ class TensorRTEngine(Engine):
 
         if self._client is None:
             raise FailedPrecondition(f"{self.spec.model_id} is not loaded", code="model_not_loaded")
+        # The core refuses the features this model lacks before it calls here; called on its own, the engine
+        # does not drop them either.
+        refuse_unsupported(self, request)
+        if request.top_logprobs > 0:
+            raise InvalidArgument(
+                "top_logprobs is not supported by TensorRT-LLM, which returns only the sampled token's "
+                "log-probability: ask for logprobs with top_logprobs 0",
+                code="unsupported_parameter",
+                param="top_logprobs",
+            )
         inputs, stops = self._request_inputs(request)
         stop = StopFilter(stops)
         max_tokens = request.sampling.max_tokens
@@ -237,13 +289,19 @@ class TensorRTEngine(Engine):
             # One request per stream: once it is written, Triton ends the stream after its final response.
             yield one
 
-        prompt_tokens = completion_tokens = steps = 0
+        prompt_tokens = completion_tokens = steps = logprob_count = 0
+        # Log-probs wait for the text they belong to (a stop string may hold text back).
+        pending: list[TokenLogprob] = []
+        carried: list[float] = []  # of responses that brought no text: they join the next piece
         async with self._slots:
             responses = self._client.stream_infer(requests())
             try:
                 async for result, error in responses:
                     if error is not None:
                         raise triton_error(error, self.address, self.model, "generating with")
+                    if request.logprobs and (values := result.as_numpy("output_log_probs")) is not None:
+                        carried += [float(v) for v in values.reshape(-1)]  # one beam: [batch, beam, tokens]
+                        logprob_count += values.size
                     if "text_output" in self._outputs:
                         out = result.as_numpy("text_output")
                         if out is not None and out.size:
@@ -252,9 +310,13 @@ class TensorRTEngine(Engine):
                             ).decode(errors="replace")
                             if piece:
                                 steps += 1
+                                if carried:
+                                    pending.append(TokenLogprob(piece, piece.encode(), sum(carried)))
+                                    carried = []
                                 text = stop.feed(piece)
                                 if text:
-                                    yield Delta(text=text)
+                                    yield Delta(text=text, logprobs=tuple(pending))
+                                    pending = []
                     for name in ("num_input_tokens", "num_output_tokens"):
                         if name in self._outputs and (counted := result.as_numpy(name)) is not None:
                             value = int(counted.reshape(-1)[0]) if counted.size else 0
@@ -276,6 +338,11 @@ class TensorRTEngine(Engine):
                 # Stops the request on the server too (a client that went away, a stop string reached).
                 with contextlib.suppress(Exception):
                     responses.cancel()
+        if request.logprobs and steps and not logprob_count:
+            raise FailedPrecondition(
+                f"the Triton model {self.model} declares output_log_probs but returned none",
+                code="triton_interface_mismatch",
+            )
         completion_tokens = completion_tokens or steps
         finish = "stop" if stop.stopped or not 0 < max_tokens <= completion_tokens else "length"
         yield Delta(
@@ -283,6 +350,7 @@ class TensorRTEngine(Engine):
             finish_reason=finish,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            logprobs=tuple(pending),
         )
 
     async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:

@@ -10,19 +10,25 @@ import asyncio
 import codecs
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import math
-import random
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.runner.engines.base import Delta, GenerateRequest, Sampling
+from services.runner.engines.base import Delta, GenerateRequest, TokenLogprob
 from services.runner.engines.compute import ComputeThread
+from services.runner.engines.llamacpp.sampling import (
+    Picker,
+    SlotSampler,
+    grammar_sampler,
+    is_greedy,
+    sampler_chain,
+    token_logprob,
+)
 from services.runner.engines.prompt import find_stop, partial_stop
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,11 @@ class Job:
     add_bos: bool
     special: bool
     stops: list[str]
+    # The GBNF the output must follow ("" = free), and the request field that asked for it (errors).
+    grammar: str = ""
+    grammar_param: str = "response_format"
+    # Special tokens are written out as text (tool-call markers that are special tokens in some vocabularies).
+    render_special: bool = False
     queue: asyncio.Queue[Delta | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
 
@@ -65,8 +76,12 @@ class _Slot:
     job: Job | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not decoded yet
     next_token: int | None = None  # sampled, decoded at the next step
-    sampler: Any = None
-    greedy: bool = False  # temperature 0 and no penalties: the most likely token, no sampler needed
+    sampler: SlotSampler | None = None
+    index: int = 0  # the choice of the job this slot generates (n > 1: one slot per choice)
+    # A choice other than the first waits for the first slot's prompt, then copies its cache.
+    follows: _Slot | None = None
+    cached_tokens: int = 0  # prompt tokens found in the cache at admission
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens whose text is not sent yet
     prompt_tokens: int = 0
     generated: int = 0
     max_tokens: int = 0
@@ -152,6 +167,7 @@ class Batcher:
             self.ctx_len = min(ctx_len, int(llama_cpp.llama_n_ctx_seq(self._ctx)))
             self._mem = llama_cpp.llama_get_memory(self._ctx)
             self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+            self._picker = Picker(llama_cpp, self._ctx, self.n_vocab)
 
     # --- from the event loop ------------------------------------------------------------------------------
 
@@ -177,15 +193,16 @@ class Batcher:
             count = self._ll.llama_tokenize(self.vocab, text, len(text), buf, n, add_bos, special)
         return list(buf[:count])
 
-    def piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        key = -token - 1 if special else token
+        piece = self._pieces.get(key)
         if piece is None:
             buf = ctypes.create_string_buffer(64)
-            n = self._ll.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+            n = self._ll.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
-                n = self._ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
-            piece = self._pieces[token] = buf.raw[:n]
+                n = self._ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+            piece = self._pieces[key] = buf.raw[:n]
         return piece
 
     def token_text(self, token: int) -> str:
@@ -197,7 +214,7 @@ class Batcher:
         return (
             bool(self.embeds)
             or any(s.job is not None for s in self.slots)
-            or (bool(self.waiting) and any(s.job is None for s in self.slots))
+            or (bool(self.waiting) and sum(s.job is None for s in self.slots) >= self.waiting[0].request.n)
         )
 
     def prefill(self, prefix: list[int]) -> None:
@@ -245,14 +262,16 @@ class Batcher:
                 self._release(slot)
         while self.waiting:
             free = [s for s in self.slots if s.job is None]
-            if not free:
-                break
-            job = self.waiting.popleft()
+            job = self.waiting[0]
+            if len(free) < job.request.n and not job.cancelled:
+                break  # FIFO: a job of n choices waits for n free slots, and the ones behind it wait too
+            self.waiting.popleft()
             if job.cancelled:
                 continue
             try:
                 self._admit(job, free)
             except Exception as exc:
+                self._release_job(job)
                 out.append((job, exc))
         batch = self._batch
         n = 0
@@ -267,7 +286,7 @@ class Batcher:
         for slot in self.slots:
             if room <= 0:
                 break
-            if slot.job is None or not slot.pending:
+            if slot.job is None or not slot.pending or slot.follows is not None:
                 continue
             take = min(room, len(slot.pending))
             start = len(slot.cache)
@@ -298,14 +317,15 @@ class Batcher:
             del slot.pending[:take]
             if not slot.pending:
                 sample.append(slot)
+                sample.extend(self._copy_to_followers(slot))
         for slot in sample:
-            if slot.greedy:
-                # Argmax over the logits in place: the sampler chain would first copy the whole
-                # vocabulary into a candidates array (~0.7 ms for Gemma's 262k tokens, per slot and step).
-                logits = ll.llama_get_logits_ith(self._ctx, slot.logits_at)
-                token = int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
-            else:
-                token = ll.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_at)
+            assert slot.sampler is not None
+            token, logprob, logsoftmax = self._picker.pick(slot.sampler, slot.logits_at)
+            if logsoftmax is not None:
+                assert logprob is not None
+                slot.logprobs.append(
+                    token_logprob(token, logprob, logsoftmax, slot.sampler.top_logprobs, self.piece)
+                )
             self._advance(slot, token, out)
 
     @staticmethod
@@ -317,7 +337,6 @@ class Batcher:
         batch.logits[i] = logits
 
     def _admit(self, job: Job, free: list[_Slot]) -> None:
-        ll = self._ll
         tokens = self.tokenize(job.text, job.add_bos, job.special)
         if not tokens:
             tokens = [self.bos]
@@ -327,36 +346,67 @@ class Batcher:
                 code="context_length_exceeded",
                 param="messages",
             )
-
-        slot = self._choose_slot(tokens, free)
+        first = self._choose_slot(tokens, free)
+        others = sorted(
+            (s for s in free if s is not first), key=lambda s: (abs(s.seq - first.seq), s.last_used)
+        )
+        slots = [first, *others[: job.request.n - 1]]
         self._admitted += 1
-        slot.last_used = self._admitted
-        keep = min(
-            common_prefix(slot.cache, tokens), len(tokens) - 1
-        )  # the last prompt token is always decoded: its logits
-        if keep < len(slot.cache) and not ll.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
-            ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+        job.stops = [*job.stops, *job.request.sampling.stop]
+        for index, slot in enumerate(slots):
+            slot.last_used = self._admitted
+            slot.job = job  # before anything can fail: a failure releases every slot of the job
+            slot.index = index
+            slot.follows = first if index else None
+            self._start(slot, job, tokens)
+        keep = common_prefix(first.cache, tokens)
+        keep = min(keep, len(tokens) - 1)  # the last prompt token is always decoded: its logits
+        if keep < len(first.cache) and not self._ll.llama_memory_seq_rm(self._mem, first.seq, keep, -1):
+            self._ll.llama_memory_seq_rm(self._mem, first.seq, -1, -1)
             keep = 0
-        s = job.request.sampling
-        room = self.ctx_len - len(tokens)
         self.stats["reused_tokens"] += keep
-        slot.cache = slot.cache[:keep]
-        slot.pending = tokens[keep:]
-        slot.job = job
+        first.cache = first.cache[:keep]
+        first.pending = tokens[keep:]
+        for slot in slots:
+            slot.cached_tokens = keep
+
+    def _start(self, slot: _Slot, job: Job, tokens: list[int]) -> None:
+        """Makes `slot` generate choice `slot.index` of `job` (its prompt is set by the caller)."""
+        request = job.request
+        s = request.sampling
+        room = self.ctx_len - len(tokens)
+        slot.pending = list(tokens)  # a follower keeps it only to know its length; the first slot's is set
         slot.next_token = None
         slot.prompt_tokens = len(tokens)
         slot.generated = 0
         slot.max_tokens = min(s.max_tokens, room) if s.max_tokens > 0 else room
         slot.text = ""
+        slot.logprobs = []
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        job.stops = [*job.stops, *s.stop]
-        slot.sampler = self._sampler(s)
-        slot.greedy = (
-            s.temperature == 0
-            and s.repeat_penalty == 1.0
-            and s.frequency_penalty == 0.0
-            and s.presence_penalty == 0.0
+        greedy = is_greedy(s)
+        # Each choice has its own seed stream (seed, seed+1, ...): n choices of a seeded request differ.
+        sampling = s if s.seed is None or not slot.index else dataclasses.replace(s, seed=s.seed + slot.index)
+        slot.sampler = SlotSampler(
+            chain=None if greedy else sampler_chain(self._ll, self.n_vocab, sampling),
+            greedy=greedy,
+            bias=request.logit_bias,
+            top_logprobs=request.top_logprobs if request.logprobs or request.top_logprobs else -1,
         )
+        if job.grammar:
+            slot.sampler.grammar = grammar_sampler(self._ll, self.vocab, job.grammar, job.grammar_param)
+
+    def _copy_to_followers(self, first: _Slot) -> list[_Slot]:
+        """The first slot of a job has read the prompt: its other choices copy its cache (the prompt is
+        computed once) and sample from the same logits."""
+        followers = [s for s in self.slots if s.follows is first and s.job is first.job]
+        for slot in followers:
+            self._ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            self._ll.llama_memory_seq_cp(self._mem, first.seq, slot.seq, -1, -1)
+            slot.cache = list(first.cache)
+            slot.pending = []
+            slot.follows = None
+            slot.logits_at = first.logits_at
+        return followers
 
     def _choose_slot(self, tokens: list[int], free: list[_Slot]) -> _Slot:
         """The free slot for a prompt.
@@ -387,42 +437,17 @@ class Batcher:
             return min(free, key=lambda s: (span(s), -common[s.seq], s.seq))
         return min(free, key=lambda s: (span(s), s.last_used, s.seq))
 
-    def _sampler(self, s: Sampling) -> Any:
-        """The chain llama-cpp-python's `Llama` builds, so that answers match it token for token."""
-        ll = self._ll
-        seed = s.seed if s.seed is not None else random.randint(0, 2**31 - 1)
-        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-
-        def add(sampler: Any) -> None:
-            ll.llama_sampler_chain_add(chain, sampler)
-
-        add(
-            ll.llama_sampler_init_penalties(
-                self.n_vocab, 64, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
-            )
-        )
-        if s.temperature < 0:
-            add(ll.llama_sampler_init_dist(seed))
-        elif s.temperature == 0:
-            add(ll.llama_sampler_init_greedy())
-        else:
-            add(ll.llama_sampler_init_top_k(s.top_k))
-            add(ll.llama_sampler_init_typical(1.0, 1))
-            add(ll.llama_sampler_init_top_p(s.top_p, 1))
-            add(ll.llama_sampler_init_min_p(s.min_p, 1))
-            add(ll.llama_sampler_init_temp(s.temperature))
-            add(ll.llama_sampler_init_dist(seed))
-        return chain
-
     def _advance(self, slot: _Slot, token: int, out: list[tuple[Job | EmbedJob, Any]]) -> None:
         job = slot.job
         assert job is not None
         if self._ll.llama_vocab_is_eog(self.vocab, token):
+            if slot.logprobs:
+                slot.logprobs.pop()  # the end-of-generation token is no part of the answer
             self._finish(slot, "stop", out, flush=True)
             return
         slot.generated += 1
         self.stats["generated"] += 1
-        slot.text += slot.decoder.decode(self.piece(token))
+        slot.text += slot.decoder.decode(self.piece(token, job.render_special))
         cut = find_stop(slot.text, job.stops)
         if cut is not None:
             slot.text = slot.text[:cut]
@@ -433,8 +458,18 @@ class Batcher:
             return
         hold = partial_stop(slot.text, job.stops)
         if len(slot.text) > hold:
-            out.append((job, Delta(text=slot.text[: len(slot.text) - hold])))
+            out.append(
+                (
+                    job,
+                    Delta(
+                        text=slot.text[: len(slot.text) - hold],
+                        index=slot.index,
+                        logprobs=tuple(slot.logprobs),
+                    ),
+                )
+            )
             slot.text = slot.text[len(slot.text) - hold :]
+            slot.logprobs = []
         slot.next_token = token
 
     def _finish(
@@ -450,6 +485,9 @@ class Batcher:
                     finish_reason=reason,
                     prompt_tokens=slot.prompt_tokens,
                     completion_tokens=slot.generated,
+                    index=slot.index,
+                    logprobs=tuple(slot.logprobs),
+                    cached_tokens=slot.cached_tokens,
                 ),
             )
         )
@@ -458,15 +496,22 @@ class Batcher:
     def _release(self, slot: _Slot, *, clear: bool = False) -> None:
         """The slot takes the next request; its cache stays for a later prompt with the same start."""
         if slot.sampler is not None:
-            self._ll.llama_sampler_free(slot.sampler)
+            slot.sampler.free(self._ll)
         slot.sampler = None
         slot.job = None
+        slot.follows = None
         slot.pending = []
         slot.next_token = None
         slot.text = ""
+        slot.logprobs = []
         if clear:
             self._ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             slot.cache = []
+
+    def _release_job(self, job: Job) -> None:
+        for slot in self.slots:
+            if slot.job is job:
+                self._release(slot)
 
     # --- embeddings ---------------------------------------------------------------------------------------
 

@@ -28,7 +28,14 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.runner.engines.base import Delta, Engine, GenerateRequest, LoadSpec
+from services.runner.engines.base import (
+    Delta,
+    Engine,
+    GenerateRequest,
+    LoadSpec,
+    Tokenized,
+    TokenizeRequest,
+)
 from services.runner.engines.compute import ComputeThread
 from services.runner.engines.compute import shared as shared_compute
 from services.runner.engines.llamacpp.batcher import (
@@ -40,10 +47,24 @@ from services.runner.engines.llamacpp.batcher import (
     malloc_trim,
 )
 from services.runner.engines.llamacpp.gguf import gguf_facts, kv_bytes_per_token
+from services.runner.engines.llamacpp.json_schema import JSON_OBJECT_GBNF, schema_to_gbnf
+from services.runner.engines.output import ChoiceOutput
 from services.runner.engines.prompt import CHAT_FORMATS, spec_prompt, stop_list
+from services.runner.engines.reasoning import ReasoningSplitter, opened_by_prompt
+from services.runner.engines.tools import (
+    NAMED_FORMATS_WITHOUT_SYSTEM,
+    ToolCallParser,
+    ToolFormat,
+    ToolPlan,
+    detect_format,
+    plan_tools,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Renders chat messages (with extra template variables such as `tools`) into (prompt, stops, whether the
+# prompt holds special tokens already).
+Render = Callable[[list[dict[str, Any]], dict[str, Any]], tuple[str, list[str], bool]]
 
 
 def _truthy(value: Any) -> bool:
@@ -54,6 +75,7 @@ def _truthy(value: Any) -> bool:
 
 class LlamaCppEngine(Engine):
     name = "llamacpp"
+    features = frozenset({"constraint", "grammar", "tools", "logprobs", "n", "logit_bias"})
 
     def __init__(
         self,
@@ -74,7 +96,9 @@ class LlamaCppEngine(Engine):
         )
         self.chat_format = ""
         self._compute = compute or shared_compute()
-        self._format: Callable[[list[dict[str, str]]], tuple[str, list[str], bool]] | None = None
+        self._format: Render | None = None
+        # How tools reach the prompt and come back (tools.py): the template's own format, else generic.
+        self.tool_format: ToolFormat = "generic"
         self._memory: int | None = None
         self._batcher: Batcher | None = None
 
@@ -169,7 +193,7 @@ class LlamaCppEngine(Engine):
 
     # --- prompts ------------------------------------------------------------------------------------------
 
-    def _choose_format(self, model: Batcher) -> Callable[[list[dict[str, str]]], tuple[str, list[str], bool]]:
+    def _choose_format(self, model: Batcher) -> Render:
         from llama_cpp import llama_chat_format as fmt
 
         params = self.spec.parameters
@@ -191,16 +215,17 @@ class LlamaCppEngine(Engine):
                 bos_token=model.token_text(model.bos),
             )
             self.chat_format = "gguf chat template"
+            self.tool_format = detect_format(template)
 
-            def render(messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
-                result = formatter(messages=messages)  # type: ignore[arg-type]
+            def render(messages: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, list[str], bool]:
+                result = formatter(messages=messages, **extra)  # type: ignore[arg-type]
                 return result.prompt, stop_list(result.stop), True
 
             return render
         arch = str(model.metadata.get("general.architecture", ""))
         return self._named("gemma" if arch.startswith("gemma") else "chatml")
 
-    def _named(self, name: str) -> Callable[[list[dict[str, str]]], tuple[str, list[str], bool]]:
+    def _named(self, name: str) -> Render:
         from llama_cpp import llama_chat_format as fmt
 
         function = getattr(
@@ -208,21 +233,31 @@ class LlamaCppEngine(Engine):
         )
         self.chat_format = name
 
-        def render(messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
-            result = function(messages=messages)
+        def render(messages: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, list[str], bool]:
+            result = function(messages=messages)  # the named formats know no tools: the plan is generic
             return result.prompt, stop_list(result.stop), False
 
         return render
 
-    def _spec_prompt(self, messages: list[dict[str, str]]) -> tuple[str, list[str], bool]:
+    def _spec_prompt(
+        self, messages: list[dict[str, Any]], extra: dict[str, Any]
+    ) -> tuple[str, list[str], bool]:
         prompt, stops = spec_prompt(self.spec.parameters, messages)
         return prompt, stops, False
 
-    def _prompt(self, request: GenerateRequest) -> tuple[bytes, bool, bool, list[str]]:
-        """The prompt's bytes, whether to add BOS, whether special tokens are parsed, and stop strings."""
+    def _prompt(
+        self, request: GenerateRequest, plan: ToolPlan | None = None
+    ) -> tuple[bytes, bool, bool, list[str]]:
+        """The prompt's bytes, whether to add BOS, whether special tokens are parsed, and stop strings.
+        A chat is rendered as the tool plan says (its messages, the template's `tools`)."""
         if request.messages is not None:
             assert self._format is not None
-            prompt, stops, has_special = self._format(request.messages)
+            messages, extra = request.messages, {}
+            if plan is not None:
+                messages, extra = plan.messages, dict(plan.template_kwargs)
+                if plan.tools is not None:
+                    extra["tools"] = plan.tools
+            prompt, stops, has_special = self._format(messages, extra)
             return prompt.encode(), not has_special, True, stops
         return (request.prompt or "").encode(), True, False, []
 
@@ -249,6 +284,19 @@ class LlamaCppEngine(Engine):
             raise FailedPrecondition(f"{self.spec.model_id} is not loaded", code="model_not_loaded")
         return self._batcher
 
+    def _grammar(self, request: GenerateRequest, plan: ToolPlan | None) -> tuple[str, str]:
+        """The GBNF the output must follow ("" = free) and the request field it comes from."""
+        if plan is not None and plan.grammar is not None:  # tools: it includes a response_format's schema
+            return plan.grammar.gbnf(schema_to_gbnf(plan.grammar.schema, param="tools")), "tools"
+        c = request.constraint
+        if c is None:
+            return "", ""
+        if c.kind == "grammar":
+            return c.grammar, "grammar"
+        if c.kind == "json_object":
+            return JSON_OBJECT_GBNF, "response_format"
+        return schema_to_gbnf(c.schema or {}, param="response_format"), "response_format"
+
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[Delta, None]:
         batcher = self._ready()
         if self.embedding_only:
@@ -256,35 +304,83 @@ class LlamaCppEngine(Engine):
                 f"{self.spec.model_id} is an embedding model (parameters.embedding_only): no generation",
                 code="embedding_only",
             )
-        text, add_bos, special, stops = self._prompt(request)
-        job = Job(request=request, text=text, add_bos=add_bos, special=special, stops=stops)
+        if request.n > len(batcher.slots):
+            raise InvalidArgument(
+                f"n is {request.n} and {self.spec.model_id} generates at most {len(batcher.slots)} at once "
+                "(parameters.n_parallel)",
+                param="n",
+            )
+        plan = self._plan(request) if request.messages is not None else None
+        grammar, grammar_param = self._grammar(request, plan)
+        text, add_bos, special, stops = self._prompt(request, plan)
+        outputs = [self._output(request, plan, text) for _ in range(request.n)]
+        job = Job(
+            request=request,
+            text=text,
+            add_bos=add_bos,
+            special=special,
+            stops=stops,
+            grammar=grammar,
+            grammar_param=grammar_param,
+            # Tool markers are read as text even where they are special tokens ([TOOL_CALLS]).
+            render_special=plan is not None and plan.parse,
+        )
         batcher.submit(job, self._compute)
-        done = False
+        finished = 0
         try:
-            while True:
-                item = await job.queue.get()
-                pieces: list[str] = []
-                final: Delta | None = None
-                while True:  # everything already waiting goes out as one delta
-                    if isinstance(item, BaseException):
-                        done = True
-                        raise item
-                    pieces.append(item.text)
-                    if item.finish_reason is not None:
-                        final = item
-                        break
-                    if job.queue.empty():
-                        break
-                    item = job.queue.get_nowait()
-                if final is not None:
-                    done = True
-                    yield dataclasses.replace(final, text="".join(pieces))
-                    return
-                yield Delta(text="".join(pieces))
+            while finished < request.n:
+                items = [await job.queue.get()]
+                while not job.queue.empty():  # everything already waiting goes out at once
+                    items.append(job.queue.get_nowait())
+                for delta in _merged(items):
+                    finished += delta.finish_reason is not None
+                    yield outputs[delta.index].apply(delta)
         finally:
-            if not done:  # the client went away: the slot is freed at the next step
+            if finished < request.n:  # failed, or the client went away: the slots are freed next step
                 job.cancelled = True
                 self._compute.wake()
+
+    def _plan(self, request: GenerateRequest) -> ToolPlan:
+        """How a chat is rendered and constrained with its tools (tools.py)."""
+        return plan_tools(
+            request, self.tool_format, system_role=self.chat_format not in NAMED_FORMATS_WITHOUT_SYSTEM
+        )
+
+    def _output(self, request: GenerateRequest, plan: ToolPlan | None, prompt: bytes) -> ChoiceOutput:
+        """How one choice's text becomes the answer's parts (reasoning, content, tool calls)."""
+        reasoning = None
+        if request.messages is not None and request.reasoning == "separate" and request.constraint is None:
+            reasoning = ReasoningSplitter(opened_by_prompt(prompt.decode(errors="replace")))
+        tools = ToolCallParser(plan.format) if plan is not None and plan.parse else None
+        return ChoiceOutput(reasoning, tools)
+
+    # --- tokens -------------------------------------------------------------------------------------------
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        batcher = self._ready()
+        if request.messages is not None:
+            if self._format is None:
+                raise FailedPrecondition(
+                    f"{self.spec.model_id} has no chat template", code="no_chat_template"
+                )
+            chat = GenerateRequest(messages=request.messages, prompt=None)
+            # Rendered as a generation renders it: earlier tool calls and results included.
+            text, add_bos, special, _ = self._prompt(chat, self._plan(chat))
+        else:
+            text, add_bos, special = (request.text or "").encode(), request.add_special, False
+        tokens = batcher.tokenize(text, add_bos, special)
+        pieces = [batcher.piece(t).decode(errors="replace") for t in tokens]
+        return Tokenized(tokens=tokens, pieces=pieces, max_model_len=self.ctx_len)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        batcher = self._ready()
+        bad = [t for t in tokens if not 0 <= t < batcher.n_vocab]
+        if bad:
+            raise InvalidArgument(
+                f"token {bad[0]} is not in the vocabulary of {self.spec.model_id} (0-{batcher.n_vocab - 1})",
+                param="tokens",
+            )
+        return b"".join(batcher.piece(t) for t in tokens).decode(errors="replace")
 
     # --- embeddings ---------------------------------------------------------------------------------------
 
@@ -320,3 +416,25 @@ async def _in_new_thread(fn: Callable[[], T], name: str) -> T:
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return await future
+
+
+def _merged(items: list[Delta | BaseException]) -> list[Delta]:
+    """What the compute thread delivered at once, as one delta per choice (and its final one apart);
+    an error raises."""
+    out: list[Delta] = []
+    open_at: dict[int, int] = {}  # choice -> position in `out` of its delta still open to more text
+    for item in items:
+        if isinstance(item, BaseException):
+            raise item
+        at = open_at.pop(item.index, None)
+        if at is not None:
+            previous = out[at]
+            out[at] = dataclasses.replace(
+                item, text=previous.text + item.text, logprobs=previous.logprobs + item.logprobs
+            )
+        else:
+            at = len(out)
+            out.append(item)
+        if item.finish_reason is None:
+            open_at[item.index] = at
+    return out
