@@ -180,8 +180,11 @@ def test_a_client_that_disconnects_cancels_the_generation(stack: Stack) -> None:
 def test_errors_in_the_openai_shape(stack: Stack, client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no/such-model", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.UnprocessableEntityError):  # the request schema allows n = 1 only
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2)
+    with pytest.raises(openai.UnprocessableEntityError):  # the request schema allows n up to 16
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=17)
+    with pytest.raises(openai.BadRequestError) as bad:  # more choices than the model's slots
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=16)
+    assert bad.value.body["param"] == "n"  # type: ignore[index]
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(model=MODEL, messages=[])
 

@@ -211,14 +211,9 @@ def _set_alternatives(ranges: _Ranges) -> list[str]:
 
 
 def _group(alternatives: Iterable[str]) -> str:
-    """Alternatives as one element of a sequence; an empty alternative makes the group optional."""
+    """Non-empty alternatives as one element of a sequence."""
     alts = list(dict.fromkeys(alternatives))
-    nonempty = [a for a in alts if a]
-    if not nonempty:
-        return ""
-    if alts == nonempty and len(alts) == 1:
-        return alts[0]
-    return "( " + " | ".join(nonempty) + " )" + ("?" if len(nonempty) < len(alts) else "")
+    return alts[0] if len(alts) == 1 else "( " + " | ".join(alts) + " )"
 
 
 def _is_atom(expr: str) -> bool:
@@ -950,6 +945,27 @@ class _Compiler:
         # A larger maximum is narrowed to what llama.cpp can count.
         return min(int(value), _MAX_REPEAT)
 
+    def _optional(self, expr: str, hint: str) -> str:
+        """`expr` or nothing. Only atoms are quantified: llama.cpp refuses a quantifier on a parenthesised
+        group whose contents (rules made inside it included) pass its limit of about 2000."""
+        return f"{expr}?" if _is_atom(expr) else f"{self.rules.add(hint, expr)}?"
+
+    def _choice(self, alternatives: Iterable[str], hint: str) -> str:
+        """Alternatives as one element of a sequence; an empty alternative makes the choice optional."""
+        alts = list(dict.fromkeys(alternatives))
+        nonempty = [a for a in alts if a]
+        if not nonempty:
+            return ""
+        if len(nonempty) < len(alts):
+            return self._optional(" | ".join(nonempty), hint)
+        return _group(nonempty)
+
+    def _repeat(self, atom: str, lo: int, hi: int | None) -> str:
+        """`atom` repeated lo..hi times; a large count gets a rule of its own (see _optional)."""
+        if max(lo, hi or 0) <= 100:
+            return atom + _quantifier(lo, hi)
+        return self.rules.add(f"{atom}-{lo}-{hi or 'more'}", atom + _quantifier(lo, hi))
+
     # -- strings -------------------------------------------------------------------------------------
 
     def _string(self, schema: dict[str, Any], ptr: str, hint: str) -> str:
@@ -975,7 +991,7 @@ class _Compiler:
             self._refuse('"minLength"', ptr, 'it is more than "maxLength"')
         if lo == 0 and hi is None:
             return self.rules.builtin("string")
-        return f"{quote} {self.rules.builtin('char')}{_quantifier(lo, hi)} {quote}"
+        return f"{quote} {self._repeat(self.rules.builtin('char'), lo, hi)} {quote}"
 
     def _pattern(self, pattern: Any, ptr: str, hint: str) -> str:
         if not isinstance(pattern, str):
@@ -990,7 +1006,7 @@ class _Compiler:
             free = self.rules.builtin("char") + "*"
             parts = ["" if start else free, self._regex(body, f"{hint}-pattern"), "" if end else free]
             alternatives.append(" ".join(p for p in parts if p))
-        return " ".join(p for p in (r'"\""', _group(alternatives), r'"\""') if p)
+        return " ".join(p for p in (r'"\""', self._choice(alternatives, f"{hint}-pattern"), r'"\""') if p)
 
     def _regex(self, node: _Node, hint: str) -> str:
         """A sequence-safe GBNF expression for a pattern node ("" when it matches only the empty string)."""
@@ -999,13 +1015,13 @@ class _Compiler:
         if isinstance(node, _Seq):
             return " ".join(p for p in (self._regex(n, hint) for n in node.items) if p)
         if isinstance(node, _Alt):
-            return _group(self._regex(b, hint) for b in node.branches)
+            return self._choice((self._regex(b, hint) for b in node.branches), hint)
         body = self._regex(node.item, hint)
         if not body:
             return ""
         # llama.cpp copies what it repeats, so anything longer than one atom becomes a rule first.
         atom = body if _is_atom(body) else self.rules.add(hint, body)
-        return atom + _quantifier(node.lo, node.hi)
+        return self._repeat(atom, node.lo, node.hi)
 
     # -- numbers -------------------------------------------------------------------------------------
 
@@ -1154,10 +1170,14 @@ class _Compiler:
         if mandatory:
             inner = " ".join([f" {comma} ".join(kv[n] for n in mandatory), *tails])
         else:
-            # Nothing is required: the first property written may be any one, and has no comma before it.
-            firsts = [" ".join([kv[n], *tails[i + 1 :]]) for i, n in enumerate(optional)]
-            firsts += [f"{extra} {tails[-1]}"] if extra else []
-            inner = _group([*firsts, ""])
+            # Nothing is required: the first property written may be any one, with no comma before it, and
+            # rest[i] is what may follow it (a rule each, so that the grammar grows linearly).
+            rest = [""] * (len(tails) + 1)
+            for i in range(len(tails) - 1, -1, -1):
+                rest[i] = self.rules.add(f"{hint}-rest", f"{tails[i]} {rest[i + 1]}".strip())
+            firsts = [f"{kv[n]} {rest[i + 1]}".strip() for i, n in enumerate(optional)]
+            firsts += [f"{extra} {rest[-2]}"] if extra else []
+            inner = self._choice([*firsts, ""], f"{hint}-members")
         return " ".join(p for p in ('"{"', space, inner, '"}"') if p)
 
     def _key_except(self, names: list[str], hint: str) -> str:
@@ -1230,17 +1250,17 @@ class _Compiler:
             """What may follow the first i items."""
             if i < count:
                 step = f'"," {space} {symbols[i]} {space} {after(i + 1)}'.strip()
-                return step if i < lo else f"( {step} )?"
+                return step if i < lo else self._optional(step, f"{hint}-after-{i}")
             if rest_symbol is None or (hi is not None and hi <= i):
                 return ""
             next_item = self.rules.add(f"{hint}-next", f'"," {space} {rest_symbol} {space}')
-            return next_item + _quantifier(max(0, lo - i), None if hi is None else hi - i)
+            return self._repeat(next_item, max(0, lo - i), None if hi is None else hi - i)
 
         first = symbols[0] if symbols else rest_symbol
         if first is None or hi == 0:
             return f'"[" {space} "]"'
         items_expr = f"{first} {space} {after(1)}".strip()
-        return f'"[" {space} {items_expr if lo > 0 else f"( {items_expr} )?"} "]"'
+        return f'"[" {space} {items_expr if lo > 0 else self._optional(items_expr, f"{hint}-items")} "]"'
 
 
 @dataclass
