@@ -18,7 +18,6 @@ from gateway.metrics import install_metrics
 from gateway.routes import downloads, folders, inference, models
 from gateway.serving import Serving
 from gateway.settings import GatewaySettings
-from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -62,8 +61,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         runners = 0
         if services["catalog"]:
             with contextlib.suppress(APIError):
-                reply = await request.app.state.catalog.call("ListRunners", catalog_pb.ListRunnersRequest())
-                runners = len(reply.runners)
+                runners = len(await request.app.state.catalog.list_runners())
         body = {"status": "ok" if ok else "degraded", "services": services, "runners": runners}
         return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -92,11 +92,10 @@ class ServiceClient:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-    async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+    async def _unary(self, rpc: Any, request: Any, timeout: float | None = None) -> Any:
+        """One unary call of `rpc` (a method of `self.stub`), with the deadline and error translation."""
         async with self._errors(self.channel):
-            return await getattr(self.stub, method)(
-                request, timeout=self.timeout if timeout is None else timeout
-            )
+            return await rpc(request, timeout=self.timeout if timeout is None else timeout)
 
     async def stream(self, call: Any) -> AsyncGenerator[Any, None]:
         """A server stream whose first message is awaited here, so that an error at the start (an unknown
@@ -124,38 +123,47 @@ class ServiceClient:
 class CatalogClient(ServiceClient):
     service = "catalog"
     stub_class = catalog_grpc.CatalogServiceStub
-    # Calls that change model objects: the placement hints are dropped after each (a deleted model must
-    # not go on being served from a hint).
-    WRITES = frozenset({"CreateModel", "UpdateModel", "DeleteModel", "ImportRemoteModels"})
 
     def __init__(self, address: str, timeout: float, transfer_timeout: float) -> None:
         super().__init__(address, timeout, transfer_timeout)
         # Called after every call that changes model objects (the serving layer drops its hints).
         self.after_write: Callable[[], None] = lambda: None
 
-    async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+    async def _write(self, rpc: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            return await super().call(method, request, timeout)
+            return await self._unary(rpc, request, timeout)
         finally:
-            if method in self.WRITES:
-                self.after_write()
+            self.after_write()
 
     async def place(self, model_id: str) -> catalog_pb.PlaceModelResponse:
         """Where the model runs, or the runner that should load it (the catalog decides)."""
-        async with self._errors(self.channel):
-            return await self.stub.PlaceModel(
-                catalog_pb.PlaceModelRequest(model_id=model_id), timeout=self.timeout
-            )
+        return await self._unary(self.stub.PlaceModel, catalog_pb.PlaceModelRequest(model_id=model_id))
 
     async def get_model(self, model_id: str) -> model_pb2.Model:
-        async with self._errors(self.channel):
-            reply = await self.stub.GetModel(catalog_pb.GetModelRequest(id=model_id), timeout=self.timeout)
+        reply = await self._unary(self.stub.GetModel, catalog_pb.GetModelRequest(id=model_id))
         return reply.model
 
     async def list_runners(self) -> list[catalog_pb.Runner]:
-        async with self._errors(self.channel):
-            reply = await self.stub.ListRunners(catalog_pb.ListRunnersRequest(), timeout=self.timeout)
+        reply = await self._unary(self.stub.ListRunners, catalog_pb.ListRunnersRequest())
         return list(reply.runners)
+
+    async def list_problems(self) -> list[model_pb2.Problem]:
+        reply = await self._unary(self.stub.ListProblems, catalog_pb.ListProblemsRequest())
+        return list(reply.problems)
+
+    async def create_model(self, request: catalog_pb.CreateModelRequest) -> model_pb2.Model:
+        return (await self._write(self.stub.CreateModel, request)).model
+
+    async def update_model(self, request: catalog_pb.UpdateModelRequest) -> model_pb2.Model:
+        return (await self._write(self.stub.UpdateModel, request)).model
+
+    async def delete_model(self, model_id: str) -> catalog_pb.DeleteModelResponse:
+        return await self._write(self.stub.DeleteModel, catalog_pb.DeleteModelRequest(id=model_id))
+
+    async def import_remote_models(
+        self, request: catalog_pb.ImportRemoteModelsRequest
+    ) -> catalog_pb.ImportRemoteModelsResponse:
+        return await self._write(self.stub.ImportRemoteModels, request)
 
     async def list_all(
         self, states: Sequence[model_pb2.ModelState.ValueType], engines: Sequence[str]
@@ -206,6 +214,37 @@ class CatalogClient(ServiceClient):
 class DownloaderClient(ServiceClient):
     service = "downloader"
     stub_class = downloader_grpc.DownloaderServiceStub
+
+    async def start(self, model_id: str) -> downloader_pb.Job:
+        return (
+            await self._unary(self.stub.StartDownload, downloader_pb.StartDownloadRequest(model_id=model_id))
+        ).job
+
+    async def get(self, model_id: str) -> downloader_pb.Job:
+        return (
+            await self._unary(self.stub.GetDownload, downloader_pb.GetDownloadRequest(model_id=model_id))
+        ).job
+
+    async def pause(self, model_id: str) -> downloader_pb.Job:
+        return (
+            await self._unary(self.stub.PauseDownload, downloader_pb.PauseDownloadRequest(model_id=model_id))
+        ).job
+
+    async def resume(self, model_id: str) -> downloader_pb.Job:
+        request = downloader_pb.ResumeDownloadRequest(model_id=model_id)
+        return (await self._unary(self.stub.ResumeDownload, request)).job
+
+    async def cancel(self, model_id: str) -> downloader_pb.Job:
+        request = downloader_pb.CancelDownloadRequest(model_id=model_id)
+        return (await self._unary(self.stub.CancelDownload, request)).job
+
+    async def list(self) -> list[downloader_pb.Job]:
+        return list((await self._unary(self.stub.ListDownloads, downloader_pb.ListDownloadsRequest())).jobs)
+
+    async def import_repository(
+        self, request: downloader_pb.ImportRepositoryRequest
+    ) -> downloader_pb.ImportRepositoryResponse:
+        return await self._unary(self.stub.ImportRepository, request)
 
     async def watch(self, model_id: str) -> AsyncGenerator[downloader_pb.WatchDownloadResponse, None]:
         call = self.stub.WatchDownload(
@@ -260,28 +299,22 @@ class RunnerClient(ServiceClient):
         return await self.stream(self.stub.Generate(request, timeout=self.transfer_timeout))
 
     async def load(self, request: runner_pb.LoadModelRequest, timeout: float) -> runner_pb.LoadModelResponse:
-        async with self._errors(self.channel):
-            return await self.stub.LoadModel(request, timeout=timeout)
+        return await self._unary(self.stub.LoadModel, request, timeout)
 
     async def unload(self, model_id: str) -> None:
-        async with self._errors(self.channel):
-            await self.stub.UnloadModel(runner_pb.UnloadModelRequest(model_id=model_id), timeout=self.timeout)
+        await self._unary(self.stub.UnloadModel, runner_pb.UnloadModelRequest(model_id=model_id))
 
     async def list_loaded(self) -> runner_pb.ListLoadedResponse:
-        async with self._errors(self.channel):
-            return await self.stub.ListLoaded(runner_pb.ListLoadedRequest(), timeout=self.timeout)
+        return await self._unary(self.stub.ListLoaded, runner_pb.ListLoadedRequest())
 
     async def embed(self, request: runner_pb.EmbedRequest) -> runner_pb.EmbedResponse:
-        async with self._errors(self.channel):
-            return await self.stub.Embed(request, timeout=self.transfer_timeout)
+        return await self._unary(self.stub.Embed, request, self.transfer_timeout)
 
     async def tokenize(self, request: runner_pb.TokenizeRequest) -> runner_pb.TokenizeResponse:
-        async with self._errors(self.channel):
-            return await self.stub.Tokenize(request, timeout=self.timeout)
+        return await self._unary(self.stub.Tokenize, request)
 
     async def detokenize(self, request: runner_pb.DetokenizeRequest) -> runner_pb.DetokenizeResponse:
-        async with self._errors(self.channel):
-            return await self.stub.Detokenize(request, timeout=self.timeout)
+        return await self._unary(self.stub.Detokenize, request)
 
 
 class RunnerPool:

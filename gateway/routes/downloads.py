@@ -33,10 +33,8 @@ def _json(job: pb.Job, status: int = 200) -> Response:
 )
 async def start_download(request: Request, folder: str, file: str) -> Response:
     """Starts fetching the model's missing binaries (or joins the download already running)."""
-    reply = await _downloader(request).call(
-        "StartDownload", pb.StartDownloadRequest(model_id=f"{folder}/{file}")
-    )
-    return _json(reply.job, 202)
+    job = await _downloader(request).start(f"{folder}/{file}")
+    return _json(job, 202)
 
 
 @router.get(
@@ -51,7 +49,7 @@ async def download_progress(request: Request, folder: str, file: str) -> Respons
     accept = request.headers.get("accept", "")
     client = _downloader(request)
     if "application/json" in accept and "text/event-stream" not in accept:
-        return _json((await client.call("GetDownload", pb.GetDownloadRequest(model_id=model_id))).job)
+        return _json(await client.get(model_id))
     replies = await client.watch(model_id)
 
     async def events() -> AsyncIterator[bytes]:
@@ -78,30 +76,24 @@ async def download_progress(request: Request, folder: str, file: str) -> Respons
 @router.delete(BASE, response_model=DownloadOut, responses=error_responses(404, 503))
 async def cancel_download(request: Request, folder: str, file: str) -> Response:
     """Cancels the download and removes its partial files; the model stays not-downloaded."""
-    reply = await _downloader(request).call(
-        "CancelDownload", pb.CancelDownloadRequest(model_id=f"{folder}/{file}")
-    )
-    return _json(reply.job)
+    job = await _downloader(request).cancel(f"{folder}/{file}")
+    return _json(job)
 
 
 @router.post(f"{BASE}/pause", response_model=DownloadOut, responses=error_responses(404, 503))
 async def pause_download(request: Request, folder: str, file: str) -> Response:
-    reply = await _downloader(request).call(
-        "PauseDownload", pb.PauseDownloadRequest(model_id=f"{folder}/{file}")
-    )
-    return _json(reply.job)
+    job = await _downloader(request).pause(f"{folder}/{file}")
+    return _json(job)
 
 
 @router.post(f"{BASE}/resume", response_model=DownloadOut, responses=error_responses(404, 409, 429, 503))
 async def resume_download(request: Request, folder: str, file: str) -> Response:
-    reply = await _downloader(request).call(
-        "ResumeDownload", pb.ResumeDownloadRequest(model_id=f"{folder}/{file}")
-    )
-    return _json(reply.job)
+    job = await _downloader(request).resume(f"{folder}/{file}")
+    return _json(job)
 
 
 @router.get("/v1/downloads", response_model=DownloadListOut, responses=error_responses(503))
 async def list_downloads(request: Request) -> Response:
-    reply = await _downloader(request).call("ListDownloads", pb.ListDownloadsRequest())
-    body = {"object": "list", "data": [convert.job_dict(j) for j in reply.jobs]}
+    jobs = await _downloader(request).list()
+    body = {"object": "list", "data": [convert.job_dict(j) for j in jobs]}
     return Response(orjson.dumps(body), media_type="application/json")

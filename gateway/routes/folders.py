@@ -12,7 +12,6 @@ from gateway.clients import CatalogClient
 from gateway.errors import error_responses
 from gateway.protocol import models as convert
 from gateway.protocol.models import ImportOut, ProblemListOut
-from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 router = APIRouter(tags=["folders"])
 
@@ -79,5 +78,5 @@ async def import_folder(
 @router.get("/v1/catalog/problems", response_model=ProblemListOut, responses=error_responses(503))
 async def list_problems(request: Request) -> ProblemListOut:
     """json files under models/ that are not valid model objects, with the reason for each."""
-    reply = await _catalog(request).call("ListProblems", catalog_pb.ListProblemsRequest())
-    return ProblemListOut(data=[convert.problem_dict(p) for p in reply.problems])  # type: ignore[misc]
+    problems = await _catalog(request).list_problems()
+    return ProblemListOut(data=[convert.problem_dict(p) for p in problems])  # type: ignore[misc]

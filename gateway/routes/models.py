@@ -20,7 +20,6 @@ from gateway.protocol.models import (
     StateOut,
     UpdateModelIn,
 )
-from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -58,12 +57,12 @@ async def create_model(request: Request, body: CreateModelIn) -> Response:
     if convert.is_hf_repo_url(body.source_url):
         folder = body.id.split("/", 1)[0] if body.id else ""
         request_pb = downloader_pb.ImportRepositoryRequest(repo_url=body.source_url, folder=folder)
-        reply = await request.app.state.downloader.call("ImportRepository", request_pb)
+        reply = await request.app.state.downloader.import_repository(request_pb)
         models = [convert.model_dict(m) for m in reply.models]
         body_json = convert.orjson.dumps({"object": "list", "folder": reply.folder, "data": models})
         return _json(body_json, 201)
-    reply = await _catalog(request).call("CreateModel", convert.create_request(body))
-    return _json(convert.model_json(reply.model), 201)
+    model = await _catalog(request).create_model(convert.create_request(body))
+    return _json(convert.model_json(model), 201)
 
 
 @router.post(
@@ -75,41 +74,39 @@ async def create_model(request: Request, body: CreateModelIn) -> Response:
 async def import_remote_models(request: Request, body: RemoteImportIn) -> Response:
     """Creates model objects of the api engine for a remote OpenAI-compatible API's models (listed when no
     `models` are named) or an Azure OpenAI resource's deployments, in one folder (answered as a list)."""
-    reply = await _catalog(request).call("ImportRemoteModels", convert.remote_import_request(body))
+    reply = await _catalog(request).import_remote_models(convert.remote_import_request(body))
     models = [convert.model_dict(m) for m in reply.models]
     return _json(convert.orjson.dumps({"object": "list", "folder": reply.folder, "data": models}), 201)
 
 
 @router.get("/{folder}/{file}", response_model=ModelOut, responses=error_responses(400, 404, 422, 503))
 async def get_model(request: Request, folder: str, file: str) -> Response:
-    reply = await _catalog(request).call("GetModel", catalog_pb.GetModelRequest(id=f"{folder}/{file}"))
-    return _json(convert.model_json(reply.model))
+    return _json(convert.model_json(await _catalog(request).get_model(f"{folder}/{file}")))
 
 
 @router.patch("/{folder}/{file}", response_model=ModelOut, responses=error_responses(400, 404, 409, 422, 503))
 async def update_model(request: Request, folder: str, file: str, body: UpdateModelIn) -> Response:
-    reply = await _catalog(request).call("UpdateModel", convert.update_request(f"{folder}/{file}", body))
-    return _json(convert.model_json(reply.model))
+    model = await _catalog(request).update_model(convert.update_request(f"{folder}/{file}", body))
+    return _json(convert.model_json(model))
 
 
 @router.delete("/{folder}/{file}", response_model=DeletedOut, responses=error_responses(400, 404, 503))
 async def delete_model(request: Request, folder: str, file: str) -> DeletedOut:
-    reply = await _catalog(request).call("DeleteModel", catalog_pb.DeleteModelRequest(id=f"{folder}/{file}"))
+    reply = await _catalog(request).delete_model(f"{folder}/{file}")
     return DeletedOut(id=reply.id)
 
 
 @router.get("/{folder}/{file}/state", response_model=StateOut, responses=error_responses(400, 404, 422, 503))
 async def get_model_state(request: Request, folder: str, file: str) -> StateOut:
-    reply = await _catalog(request).call("GetModel", catalog_pb.GetModelRequest(id=f"{folder}/{file}"))
-    return StateOut(**convert.state_dict(reply.model))
+    return StateOut(**convert.state_dict(await _catalog(request).get_model(f"{folder}/{file}")))
 
 
 @router.get(
     "/{folder}/{file}/metadata", response_model=MetadataOut, responses=error_responses(400, 404, 422, 503)
 )
 async def get_model_metadata(request: Request, folder: str, file: str) -> Response:
-    reply = await _catalog(request).call("GetModel", catalog_pb.GetModelRequest(id=f"{folder}/{file}"))
-    return _json(convert.orjson.dumps(convert.metadata_dict(reply.model)))
+    model = await _catalog(request).get_model(f"{folder}/{file}")
+    return _json(convert.orjson.dumps(convert.metadata_dict(model)))
 
 
 @router.api_route(
