@@ -1,14 +1,13 @@
-"""Chat prompts and stop strings for engines that take text (Triton/TensorRT-LLM), without a GGUF at hand.
-
-A chat becomes one prompt string by, in order: the model object's spec prompt fields (`pre_prompt`,
-`user_prompt`, `ai_prompt`); `parameters.chat_template` (a Jinja template, as in a tokenizer config);
-`parameters.chat_format` (one of llama-cpp-python's named formats); else ChatML. Stop strings are
-applied while streaming: text that might be the start of a stop string is held back until it is not.
+"""Chat prompts and stop strings, the same for every engine that renders prompts itself (llama.cpp,
+Triton/TensorRT-LLM): one precedence of the ways a model object can say how its chats become prompts
+(`resolve_format`). Stop strings are applied while streaming: text that might be the start of a stop
+string is held back until it is not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import InvalidArgument
@@ -16,10 +15,12 @@ from services.common.errors import InvalidArgument
 # Named prompt formats of llama-cpp-python usable as `parameters.chat_format`.
 CHAT_FORMATS = ("chatml", "gemma", "llama-2", "llama-3", "mistral-instruct", "zephyr", "alpaca", "qwen")
 
-Render = Callable[[list[dict[str, str]]], tuple[str, list[str]]]
+# Renders chat messages (with extra template variables such as `tools`) into (the prompt, stop strings,
+# whether the prompt already holds its special tokens as text: a Jinja template writes BOS itself).
+Render = Callable[[list[dict[str, Any]], dict[str, Any]], tuple[str, list[str], bool]]
 
 
-def spec_prompt(parameters: dict[str, Any], messages: list[dict[str, str]]) -> tuple[str, list[str]]:
+def spec_prompt(parameters: dict[str, Any], messages: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """The Jan spec's prompt fields: pre_prompt, then user_prompt/ai_prompt before each turn."""
     pre, user, ai = (str(parameters.get(k) or "") for k in ("pre_prompt", "user_prompt", "ai_prompt"))
     system = "\n".join(m["content"] for m in messages if m["role"] == "system")
@@ -33,39 +34,78 @@ def spec_prompt(parameters: dict[str, Any], messages: list[dict[str, str]]) -> t
     return prompt, [s for s in (user.strip(),) if s]
 
 
-def formatter(parameters: dict[str, Any]) -> tuple[str, Render]:
-    """(a name for logs and effective parameters, the function turning messages into a prompt)."""
+@dataclass(frozen=True)
+class PromptFormat:
+    """How one model's chats become prompts."""
+
+    name: str  # for logs and effective parameters
+    render: Render
+    # The Jinja template in use (its tool format is read from it), or None for the other ways.
+    template: str | None = None
+
+
+def resolve_format(
+    parameters: dict[str, Any],
+    *,
+    gguf_template: str | None = None,
+    architecture: str = "",
+    bos_token: str = "",
+    eos_token: str = "",
+) -> PromptFormat:
+    """The one precedence every engine follows, first match wins:
+    1. the model object's spec prompt fields (`pre_prompt`, `user_prompt`, `ai_prompt`);
+    2. `parameters.chat_template`, a Jinja template (as in a tokenizer config);
+    3. `parameters.chat_format`, one of llama-cpp-python's named formats (CHAT_FORMATS);
+    4. the GGUF's own `tokenizer.chat_template`;
+    5. by architecture: Gemma -> "gemma", anything else -> "chatml" (llama-cpp-python's own silent
+       fallback, "llama-2", makes Gemma-style models stop at once or babble)."""
+    if any(parameters.get(k) for k in ("pre_prompt", "user_prompt", "ai_prompt")):
+
+        def render_spec(messages: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, list[str], bool]:
+            return (*spec_prompt(parameters, messages), False)
+
+        return PromptFormat("model object prompt fields", render_spec)
+    template = parameters.get("chat_template")
+    if template is not None and not isinstance(template, str):
+        raise InvalidArgument("chat_template must be a Jinja template string", param="chat_template")
+    named = parameters.get("chat_format")
+    if template:
+        bos = str(parameters.get("bos_token") or bos_token)
+        eos = str(parameters.get("eos_token") or eos_token)
+        return PromptFormat("chat_template", _jinja(template, bos, eos), template)
+    if named:
+        return _named(str(named))
+    if gguf_template:
+        return PromptFormat("gguf chat template", _jinja(gguf_template, bos_token, eos_token), gguf_template)
+    return _named("gemma" if architecture.startswith("gemma") else "chatml")
+
+
+def _jinja(template: str, bos_token: str, eos_token: str) -> Render:
     from llama_cpp import llama_chat_format as fmt
 
-    if any(parameters.get(k) for k in ("pre_prompt", "user_prompt", "ai_prompt")):
-        return "model object prompt fields", lambda messages: spec_prompt(parameters, messages)
-    template = parameters.get("chat_template")
-    if template:
-        if not isinstance(template, str):
-            raise InvalidArgument("chat_template must be a Jinja template string", param="chat_template")
-        jinja = fmt.Jinja2ChatFormatter(
-            template=template,
-            eos_token=str(parameters.get("eos_token") or ""),
-            bos_token=str(parameters.get("bos_token") or ""),
-        )
+    jinja = fmt.Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
 
-        def render_template(messages: list[dict[str, str]]) -> tuple[str, list[str]]:
-            result = jinja(messages=messages)  # type: ignore[arg-type]
-            return result.prompt, stop_list(result.stop)
+    def render(messages: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, list[str], bool]:
+        result = jinja(messages=messages, **extra)  # type: ignore[arg-type]
+        return result.prompt, stop_list(result.stop), True
 
-        return "chat_template", render_template
-    name = str(parameters.get("chat_format") or "chatml")
+    return render
+
+
+def _named(name: str) -> PromptFormat:
+    from llama_cpp import llama_chat_format as fmt
+
     if name not in CHAT_FORMATS:
         raise InvalidArgument(f"chat_format must be one of {', '.join(CHAT_FORMATS)}", param="chat_format")
     function = getattr(
         fmt, "format_" + name.replace("-", "_").replace("llama_2", "llama2").replace("llama_3", "llama3")
     )
 
-    def render_named(messages: list[dict[str, str]]) -> tuple[str, list[str]]:
-        result = function(messages=messages)
-        return result.prompt, stop_list(result.stop)
+    def render(messages: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, list[str], bool]:
+        result = function(messages=messages)  # the named formats know no tools: the tool plan is generic
+        return result.prompt, stop_list(result.stop), False
 
-    return name, render_named
+    return PromptFormat(name, render)
 
 
 def stop_list(stop: Any) -> list[str]:

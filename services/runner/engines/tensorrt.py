@@ -52,7 +52,7 @@ from services.runner.engines.base import (
     TokenLogprob,
     refuse_unsupported,
 )
-from services.runner.engines.prompt import Render, StopFilter, formatter
+from services.runner.engines.prompt import Render, StopFilter, resolve_format
 from services.runner.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,8 @@ class TensorRTEngine(Engine):
         import tritonclient.grpc.aio as triton
         from tritonclient.utils import InferenceServerException
 
-        self.chat_format, self._render = formatter(self.spec.parameters)
+        chosen = resolve_format(self.spec.parameters)
+        self.chat_format, self._render = chosen.name, chosen.render
         try:
             await asyncio.to_thread(
                 netsafety.check_source_url,
@@ -228,7 +229,7 @@ class TensorRTEngine(Engine):
     def _request_inputs(self, request: GenerateRequest) -> tuple[list[Any], list[str]]:
         if request.messages is not None:
             assert self._render is not None
-            prompt, stops = self._render(request.messages)
+            prompt, stops, _ = self._render(request.messages, {})
         else:
             prompt, stops = request.prompt or "", []
         s = request.sampling

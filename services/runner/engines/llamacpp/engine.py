@@ -49,7 +49,7 @@ from services.runner.engines.llamacpp.batcher import (
 from services.runner.engines.llamacpp.gguf import gguf_facts, kv_bytes_per_token
 from services.runner.engines.llamacpp.json_schema import JSON_OBJECT_GBNF, schema_to_gbnf
 from services.runner.engines.output import ChoiceOutput
-from services.runner.engines.prompt import CHAT_FORMATS, spec_prompt, stop_list
+from services.runner.engines.prompt import Render, resolve_format
 from services.runner.engines.reasoning import ReasoningSplitter, opened_by_prompt
 from services.runner.engines.tools import (
     NAMED_FORMATS_WITHOUT_SYSTEM,
@@ -62,9 +62,6 @@ from services.runner.engines.tools import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Renders chat messages (with extra template variables such as `tools`) into (prompt, stops, whether the
-# prompt holds special tokens already).
-Render = Callable[[list[dict[str, Any]], dict[str, Any]], tuple[str, list[str], bool]]
 
 
 def _truthy(value: Any) -> bool:
@@ -194,56 +191,16 @@ class LlamaCppEngine(Engine):
     # --- prompts ------------------------------------------------------------------------------------------
 
     def _choose_format(self, model: Batcher) -> Render:
-        from llama_cpp import llama_chat_format as fmt
-
-        params = self.spec.parameters
-        if any(params.get(k) for k in ("pre_prompt", "user_prompt", "ai_prompt")):
-            self.chat_format = "model object prompt fields"
-            return self._spec_prompt
-        template = model.metadata.get("tokenizer.chat_template")
-        named = params.get("chat_format")
-        if named:
-            if named not in CHAT_FORMATS:
-                raise InvalidArgument(
-                    f"chat_format must be one of {', '.join(CHAT_FORMATS)}", param="chat_format"
-                )
-            return self._named(named)
-        if template:
-            formatter = fmt.Jinja2ChatFormatter(
-                template=template,
-                eos_token=model.token_text(model.eos),
-                bos_token=model.token_text(model.bos),
-            )
-            self.chat_format = "gguf chat template"
-            self.tool_format = detect_format(template)
-
-            def render(messages: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, list[str], bool]:
-                result = formatter(messages=messages, **extra)  # type: ignore[arg-type]
-                return result.prompt, stop_list(result.stop), True
-
-            return render
-        arch = str(model.metadata.get("general.architecture", ""))
-        return self._named("gemma" if arch.startswith("gemma") else "chatml")
-
-    def _named(self, name: str) -> Render:
-        from llama_cpp import llama_chat_format as fmt
-
-        function = getattr(
-            fmt, "format_" + name.replace("-", "_").replace("llama_2", "llama2").replace("llama_3", "llama3")
+        chosen = resolve_format(
+            self.spec.parameters,
+            gguf_template=model.metadata.get("tokenizer.chat_template"),
+            architecture=str(model.metadata.get("general.architecture", "")),
+            bos_token=model.token_text(model.bos),
+            eos_token=model.token_text(model.eos),
         )
-        self.chat_format = name
-
-        def render(messages: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, list[str], bool]:
-            result = function(messages=messages)  # the named formats know no tools: the plan is generic
-            return result.prompt, stop_list(result.stop), False
-
-        return render
-
-    def _spec_prompt(
-        self, messages: list[dict[str, Any]], extra: dict[str, Any]
-    ) -> tuple[str, list[str], bool]:
-        prompt, stops = spec_prompt(self.spec.parameters, messages)
-        return prompt, stops, False
+        self.chat_format = chosen.name
+        self.tool_format = detect_format(chosen.template)
+        return chosen.render
 
     def _prompt(
         self, request: GenerateRequest, plan: ToolPlan | None = None

@@ -384,9 +384,10 @@ class _RegexParser:
             raise _PatternError(f"the repetition {{{lo},{hi}}} is reversed")
         if lo > _MAX_REPEAT:
             raise _PatternError(f"a repetition of more than {_MAX_REPEAT} cannot be counted")
-        if hi is None and _nullable(atom):
-            # `(a*)*` would be a left-recursive rule, which llama.cpp rejects.
-            raise _PatternError("a part that can match nothing is repeated without bound")
+        if (hi is None or hi > 1) and _nullable(atom):
+            # Unbounded, `(a*)*` is a left-recursive rule, which llama.cpp rejects; bounded, every copy may
+            # be skipped at every step, and llama.cpp's parse stacks multiply until it stalls.
+            raise _PatternError("a part that can match the empty string is repeated")
         hi = None if hi is None else min(hi, _MAX_REPEAT)
         return atom if (lo, hi) == (1, 1) else _Rep(atom, lo, hi)
 
