@@ -159,7 +159,8 @@ _ASCII_RAW = _minus(_RAW, ((0x7F, _MAX_CODE_POINT),))
 _DIGIT: _Ranges = ((0x30, 0x39),)
 _WORD = _union(_DIGIT, _points("_"), ((0x41, 0x5A), (0x61, 0x7A)))
 _SPACE = _union(((0x09, 0x0D),), _points(" "))
-# Python's `.` stops at \n only, ECMA 262's at \r, U+2028 and U+2029 too: the grammar stops at all.
+# Python's `.` stops at \n only, ECMA 262's at \r, U+2028 and U+2029 too: the grammar stops at all, and
+# like every class defined by exclusion it writes no escapes (so no `"`, `\` or control characters).
 _DOT = _minus(_RAW, _points("\u2028\u2029"))
 
 
@@ -196,6 +197,12 @@ def _literal(text: str) -> str:
         else:
             out.append(_class_char(ord(ch)))
     return '"' + "".join(out) + '"'
+
+
+def _json_text(value: Any) -> str:
+    """`value` as compact JSON, non-ASCII raw except lone surrogates, which only an escape can write."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m[0]):04x}", text)
 
 
 def _set_alternatives(ranges: _Ranges) -> list[str]:
@@ -337,6 +344,8 @@ class _RegexParser:
             raise _PatternError(f"{c!r} at position {self.i - 1} repeats nothing (escape it)")
         if c in "]}":
             raise _PatternError(f"a lone {c!r} means different things in different regex flavors (escape it)")
+        if 0xD800 <= ord(c) <= 0xDFFF:
+            raise _PatternError("surrogates are not supported")
         return _Set(((ord(c), ord(c)),))
 
     def _group(self) -> _Node:
@@ -455,7 +464,7 @@ class _RegexParser:
                 members.append((start, end))
             else:
                 members.append((start, start))
-        chosen = _union(members)
+        chosen = _minus(_union(members), ((0xD800, 0xDFFF),))
         if negated:
             # A class defined by what it leaves out writes no escapes, and with \d, \w or \s inside it
             # keeps to ASCII, where the flavors agree on what those leave out.
@@ -812,7 +821,7 @@ class _Compiler:
             return True
         if self._kinds(a) == self._kinds(b) == {"object"}:
             pa, pb = a.get("properties") or {}, b.get("properties") or {}
-            both = set(a.get("required") or ()) & set(b.get("required") or ())
+            both = set(self._required(a, "#")) & set(self._required(b, "#"))
             return any(p in pa and p in pb and self._disjoint(pa[p], pb[p], depth + 1) for p in both)
         return False
 
@@ -863,7 +872,10 @@ class _Compiler:
             into.properties.setdefault(name, (sub, _pointer(ptr, "properties", name)))
         into.required.extend(self._required(branch, ptr))
         into.free = into.free and "properties" not in branch
-        for i, sub_branch in enumerate(branch.get("allOf", ())):
+        nested = branch.get("allOf", [])
+        if not isinstance(nested, list):
+            self._refuse('"allOf"', ptr, "it must be an array of schemas")
+        for i, sub_branch in enumerate(nested):
             self._merge(sub_branch, _pointer(ptr, "allOf", i), into, depth + 1)
 
     def _enum(self, schema: dict[str, Any], ptr: str) -> str:
@@ -887,9 +899,7 @@ class _Compiler:
         literals = []
         for v in values:
             try:
-                literals.append(
-                    _literal(json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
-                )
+                literals.append(_literal(_json_text(v)))
             except (ValueError, TypeError):
                 self._refuse(f'"{keyword}"', ptr, f"{v!r} is not JSON")
         if not literals:
@@ -1033,7 +1043,8 @@ class _Compiler:
             if keyword not in schema:
                 continue
             value = schema[keyword]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+            if isinstance(value, bool) or not finite:
                 self._refuse(
                     f'"{keyword}"', ptr, "it must be a number (the draft-04 boolean form is not supported)"
                 )
@@ -1157,7 +1168,7 @@ class _Compiler:
 
         def member(name: str, sub: Any, sub_ptr: str) -> str:
             value = self._inside(sub, sub_ptr, f"{hint}-{name}", depth)
-            key = _literal(json.dumps(name, ensure_ascii=False))
+            key = _literal(_json_text(name))
             return self.rules.add(f"{hint}-{name}-kv", f'{key} {space} ":" {space} {value} {space}')
 
         kv = {n: member(n, *({**members, **undeclared}[n])) for n in mandatory + optional}
@@ -1247,20 +1258,19 @@ class _Compiler:
         if (hi is None or hi > count) and count == used:
             rest_symbol = self._inside(rest, rest_ptr, f"{hint}-item", depth)
 
-        def after(i: int) -> str:
-            """What may follow the first i items."""
-            if i < count:
-                step = f'"," {space} {symbols[i]} {space} {after(i + 1)}'.strip()
-                return step if i < lo else self._optional(step, f"{hint}-after-{i}")
-            if rest_symbol is None or (hi is not None and hi <= i):
-                return ""
+        # What may follow the first i items, built from the last prefix item back to the first.
+        after = ""
+        if rest_symbol is not None and (hi is None or hi > max(count, 1)):
             next_item = self.rules.add(f"{hint}-next", f'"," {space} {rest_symbol} {space}')
-            return self._repeat(next_item, max(0, lo - i), None if hi is None else hi - i)
-
+            since = max(count, 1)
+            after = self._repeat(next_item, max(0, lo - since), None if hi is None else hi - since)
+        for i in range(count - 1, 0, -1):
+            step = f'"," {space} {symbols[i]} {space} {after}'.strip()
+            after = step if i < lo else self._optional(step, f"{hint}-after-{i}")
         first = symbols[0] if symbols else rest_symbol
         if first is None or hi == 0:
             return f'"[" {space} "]"'
-        items_expr = f"{first} {space} {after(1)}".strip()
+        items_expr = f"{first} {space} {after}".strip()
         return f'"[" {space} {items_expr if lo > 0 else self._optional(items_expr, f"{hint}-items")} "]"'
 
 
