@@ -219,6 +219,8 @@ def unsupported_fields(body: SamplingIn) -> None:
             raise Unsupported("modalities", "only the text modality is supported")
         if body.top_logprobs and not body.logprobs:
             raise Unsupported("top_logprobs", "top_logprobs needs logprobs: true")
+        if body.parallel_tool_calls is not None and not body.tools:
+            raise Unsupported("parallel_tool_calls", "parallel_tool_calls is only allowed with tools")
     if isinstance(body, CompletionIn):
         if body.suffix:
             raise Unsupported("suffix", "suffix (fill-in-the-middle) is not supported")
@@ -226,6 +228,10 @@ def unsupported_fields(body: SamplingIn) -> None:
             raise Unsupported("best_of", "best_of is supported only equal to n")
         if body.echo and body.stream:
             raise Unsupported("echo", "echo is supported only without stream")
+        if body.echo and body.logprobs is not None:
+            raise Unsupported(
+                "echo", "echo with logprobs would need the prompt's log-probabilities, not computed here"
+            )
 
 
 def _sampling(body: SamplingIn, max_tokens: int | None) -> runner_pb.Sampling:

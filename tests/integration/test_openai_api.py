@@ -229,6 +229,7 @@ async def test_tokenize_detokenize_and_cached_tokens(stack: Stack) -> None:
         ({"frobnicate": 1}, "frobnicate"),
         ({"stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
         ({"top_logprobs": 2}, "top_logprobs"),
+        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
         ({"service_tier": "flex"}, "service_tier"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
         ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools.0.type"),
@@ -266,14 +267,13 @@ async def test_labels_for_the_provider_are_accepted(stack: Stack) -> None:
 
 
 async def test_completions_echo_logprobs_and_a_json_schema(stack: Stack) -> None:
-    answer = await stack.sdk.completions.create(
-        model=MODEL, prompt="the cat", echo=True, logprobs=2, max_tokens=5
-    )
+    echoed = await stack.sdk.completions.create(model=MODEL, prompt="the cat", echo=True, max_tokens=5)
+    answer = await stack.sdk.completions.create(model=MODEL, prompt="the cat", logprobs=2, max_tokens=5)
     choice = answer.choices[0]
-    assert choice.text.startswith("the cat")
+    assert echoed.choices[0].text == "the cat" + choice.text
     lp = choice.logprobs
     assert lp is not None and len(lp.tokens or []) == 5 and all(len(t) == 2 for t in lp.top_logprobs or [])
-    assert (lp.text_offset or [])[0] == len("the cat")
+    assert "".join(lp.tokens or []) == choice.text and (lp.text_offset or [])[0] == 0
     schema = {
         "type": "object",
         "properties": {"ok": {"type": "boolean"}},
@@ -284,7 +284,13 @@ async def test_completions_echo_logprobs_and_a_json_schema(stack: Stack) -> None
         model=MODEL, prompt="the cat", max_tokens=50, extra_body={"json_schema": schema}
     )
     assert json.loads(constrained.choices[0].text) in ({"ok": True}, {"ok": False})
-    for extra, param in (({"suffix": "x"}, "suffix"), ({"best_of": 3}, "best_of"), ({"bogus": 1}, "bogus")):
+    refused = (
+        ({"suffix": "x"}, "suffix"),
+        ({"best_of": 3}, "best_of"),
+        ({"bogus": 1}, "bogus"),
+        ({"echo": True, "logprobs": 1}, "echo"),  # the prompt's log-probabilities are not computed
+    )
+    for extra, param in refused:
         resp = await stack.http.post("/v1/completions", json={"model": MODEL, "prompt": "x", **extra})
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param
 
