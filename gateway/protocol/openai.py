@@ -565,25 +565,41 @@ class Choice:
 
 
 @dataclass
-class Gathered:
-    """Every choice of a non-streamed answer, and the usage summed over them."""
+class Usage:
+    """The usage of an answer, summed over its choices from each choice's last message."""
 
-    choices: dict[int, Choice] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    choices: int = 0
+
+    def count(self, reply: runner_pb.GenerateResponse) -> None:
+        if not reply.finish_reason:
+            return
+        # Every choice reads the same prompt once: it counts once, as OpenAI counts it.
+        self.prompt_tokens = reply.usage.prompt_tokens
+        self.cached_tokens = max(self.cached_tokens, reply.usage.cached_tokens)
+        self.completion_tokens += reply.usage.completion_tokens
+        self.choices += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return usage_dict(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+
+@dataclass
+class Gathered:
+    """Every choice of a non-streamed answer, and its usage."""
+
+    choices: dict[int, Choice] = field(default_factory=dict)
+    counted: Usage = field(default_factory=Usage)
 
     def add(self, reply: runner_pb.GenerateResponse) -> None:
         self.choices.setdefault(reply.index, Choice()).add(reply)
-        if reply.finish_reason:
-            # Every choice reads the same prompt once: it counts once, as OpenAI counts it.
-            self.prompt_tokens = reply.usage.prompt_tokens
-            self.cached_tokens = max(self.cached_tokens, reply.usage.cached_tokens)
-            self.completion_tokens += reply.usage.completion_tokens
+        self.counted.count(reply)
 
     @property
     def usage(self) -> dict[str, Any]:
-        return usage_dict(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+        return self.counted.as_dict()
 
 
 def chat_completion(cid: str, created: int, model: str, gathered: Gathered, with_logprobs: bool) -> dict:

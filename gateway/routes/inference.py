@@ -113,26 +113,21 @@ def _event_stream(
 
     async def events() -> AsyncIterator[bytes]:
         pending = head
-        gathered = openai.Gathered()
+        usage = openai.Usage()
         try:
             # Closed explicitly, so that a client that went away cancels the runner's work at once (not
             # when the garbage collector finalises the abandoned stream).
             async with contextlib.aclosing(replies):
                 async for reply in replies:
-                    if reply.finish_reason:
-                        gathered.add(
-                            runner_pb.GenerateResponse(
-                                index=reply.index, finish_reason=reply.finish_reason, usage=reply.usage
-                            )
-                        )
+                    usage.count(reply)
                     payload = render(reply)
                     if payload is not None:
                         yield pending + _sse(payload)
                         pending = b""
             if pending:
                 yield pending
-            if usage_chunk is not None and gathered.choices:
-                yield _sse(usage_chunk(gathered.usage))
+            if usage_chunk is not None and usage.choices:
+                yield _sse(usage_chunk(usage.as_dict()))
         except aio.AioRpcError as exc:
             # After the headers an error can only travel as an event (a runner that died mid-stream).
             err = from_rpc_error(exc, "runner")
