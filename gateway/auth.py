@@ -1,4 +1,6 @@
-"""API keys: when any are configured, every route but the open ones needs `Authorization: Bearer <key>`.
+"""API keys: when any are configured, every route but the open ones needs a key, read where the route's
+own clients send it: `Authorization: Bearer <key>` everywhere (OpenAI's SDK; Ollama's clients given the
+header), and `x-api-key: <key>` on Anthropic's routes too (Anthropic's SDK).
 
 Keys come from `JAN_API_KEYS` (comma-separated) and/or `JAN_API_KEYS_FILE` (one per line, blank lines
 and `#` comments ignored). A missing or wrong key gets 401 in the one error shape with
@@ -19,7 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import error_json
+from gateway.errors import Dialect, error_json
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,23 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
+def api_key_header(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The value of the `x-api-key` header, else None."""
+    for name, value in headers:
+        if name.lower() == b"x-api-key":
+            return value.strip() or None
+    return None
+
+
+def presented_key(path: str, headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The key a request to `path` presents: its Bearer token, or on Anthropic's routes its x-api-key."""
+    headers = list(headers)
+    token = bearer_token(headers)
+    if token is None and Dialect.of_path(path) is Dialect.ANTHROPIC:
+        token = api_key_header(headers)
+    return token
+
+
 class APIKeyMiddleware:
     """Pure ASGI (so it guards streaming routes and unknown paths alike, before any routing or body)."""
 
@@ -118,19 +137,20 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
-        token = bearer_token(scope["headers"])
+        token = presented_key(scope["path"], scope["headers"])
         if token is not None and self.checker.valid(token):
             await self.app(scope, receive, send)
             return
         if token is None:
-            message = "missing API key: send it as 'Authorization: Bearer <key>'"
+            how = "'x-api-key: <key>' or " if Dialect.of_path(scope["path"]) is Dialect.ANTHROPIC else ""
+            message = f"missing API key: send it as {how}'Authorization: Bearer <key>'"
             code = "missing_api_key"
         else:
             message = "invalid API key"
             code = "invalid_api_key"
         client = scope.get("client")
         log.info("401 %s %s from %s: %s", scope["method"], scope["path"], client[0] if client else "?", code)
-        response = error_json(401, message, code, None)
+        response = error_json(401, message, code, None, path=scope["path"])
         response.headers["WWW-Authenticate"] = 'Bearer realm="jan"'
         await response(scope, receive, send)
 

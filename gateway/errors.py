@@ -1,8 +1,14 @@
-"""One error shape for every response, `{"error": {"message", "type", "param", "code"}}`, and the one
-table that turns a gRPC status into an HTTP status."""
+"""The error shape of every response, in the dialect of the route that answers it, and the one table that
+turns a gRPC status into an HTTP status.
+
+OpenAI's routes (and the Responses API, and Jan's own) answer `{"error": {"message", "type", "param",
+"code"}}`; Ollama's routes (`/api/...`) answer `{"error": "<message>"}` as Ollama does; Anthropic's
+(`/v1/messages...`) answer `{"type": "error", "error": {"type", "message"}}`. Ollama and Anthropic call
+a request that does not validate a 400, where OpenAI says 422."""
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 
@@ -89,9 +95,41 @@ class APIError(Exception):
         self.param = param
 
 
-def error_json(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
-    count_error(code, status)
-    body = {
+# Anthropic's error types (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+class Dialect(enum.Enum):
+    OPENAI = "openai"
+    OLLAMA = "ollama"
+    ANTHROPIC = "anthropic"
+
+    @classmethod
+    def of_path(cls, path: str) -> Dialect:
+        """The dialect a route speaks: the one place that knows which paths are whose."""
+        if path == "/api" or path.startswith("/api/"):
+            return cls.OLLAMA
+        if path == "/v1/messages" or path.startswith("/v1/messages/"):
+            return cls.ANTHROPIC
+        return cls.OPENAI
+
+
+def error_body(dialect: Dialect, status: int, message: str, code: str | None, param: str | None) -> dict:
+    """The error as `dialect` writes it (also the payload of an error event in a stream)."""
+    if dialect is Dialect.OLLAMA:
+        return {"error": message}
+    if dialect is Dialect.ANTHROPIC:
+        kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    return {
         "error": {
             "message": message,
             "type": _TYPES.get(status, "server_error"),
@@ -99,7 +137,17 @@ def error_json(status: int, message: str, code: str | None = None, param: str | 
             "code": code,
         }
     }
-    return JSONResponse(body, status_code=status)
+
+
+def error_json(
+    status: int, message: str, code: str | None = None, param: str | None = None, *, path: str = ""
+) -> JSONResponse:
+    """The error response of a request to `path`, in that route's dialect."""
+    count_error(code, status)
+    dialect = Dialect.of_path(path)
+    if status == 422 and dialect is not Dialect.OPENAI:
+        status = 400
+    return JSONResponse(error_body(dialect, status, message, code, param), status_code=status)
 
 
 def from_rpc_error(exc: aio.AioRpcError, service: str) -> APIError:
@@ -122,25 +170,25 @@ def from_rpc_error(exc: aio.AioRpcError, service: str) -> APIError:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_json(exc.status, exc.message, exc.code, exc.param)
+        return error_json(exc.status, exc.message, exc.code, exc.param, path=request.url.path)
 
     @app.exception_handler(aio.AioRpcError)
     async def _rpc_error(request: Request, exc: aio.AioRpcError) -> JSONResponse:
         err = from_rpc_error(exc, "catalog")
-        return error_json(err.status, err.message, err.code, err.param)
+        return error_json(err.status, err.message, err.code, err.param, path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         message = f"{'.'.join(loc) or 'request'}: {first.get('msg', 'invalid request')}"
-        return error_json(422, message, "invalid_request", ".".join(loc) or None)
+        return error_json(422, message, "invalid_request", ".".join(loc) or None, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Keep the exception's headers: a 405 must say which methods are allowed (RFC 9110 `Allow`).
         code = "method_not_allowed" if exc.status_code == 405 else None
-        response = error_json(exc.status_code, str(exc.detail), code, None)
+        response = error_json(exc.status_code, str(exc.detail), code, None, path=request.url.path)
         response.headers.update(exc.headers or {})
         if exc.status_code == 405 and (allowed := _allowed_methods(request)):
             response.headers["Allow"] = ", ".join(allowed)
@@ -149,7 +197,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_json(500, "internal error in the gateway", "internal_error", None)
+        return error_json(500, "internal error in the gateway", "internal_error", None, path=request.url.path)
 
 
 def _allowed_methods(request: Request) -> list[str]:

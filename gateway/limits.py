@@ -41,7 +41,8 @@ class BodyLimitMiddleware:
                     status, message = (413, BodyTooLarge(self.max_bytes).detail)
                     if not value.isdigit():
                         status, message = (400, "the Content-Length header is not a number")
-                    response = error_json(status, message, "request_too_large" if status == 413 else None)
+                    code = "request_too_large" if status == 413 else None
+                    response = error_json(status, message, code, path=scope["path"])
                     await response(scope, receive, send)
                     return
         seen = 0
@@ -63,4 +64,4 @@ def install_body_limit(app: FastAPI, max_bytes: int) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return error_json(413, str(exc.detail), "request_too_large", None)
+        return error_json(413, str(exc.detail), "request_too_large", path=request.url.path)

@@ -111,12 +111,13 @@ async def serving_runner(
 @dataclass
 class Stack:
     """A catalog, a runner and the gateway in-process, with an HTTP client and the official openai SDK
-    talking to the gateway over ASGI."""
+    talking to the gateway over ASGI (`transport`: for other clients, e.g. ollama's, anthropic's)."""
 
     http: httpx.AsyncClient
     sdk: openai.AsyncOpenAI
     catalog: Catalog
     runner: Runner
+    transport: httpx.AsyncBaseTransport
 
 
 @asynccontextmanager
@@ -139,7 +140,7 @@ async def serving_stack(root: Path, **gateway: Any) -> AsyncIterator[Stack]:
                     sdk = openai.AsyncOpenAI(
                         base_url="http://gw/v1", api_key="x", http_client=http, max_retries=0
                     )
-                    yield Stack(http, sdk, catalog, runner)
+                    yield Stack(http, sdk, catalog, runner, transport)
 
 
 @contextmanager

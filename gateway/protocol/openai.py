@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import struct
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.protocol.answer import Gathered, ToolCall, Usage
 from gateway.protocol.common import StrictBoolsModel, parse_keep_alive
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 
@@ -540,83 +540,29 @@ def chat_logprobs(entries: Any) -> list[dict[str, Any]]:
     ]
 
 
-@dataclass
-class Choice:
-    """One choice's output gathered from the runner's messages (non-streaming answers)."""
-
-    text: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
-    logprobs: list[Any] = field(default_factory=list)
-    finish: str | None = None
-
-    def add(self, reply: runner_pb.GenerateResponse) -> None:
-        self.text.append(reply.text)
-        if reply.reasoning:
-            self.reasoning.append(reply.reasoning)
-        for d in reply.tool_calls:
-            call = self.calls.setdefault(
-                d.index, {"id": d.id, "type": "function", "function": {"name": d.name, "arguments": ""}}
-            )
-            call["function"]["arguments"] += d.arguments
-        self.logprobs.extend(reply.logprobs)
-        if reply.finish_reason:
-            self.finish = FINISH_NAMES.get(reply.finish_reason, "stop")
+def usage_of(usage: Usage) -> dict[str, Any]:
+    return usage_dict(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
 
 
-@dataclass
-class Usage:
-    """The usage of an answer, summed over its choices from each choice's last message."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    choices: int = 0
-
-    def count(self, reply: runner_pb.GenerateResponse) -> None:
-        if not reply.finish_reason:
-            return
-        # Every choice reads the same prompt once: it counts once, as OpenAI counts it.
-        self.prompt_tokens = reply.usage.prompt_tokens
-        self.cached_tokens = max(self.cached_tokens, reply.usage.cached_tokens)
-        self.completion_tokens += reply.usage.completion_tokens
-        self.choices += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return usage_dict(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
-
-
-@dataclass
-class Gathered:
-    """Every choice of a non-streamed answer, and its usage."""
-
-    choices: dict[int, Choice] = field(default_factory=dict)
-    counted: Usage = field(default_factory=Usage)
-
-    def add(self, reply: runner_pb.GenerateResponse) -> None:
-        self.choices.setdefault(reply.index, Choice()).add(reply)
-        self.counted.count(reply)
-
-    @property
-    def usage(self) -> dict[str, Any]:
-        return self.counted.as_dict()
+def tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 def chat_completion(cid: str, created: int, model: str, gathered: Gathered, with_logprobs: bool) -> dict:
     choices = []
     for index in sorted(gathered.choices):
         c = gathered.choices[index]
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(c.text), "refusal": None}
+        message: dict[str, Any] = {"role": "assistant", "content": c.content, "refusal": None}
         if c.reasoning:
-            message["reasoning_content"] = "".join(c.reasoning)
+            message["reasoning_content"] = c.thinking
         if c.calls:
-            message["tool_calls"] = [c.calls[i] for i in sorted(c.calls)]
+            message["tool_calls"] = [tool_call(call) for call in c.tool_calls]
             message["content"] = message["content"] or None
         choices.append(
             {
                 "index": index,
                 "message": message,
-                "finish_reason": c.finish or "stop",
+                "finish_reason": FINISH_NAMES.get(c.finish_reason, "stop"),
                 "logprobs": {"content": chat_logprobs(c.logprobs), "refusal": None}
                 if with_logprobs
                 else None,
@@ -628,7 +574,7 @@ def chat_completion(cid: str, created: int, model: str, gathered: Gathered, with
         "created": created,
         "model": model,
         "choices": choices,
-        "usage": gathered.usage,
+        "usage": usage_of(gathered.usage),
     }
 
 
@@ -697,8 +643,8 @@ def text_completion(
         choices.append(
             {
                 "index": index,
-                "text": echo + "".join(c.text),
-                "finish_reason": c.finish or "stop",
+                "text": echo + c.content,
+                "finish_reason": FINISH_NAMES.get(c.finish_reason, "stop"),
                 "logprobs": completion_logprobs(c.logprobs, len(echo)) if with_logprobs else None,
             }
         )
@@ -708,7 +654,7 @@ def text_completion(
         "created": created,
         "model": model,
         "choices": choices,
-        "usage": gathered.usage,
+        "usage": usage_of(gathered.usage),
     }
 
 

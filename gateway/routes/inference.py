@@ -3,21 +3,19 @@ gateway/protocol/openai.py, serve through gateway/serving.py, render (JSON or Se
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from grpc import aio
 
-from gateway.clients import rpc_errors
-from gateway.errors import APIError, error_responses, from_rpc_error
+from gateway.errors import APIError, error_responses
 from gateway.protocol import models as protocol_models
 from gateway.protocol import openai
+from gateway.protocol.answer import Usage
 from gateway.protocol.common import parse_keep_alive
 from gateway.protocol.models import ModelOut, RunningListOut, StartIn
 from gateway.protocol.openai import (
@@ -34,6 +32,7 @@ from gateway.protocol.openai import (
     Unsupported,
 )
 from gateway.serving import Serving
+from gateway.streaming import Answer, gather, replies, sse, streamed
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 router = APIRouter(tags=["inference"])
@@ -88,58 +87,36 @@ async def running_models(request: Request) -> Response:
 # --- generation ------------------------------------------------------------------------------------------
 
 
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-async def _gather(replies: AsyncGenerator[runner_pb.GenerateResponse, None]) -> openai.Gathered:
-    gathered = openai.Gathered()
-    async with rpc_errors("runner"), contextlib.aclosing(replies):
-        async for reply in replies:
-            gathered.add(reply)
-    if not gathered.choices:
-        raise APIError(503, "the runner ended the stream without an answer", code="runner_unavailable")
-    return gathered
-
-
 def _event_stream(
-    replies: AsyncGenerator[runner_pb.GenerateResponse, None],
+    answer: Answer,
     render: Callable[[runner_pb.GenerateResponse], dict[str, Any] | None],
     head: bytes,
     usage_chunk: Callable[[dict[str, Any]], dict[str, Any]] | None,
 ) -> StreamingResponse:
-    """Server-Sent Events of the runner's messages, each rendered by `render`; `head` goes out with the
-    first; the usage of every choice summed in a last chunk when `usage_chunk` is given."""
+    """OpenAI's Server-Sent Events of the runner's messages, each rendered by `render`; `head` goes out
+    with the first; the usage of every choice summed in a last chunk when `usage_chunk` is given."""
 
     async def events() -> AsyncIterator[bytes]:
         pending = head
-        usage = openai.Usage()
+        usage = Usage()
         try:
-            # Closed explicitly, so that a client that went away cancels the runner's work at once (not
-            # when the garbage collector finalises the abandoned stream).
-            async with contextlib.aclosing(replies):
-                async for reply in replies:
-                    usage.count(reply)
-                    payload = render(reply)
-                    if payload is not None:
-                        yield pending + _sse(payload)
-                        pending = b""
+            async for reply in replies(answer):
+                usage.count(reply)
+                payload = render(reply)
+                if payload is not None:
+                    yield pending + sse(payload)
+                    pending = b""
             if pending:
                 yield pending
             if usage_chunk is not None and usage.choices:
-                yield _sse(usage_chunk(usage.as_dict()))
-        except aio.AioRpcError as exc:
+                yield sse(usage_chunk(openai.usage_of(usage)))
+        except APIError as err:
             # After the headers an error can only travel as an event (a runner that died mid-stream).
-            err = from_rpc_error(exc, "runner")
             error = {"message": err.message, "type": "server_error", "param": err.param, "code": err.code}
-            yield _sse({"error": error})
+            yield sse({"error": error})
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return streamed(events(), "text/event-stream")
 
 
 def _json(payload: dict[str, Any]) -> Response:
@@ -159,7 +136,7 @@ async def chat_completions(request: Request, body: ChatCompletionIn) -> Response
     replies = await _serving(request).generate(generate)
     with_logprobs = bool(body.logprobs)
     if not body.stream:
-        gathered = await _gather(replies)
+        gathered = await gather(replies)
         return _json(openai.chat_completion(cid, created, model, gathered, with_logprobs))
 
     def render(reply: runner_pb.GenerateResponse) -> dict[str, Any] | None:
@@ -171,7 +148,7 @@ async def chat_completions(request: Request, body: ChatCompletionIn) -> Response
         {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}
         for i in range(body.n)
     ]
-    head = _sse(openai.chat_chunk(cid, created, model, roles))
+    head = sse(openai.chat_chunk(cid, created, model, roles))
     usage = (lambda u: openai.chat_chunk(cid, created, model, [], u)) if body.include_usage else None
     return _event_stream(replies, render, head, usage)
 
@@ -187,7 +164,7 @@ async def completions(request: Request, body: CompletionIn) -> Response:
     replies = await _serving(request).generate(generate)
     with_logprobs = body.logprobs is not None
     if not body.stream:
-        gathered = await _gather(replies)
+        gathered = await gather(replies)
         echo = generate.text if body.echo else ""
         return _json(openai.text_completion(cid, created, model, gathered, with_logprobs, echo))
 
