@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.metrics import count_error
+from gateway.protocol.common import Unsupported
 from services.common.errors import ERROR_CODE_KEY, ERROR_PARAM_KEY
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return error_json(exc.status, exc.message, exc.code, exc.param, path=request.url.path)
+
+    @app.exception_handler(Unsupported)
+    async def _unsupported(request: Request, exc: Unsupported) -> JSONResponse:
+        return error_json(400, str(exc), "unsupported_parameter", exc.param, path=request.url.path)
 
     @app.exception_handler(aio.AioRpcError)
     async def _rpc_error(request: Request, exc: aio.AioRpcError) -> JSONResponse:

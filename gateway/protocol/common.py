@@ -8,6 +8,15 @@ import orjson
 from pydantic import AfterValidator, BaseModel, model_validator
 
 
+class Unsupported(ValueError):
+    """A request field that cannot be honoured, in any dialect: a 400 `unsupported_parameter` whose
+    `param` names it (gateway/errors.py turns it into the dialect's error)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 def _encodable(value: dict[str, Any] | None) -> dict[str, Any] | None:
     """A JSON object the services can take: orjson (which writes it on) refuses integers beyond 64 bits
     and nesting deeper than 255, which Python's parser accepts; refused here, that is a 422, not a 500."""

@@ -18,7 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.protocol.answer import Gathered, ToolCall, Usage
-from gateway.protocol.common import StrictBoolsModel, parse_keep_alive
+from gateway.protocol.common import StrictBoolsModel, Unsupported, parse_keep_alive
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 MAX_N = 16
@@ -30,14 +30,6 @@ FINISH_NAMES = {
     runner_pb.FINISH_REASON_LENGTH: "length",
     runner_pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
-
-
-class Unsupported(ValueError):
-    """A request field that cannot be honoured: a 400 naming it."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 # --- requests ---------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from gateway.protocol.openai import (
     EmbeddingListOut,
     TokenizeIn,
     TokenizeOut,
-    Unsupported,
 )
 from gateway.serving import Serving
 from gateway.streaming import Answer, gather, replies, sse, streamed
@@ -43,10 +42,6 @@ STREAMING: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stre
 
 def _serving(request: Request) -> Serving:
     return request.app.state.serving
-
-
-def _bad(exc: Unsupported) -> APIError:
-    return APIError(400, str(exc), code="unsupported_parameter", param=exc.param)
 
 
 # --- start / stop / running ------------------------------------------------------------------------------
@@ -128,10 +123,7 @@ def _json(payload: dict[str, Any]) -> Response:
 )
 async def chat_completions(request: Request, body: ChatCompletionIn) -> Response:
     """OpenAI chat completions, streamed as Server-Sent Events when `stream` is true."""
-    try:
-        generate = openai.chat_request(body)
-    except Unsupported as exc:
-        raise _bad(exc) from None
+    generate = openai.chat_request(body)
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     replies = await _serving(request).generate(generate)
     with_logprobs = bool(body.logprobs)
@@ -156,10 +148,7 @@ async def chat_completions(request: Request, body: ChatCompletionIn) -> Response
 @router.post("/v1/completions", response_model=CompletionOut, responses={**STREAMING, **INFERENCE_ERRORS})
 async def completions(request: Request, body: CompletionIn) -> Response:
     """OpenAI (legacy) text completions."""
-    try:
-        generate = openai.completion_request(body)
-    except Unsupported as exc:
-        raise _bad(exc) from None
+    generate = openai.completion_request(body)
     cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model
     replies = await _serving(request).generate(generate)
     with_logprobs = body.logprobs is not None
@@ -183,11 +172,9 @@ async def completions(request: Request, body: CompletionIn) -> Response:
 
 @router.post("/v1/embeddings", response_model=EmbeddingListOut, responses=INFERENCE_ERRORS)
 async def embeddings(request: Request, body: EmbeddingIn) -> Response:
+    embed = openai.embed_request(body)
     try:
-        embed = openai.embed_request(body)
         keep_alive = parse_keep_alive(body.keep_alive)
-    except Unsupported as exc:
-        raise _bad(exc) from None
     except ValueError as exc:
         raise APIError(400, str(exc), code="invalid_request", param="keep_alive") from None
     reply = await _serving(request).embed(embed, keep_alive)
@@ -198,10 +185,7 @@ async def embeddings(request: Request, body: EmbeddingIn) -> Response:
 async def tokenize(request: Request, body: TokenizeIn) -> Response:
     """The model's tokens of `prompt`, or of `messages` rendered with its chat template (as vLLM's and
     llama-server's /tokenize). Starts the model when needed."""
-    try:
-        tokenize_request = openai.tokenize_request(body)
-    except Unsupported as exc:
-        raise _bad(exc) from None
+    tokenize_request = openai.tokenize_request(body)
     reply = await _serving(request).tokenize(tokenize_request)
     return _json(openai.tokenize_dict(reply, body.return_token_strs))
 
