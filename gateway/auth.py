@@ -173,6 +173,12 @@ def install_api_keys(app: FastAPI, keys: list[str], *, metrics_public: bool) -> 
                 "scheme": "bearer",
                 "description": "One of the gateway's API keys (JAN_API_KEYS / JAN_API_KEYS_FILE).",
             }
+            schema["components"]["securitySchemes"]["anthropicApiKey"] = {
+                "type": "apiKey",
+                "in": "header",
+                "name": "x-api-key",
+                "description": "The same keys, as Anthropic's SDK sends them (Anthropic's routes only).",
+            }
             schema["security"] = [{"apiKey": []}]
             unauthorized = {
                 "description": "authentication_error",
@@ -183,6 +189,8 @@ def install_api_keys(app: FastAPI, keys: list[str], *, metrics_public: bool) -> 
                     if path in open_paths:
                         operation["security"] = []
                     else:
+                        if Dialect.of_path(path) is Dialect.ANTHROPIC:
+                            operation["security"] = [{"apiKey": []}, {"anthropicApiKey": []}]
                         operation.setdefault("responses", {})["401"] = unauthorized
             app.openapi_schema = schema
         return app.openapi_schema

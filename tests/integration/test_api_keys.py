@@ -113,6 +113,34 @@ async def test_every_method_and_unknown_paths_are_guarded_before_routing(http: h
     assert resp.status_code == 404
 
 
+async def test_each_dialect_reads_the_key_where_its_clients_send_it_and_refuses_in_its_own_shape(
+    http: httpx.AsyncClient,
+) -> None:
+    # Anthropic's SDK sends `x-api-key`: on Anthropic's routes it authenticates (as does a Bearer token).
+    for headers in ({"x-api-key": KEY_A}, {"X-Api-Key": KEY_B}, {"Authorization": f"Bearer {KEY_A}"}):
+        resp = await http.post("/v1/messages/count_tokens", json={}, headers=headers)
+        assert resp.status_code != 401, resp.text
+        assert resp.json()["type"] == "error"  # past the key: the (empty) request is refused in its shape
+    resp = await http.post("/v1/messages", json={}, headers={"x-api-key": "nope"})
+    assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer")
+    assert resp.json() == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "invalid API key"},
+    }
+    resp = await http.post("/v1/messages", json={})
+    assert resp.status_code == 401 and "x-api-key" in resp.json()["error"]["message"]
+    # Ollama's clients send what they are given (`headers={"Authorization": "Bearer ..."}`); Ollama's
+    # errors are `{"error": "<message>"}`.
+    resp = await http.get("/api/tags")
+    assert resp.status_code == 401 and resp.json() == {
+        "error": "missing API key: send it as 'Authorization: Bearer <key>'"
+    }
+    resp = await http.get("/api/tags", headers={"x-api-key": KEY_A})  # not Ollama's way: one way in
+    assert resp.status_code == 401
+    # The Responses API is OpenAI's: Bearer only, OpenAI's error shape.
+    assert_401(await http.post("/v1/responses", json={}, headers={"x-api-key": KEY_A}), "missing_api_key")
+
+
 async def test_health_and_the_openapi_document_are_open_and_say_how_to_authenticate(
     http: httpx.AsyncClient,
 ) -> None:
