@@ -192,6 +192,7 @@ class Serving:
                         "expires_at": round(m.expires_at, 1),
                         "active": m.active,
                         "queued": m.queued,
+                        "parameters": orjson.loads(m.parameters_json or "{}"),
                     }
                 )
         return data

@@ -403,6 +403,7 @@ class RunningOut(BaseModel):
     expires_at: float = Field(description="Unix seconds when it unloads if idle; 0 = never or busy.")
     active: int
     queued: int
+    parameters: dict[str, Any] = Field(description="The parameters it was loaded with (ctx_len, ...).")
 
 
 class RunningListOut(BaseModel):

@@ -504,6 +504,12 @@ class Catalog:
             if not file_name:
                 raise InvalidArgument("source_url names no file", param="source_url")
             data["source_url"] = url
+        elif source_url == "./" and metadata.get("binaries"):
+            # A second object over binaries already in its folder (Ollama's copy): nothing to import;
+            # delete keeps the binaries another object of the folder still uses.
+            first = metadata["binaries"][0]
+            file_name = first if isinstance(first, str) else str(first.get("name", ""))
+            data["source_url"] = "./"
         else:
             local = self._check_local(source_url)
             file_name = local.name

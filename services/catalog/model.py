@@ -314,9 +314,15 @@ def assign_binaries(files: list[str], models: list[ModelObject]) -> dict[str, li
     discovering = [m for m in models if m.declared is None and m.external_dir is None]
     claimed = {b.name for m in models if m.declared for b in m.declared}
     result: dict[str, list[str]] = {m.stem: [] for m in discovering}
+    # A file named as an object stays that object's when another object declares it too (a copy of the
+    # object, Ollama's `copy`, shares its file).
+    for name in sorted(f for f in files if f in claimed and is_binary_name(f)):
+        for m in discovering:
+            if m.stem.lower() == binary_stem(name).lower():
+                result[m.stem].append(name)
     candidates = sorted(f for f in files if is_binary_name(f) and f not in claimed)
     if len(discovering) == 1:
-        result[discovering[0].stem] = candidates
+        result[discovering[0].stem] = sorted(result[discovering[0].stem] + candidates)
         return result
     for name in candidates:
         owners = _owners(name, discovering)

@@ -220,3 +220,12 @@ def test_url_helpers() -> None:
     )
     name = file_name_from_url("https://h.invalid/a/..%2F..%2Fevil%20name.gguf?x=1")
     assert "/" not in name and not name.startswith(".")
+
+
+def test_a_file_named_as_an_object_stays_its_own_when_a_copy_declares_it(tmp_path: Path) -> None:
+    original = parse(tmp_path, {}, stem="chat")
+    copy = parse(tmp_path, {"source_url": "./", "metadata": {"binaries": ["chat.gguf"]}}, stem="mine")
+    other = parse(tmp_path, {}, stem="other")
+    files = ["chat.gguf", "other.gguf"]
+    assert assign_binaries(files, [original, copy]) == {"chat": ["chat.gguf", "other.gguf"]}
+    assert assign_binaries(files, [original, copy, other]) == {"chat": ["chat.gguf"], "other": ["other.gguf"]}
