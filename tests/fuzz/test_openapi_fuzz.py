@@ -58,6 +58,7 @@ from schemathesis.core.transport import Response
 
 from cli.stack import free_port
 from gateway.app import create_app
+from gateway.errors import Dialect
 from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
 from services.catalog.settings import CatalogSettings
@@ -82,6 +83,22 @@ MAX_EXAMPLES = 100
 # they are documented, so they are reported as such rather than as crashes.
 DOCUMENTED_5XX_CODES = {"engine_unavailable", "embeddings_unsupported", "hf_repo_import_unavailable"}
 ERROR_KEYS = {"message", "type", "param", "code"}
+# The other dialects' bodies, steered like OpenAI's: the real model (the victim for what deletes), a
+# request that can be answered.
+HELLO = [{"role": "user", "content": "Hello"}]
+DIALECT_BODIES: dict[str, dict[str, Any]] = {
+    "/v1/responses": {"model": MODEL, "input": "Hello"},
+    "/v1/messages": {"model": MODEL, "max_tokens": 8, "messages": HELLO},
+    "/v1/messages/count_tokens": {"model": MODEL, "messages": HELLO},
+    "/api/chat": {"model": MODEL, "messages": HELLO},
+    "/api/generate": {"model": MODEL, "prompt": "Hello"},
+    "/api/embed": {"model": MODEL, "input": "Hello"},
+    "/api/embeddings": {"model": MODEL, "prompt": "Hello"},
+    "/api/show": {"model": MODEL},
+    "/api/pull": {"model": MODEL},
+    "/api/delete": {"model": VICTIM},
+    "/api/copy": {"source": VICTIM, "destination": "scratch/copy"},
+}
 
 
 def _loopback(host: Any) -> bool:
@@ -246,17 +263,38 @@ def _steer_body(context: Any, strategy: st.SearchStrategy) -> st.SearchStrategy:
         )
     elif operation.path == "/v1/models" and operation.method.upper() == "POST":
         real = {"source_url": SOURCE_FILE}
+    elif operation.path in DIALECT_BODIES:
+        real = DIALECT_BODIES[operation.path]
+        plain = {"model", "input", "messages", "prompt", "max_tokens", "stream", "temperature", "system"}
+        return st.one_of(
+            strategy.map(lambda b: {**b, **real} if isinstance(b, dict) else b),
+            strategy.map(
+                lambda b: {**{k: v for k, v in b.items() if k in plain}, **real} if isinstance(b, dict) else b
+            ),
+            strategy,
+        )
     else:
         return strategy
     return st.one_of(strategy.map(lambda b: {**b, **real} if isinstance(b, dict) else b), strategy)
 
 
 def error_shape(ctx: CheckContext, response: Response, case: schemathesis.Case) -> bool | None:
-    """Every 4xx/5xx answer is `{"error": {"message", "type", "param", "code"}}`; no 500, and a 5xx
-    only with a documented code."""
+    """Every 4xx/5xx answer is in its route's dialect: `{"error": {"message", "type", "param", "code"}}`
+    (OpenAI's and Jan's routes), `{"error": "<message>"}` (Ollama's), `{"type": "error", "error": {"type",
+    "message"}}` (Anthropic's); no 500, and a 5xx only with a documented code."""
     if response.status_code < 400:
         return None
     body = response.json()
+    dialect = Dialect.of_path(case.operation.path)
+    if dialect is Dialect.OLLAMA:
+        assert isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], str), body
+        assert body["error"] and response.status_code < 500, f"{response.status_code}: {body}"
+        return True
+    if dialect is Dialect.ANTHROPIC:
+        assert isinstance(body, dict) and set(body) == {"type", "error"} and body["type"] == "error", body
+        assert set(body["error"]) == {"type", "message"} and body["error"]["message"], body
+        assert response.status_code < 500, f"{response.status_code}: {body}"
+        return True
     assert isinstance(body, dict) and set(body) == {"error"}, f"not the error shape: {response.text[:300]}"
     error = body["error"]
     assert isinstance(error, dict) and set(error) == ERROR_KEYS, f"not the error shape: {response.text[:300]}"
@@ -342,6 +380,10 @@ def test_the_fuzzing_reached_the_happy_paths() -> None:
         "POST /v1/models/{folder}/{file}/start",
         "GET /v1/models/{folder}/{file}",
         "GET /v1/folders/{folder}/export",
+        "POST /v1/responses",
+        "POST /v1/messages",
+        "POST /api/chat",
+        "POST /api/generate",
     ):
         assert label in ok, f"{label}: no 2xx among {sorted(k for k in SEEN if k[0] == label)}"
 
