@@ -511,10 +511,12 @@ def now() -> str:
 
 
 def digest(m: model_pb2.Model) -> str:
-    """What identifies the model's weights: the sha256 of its binaries' digests (the same for a copy),
-    else of its id."""
+    """What identifies the model's weights (the same for a copy): the sha256 of its binaries' digests,
+    else of their places (a local file whose digest was never computed), else of its id."""
     shas = [b.sha256 for b in m.binaries if b.sha256]
-    return hashlib.sha256(("\n".join(shas) if shas else m.id).encode()).hexdigest()
+    folder = m.id.split("/", 1)[0]
+    places = [b.external_path or f"{folder}/{b.name}" for b in m.binaries]
+    return hashlib.sha256("\n".join(shas or places or [m.id]).encode()).hexdigest()
 
 
 def size(m: model_pb2.Model) -> int:

@@ -180,7 +180,10 @@ async def copy(request: Request, body: CopyIn) -> Response:
                 code="copy_unavailable",
             )
         metadata = orjson.loads(source.metadata_json or "{}")
-        metadata["binaries"] = [b.name for b in source.binaries]
+        metadata["binaries"] = [
+            {k: v for k, v in (("name", b.name), ("sha256", b.sha256), ("size", b.size)) if v}
+            for b in source.binaries
+        ]
         metadata_json = orjson.dumps(metadata).decode()
     create = catalog_pb.CreateModelRequest(
         id=destination,
