@@ -27,6 +27,7 @@ class Choice:
     calls: dict[int, ToolCall] = field(default_factory=dict)
     logprobs: list[Any] = field(default_factory=list)
     finish_reason: runner_pb.FinishReason.ValueType = runner_pb.FINISH_REASON_UNSPECIFIED
+    stop_sequence: str = ""  # which of the request's stop strings ended it, if one did
 
     def add(self, reply: runner_pb.GenerateResponse) -> None:
         self.text.append(reply.text)
@@ -37,6 +38,7 @@ class Choice:
         self.logprobs.extend(reply.logprobs)
         if reply.finish_reason:
             self.finish_reason = reply.finish_reason
+            self.stop_sequence = reply.stop_sequence
 
     @property
     def content(self) -> str:

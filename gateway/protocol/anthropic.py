@@ -434,15 +434,33 @@ def _sampling(body: MessagesIn) -> runner_pb.Sampling:
 def generate_request(body: MessagesIn) -> runner_pb.GenerateRequest:
     """The runner's request for a message; Unsupported for what cannot be honoured."""
     unsupported_fields(body)
-    tools, choice, parallel = tools_of(body)
     request = runner_pb.GenerateRequest(
         model_id=body.model,
         chat=runner_pb.ChatMessages(messages=chat_messages(body)),
         sampling=_sampling(body),
-        tools=tools,
         n=1,
         reasoning=runner_pb.REASONING_MODE_SEPARATE,
     )
+    _offer(request, body)
+    return request
+
+
+def tokenize_request(body: CountTokensIn) -> runner_pb.TokenizeRequest:
+    """The runner's request for the prompt's tokens, rendered as a generation renders it: the tool
+    definitions included, as they are offered."""
+    unsupported_fields(body)
+    request = runner_pb.TokenizeRequest(
+        model_id=body.model, chat=runner_pb.ChatMessages(messages=chat_messages(body))
+    )
+    _offer(request, body)
+    return request
+
+
+def _offer(request: runner_pb.GenerateRequest | runner_pb.TokenizeRequest, body: PromptIn) -> None:
+    """Sets the tools, how they are offered and the answer's format on either request: with tools, the
+    format changes how the runner writes them into the prompt, so a count needs it too."""
+    tools, choice, parallel = tools_of(body)
+    request.tools.extend(tools)
     if choice is not None:
         request.tool_choice.CopyFrom(choice)
     if parallel is not None:
@@ -450,20 +468,6 @@ def generate_request(body: MessagesIn) -> runner_pb.GenerateRequest:
     constraint = _constraint(body.output_config)
     if constraint is not None:
         request.constraint.CopyFrom(constraint)
-    return request
-
-
-def tokenize_request(body: CountTokensIn) -> runner_pb.TokenizeRequest:
-    """The runner's request for the prompt's tokens, rendered as a generation renders it. Tool definitions
-    are refused: the runner's Tokenize does not render them (unless tool_choice is none: not offered)."""
-    unsupported_fields(body)
-    tools, choice, _ = tools_of(body)
-    if tools and (choice is None or choice.mode != runner_pb.TOOL_CHOICE_MODE_NONE):
-        raise refuse("tools", "counting the tokens of tool definitions is not supported yet")
-    _constraint(body.output_config)  # a grammar on the answer: the prompt's tokens do not change
-    return runner_pb.TokenizeRequest(
-        model_id=body.model, chat=runner_pb.ChatMessages(messages=chat_messages(body))
-    )
 
 
 # --- responses --------------------------------------------------------------------------------------------
@@ -496,7 +500,7 @@ class UsageOut(BaseModel):
     service_tier: Literal["standard"] = "standard"
 
 
-StopReason = Literal["end_turn", "max_tokens", "tool_use", "model_context_window_exceeded"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "model_context_window_exceeded"]
 
 
 class MessageOut(BaseModel):
@@ -506,7 +510,9 @@ class MessageOut(BaseModel):
     model: str
     content: list[TextBlockOut | ThinkingBlockOut | ToolUseBlockOut]
     stop_reason: StopReason
-    stop_sequence: None = Field(default=None, description="Always null (see docs/api.md).")
+    stop_sequence: str | None = Field(
+        default=None, description="The stop sequence that ended the answer (stop_reason `stop_sequence`)."
+    )
     usage: UsageOut
 
 
@@ -539,15 +545,22 @@ def usage_of(usage: Usage) -> dict[str, Any]:
     }
 
 
-def stop_reason(finish: runner_pb.FinishReason.ValueType, output_tokens: int, max_tokens: int) -> str:
-    """Anthropic's stop_reason of the runner's finish. The runner does not say whether a stop string or the
-    model's own end finished an answer, so a finished answer is always `end_turn` (docs/api.md)."""
+def stop_reason(
+    finish: runner_pb.FinishReason.ValueType, output_tokens: int, max_tokens: int, stop_sequence: str
+) -> str:
+    """Anthropic's stop_reason of the runner's finish and the stop string that ended the answer, if one
+    did (the runner reports the request's stop_sequences, or the model object's `stop` when it gives none)."""
     if finish == runner_pb.FINISH_REASON_TOOL_CALLS:
         return "tool_use"
     if finish == runner_pb.FINISH_REASON_LENGTH:
         # Cut before max_tokens: the context was full.
         return "max_tokens" if output_tokens >= max_tokens else "model_context_window_exceeded"
-    return "end_turn"
+    return "stop_sequence" if stop_sequence else "end_turn"
+
+
+def _ended_by(reason: str, stop_sequence: str) -> str | None:
+    """The `stop_sequence` field: set only with stop_reason `stop_sequence`."""
+    return stop_sequence if reason == "stop_sequence" else None
 
 
 def _input(arguments: str) -> dict[str, Any] | None:
@@ -578,14 +591,17 @@ def message(mid: str, model: str, gathered: Gathered, max_tokens: int) -> dict[s
                 f"the model called {call.name} with arguments that are not a JSON object",
                 code="bad_call",
             )
-    reason = stop_reason(choice.finish_reason, gathered.usage.completion_tokens, max_tokens)
+    stop_sequence = choice.stop_sequence
+    reason = stop_reason(choice.finish_reason, gathered.usage.completion_tokens, max_tokens, stop_sequence)
     return {
-        **_envelope(mid, model, content, reason),
+        **_envelope(mid, model, content, reason, _ended_by(reason, stop_sequence)),
         "usage": usage_of(gathered.usage),
     }
 
 
-def _envelope(mid: str, model: str, content: list[dict[str, Any]], reason: str | None) -> dict[str, Any]:
+def _envelope(
+    mid: str, model: str, content: list[dict[str, Any]], reason: str | None, stop_sequence: str | None
+) -> dict[str, Any]:
     return {
         "id": mid,
         "type": "message",
@@ -593,7 +609,7 @@ def _envelope(mid: str, model: str, content: list[dict[str, Any]], reason: str |
         "model": model,
         "content": content,
         "stop_reason": reason,
-        "stop_sequence": None,
+        "stop_sequence": stop_sequence,
     }
 
 
@@ -634,7 +650,7 @@ class MessageStream:
         self._calls: dict[int, int] = {}  # a tool call's index -> its block's
 
     def start(self) -> list[Event]:
-        message = _envelope(self.mid, self.model, [], None)
+        message = _envelope(self.mid, self.model, [], None, None)
         usage = {"input_tokens": 0, "output_tokens": 0}
         return [("message_start", {"type": "message_start", "message": {**message, "usage": usage}})]
 
@@ -656,7 +672,7 @@ class MessageStream:
                 events.append(self._delta(delta, self._calls.get(d.index, self._blocks)))
         self.usage.count(reply)
         if reply.finish_reason:
-            events += self._finish(reply.finish_reason)
+            events += self._finish(reply.finish_reason, reply.stop_sequence)
         return events
 
     def _block(self, kind: str, block: dict[str, Any]) -> list[Event]:
@@ -678,13 +694,13 @@ class MessageStream:
         self._blocks += 1
         return [("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})]
 
-    def _finish(self, finish: runner_pb.FinishReason.ValueType) -> list[Event]:
+    def _finish(self, finish: runner_pb.FinishReason.ValueType, stop_sequence: str) -> list[Event]:
         self.finished = True
-        reason = stop_reason(finish, self.usage.completion_tokens, self.max_tokens)
+        reason = stop_reason(finish, self.usage.completion_tokens, self.max_tokens, stop_sequence)
         usage = {k: v for k, v in usage_of(self.usage).items() if k != "service_tier"}
         delta = {
             "type": "message_delta",
-            "delta": {"stop_reason": reason, "stop_sequence": None},
+            "delta": {"stop_reason": reason, "stop_sequence": _ended_by(reason, stop_sequence)},
             "usage": usage,
         }
         return [*self._close(), ("message_delta", delta), ("message_stop", {"type": "message_stop"})]

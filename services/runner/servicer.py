@@ -141,6 +141,19 @@ _TOOL_CHOICE: dict[int, Any] = {
 }
 
 
+def _offered(request: pb.GenerateRequest | pb.TokenizeRequest) -> dict[str, Any]:
+    """The tools a request offers, how, and the answer's constraint: with the messages, they make the prompt
+    (a Tokenize counts them as a Generate renders them)."""
+    return {
+        "constraint": _constraint(request.constraint) if request.HasField("constraint") else None,
+        "tools": tuple(_tool(t) for t in request.tools),
+        "tool_choice": ToolChoice(mode=_TOOL_CHOICE[request.tool_choice.mode], name=request.tool_choice.name),
+        "parallel_tool_calls": (
+            request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True
+        ),
+    }
+
+
 def generate_request(request: pb.GenerateRequest, defaults: dict) -> GenerateRequest:
     """The engine's request of a GenerateRequest; unset sampling fields from the model's parameters."""
     if request.top_logprobs < 0 or request.top_logprobs > MAX_TOP_LOGPROBS:
@@ -149,15 +162,22 @@ def generate_request(request: pb.GenerateRequest, defaults: dict) -> GenerateReq
         messages=[_message(m) for m in request.chat.messages] if request.HasField("chat") else None,
         prompt=None if request.HasField("chat") else request.text,
         sampling=_sampling(request.sampling, defaults),
-        constraint=_constraint(request.constraint) if request.HasField("constraint") else None,
-        tools=tuple(_tool(t) for t in request.tools),
-        tool_choice=ToolChoice(mode=_TOOL_CHOICE[request.tool_choice.mode], name=request.tool_choice.name),
-        parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
+        **_offered(request),
         logprobs=request.logprobs,
         top_logprobs=request.top_logprobs,
         n=max(1, request.n),
         logit_bias=dict(request.logit_bias),
         reasoning="inline" if request.reasoning == pb.REASONING_MODE_INLINE else "separate",
+    )
+
+
+def tokenize_request(request: pb.TokenizeRequest) -> TokenizeRequest:
+    """The engine's request of a TokenizeRequest."""
+    return TokenizeRequest(
+        text=request.text if request.HasField("text") else None,
+        messages=[_message(m) for m in request.chat.messages] if request.HasField("chat") else None,
+        add_special=request.add_special if request.HasField("add_special") else True,
+        **_offered(request),
     )
 
 
@@ -181,6 +201,7 @@ def _response(delta: Delta) -> pb.GenerateResponse:
         reply.usage.prompt_tokens = delta.prompt_tokens
         reply.usage.completion_tokens = delta.completion_tokens
         reply.usage.cached_tokens = delta.cached_tokens
+        reply.stop_sequence = delta.stop_sequence
     return reply
 
 
@@ -230,12 +251,7 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
     async def Tokenize(
         self, request: pb.TokenizeRequest, context: aio.ServicerContext
     ) -> pb.TokenizeResponse:
-        tokenize = TokenizeRequest(
-            text=request.text if request.HasField("text") else None,
-            messages=[_message(m) for m in request.chat.messages] if request.HasField("chat") else None,
-            add_special=request.add_special if request.HasField("add_special") else True,
-        )
-        out = await self.runner.tokenize(request.model_id, tokenize)
+        out = await self.runner.tokenize(request.model_id, tokenize_request(request))
         return pb.TokenizeResponse(
             tokens=out.tokens,
             pieces=out.pieces if request.with_pieces else [],

@@ -128,10 +128,23 @@ async def test_a_stop_sequence_cuts_the_answer(client: anthropic.AsyncAnthropic)
     full = await client.messages.create(model=MODEL, max_tokens=12, messages=HELLO)
     text = full.content[0].text  # type: ignore[union-attr]
     stop = text[len(text) // 2 :][:2]
-    cut = await client.messages.create(model=MODEL, max_tokens=12, messages=HELLO, stop_sequences=[stop])
+    stops = ["never in the text", stop]
+    cut = await client.messages.create(model=MODEL, max_tokens=12, messages=HELLO, stop_sequences=stops)
     assert cut.content[0].text == text[: text.index(stop)]  # type: ignore[union-attr]
-    # The runner does not say which stop string (or the model's end) finished it: docs/api.md.
-    assert cut.stop_reason == "end_turn" and cut.stop_sequence is None
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
+    async with client.messages.stream(
+        model=MODEL, max_tokens=12, messages=HELLO, stop_sequences=stops
+    ) as stream:
+        deltas = [e.delta async for e in stream if e.type == "message_delta"]
+        final = await stream.get_final_message()
+    assert [(d.stop_reason, d.stop_sequence) for d in deltas] == [("stop_sequence", stop)]
+    assert final.content[0].text == cut.content[0].text and final.stop_sequence == stop  # type: ignore[union-attr]
+    # A stop sequence that the answer never reaches is not reported.
+    missed = await client.messages.create(
+        model=MODEL, max_tokens=12, messages=HELLO, stop_sequences=["never in the text"]
+    )
+    assert missed.content == full.content and missed.stop_sequence is None
+    assert missed.stop_reason == full.stop_reason != "stop_sequence"
 
 
 async def test_the_stream_helper_and_raw_events(client: anthropic.AsyncAnthropic) -> None:
@@ -348,12 +361,29 @@ async def test_every_field_that_would_not_be_honoured_is_400_naming_it(
     assert message.startswith(param) or f", {param}: " in message, error
 
 
-async def test_count_tokens_refuses_tool_definitions_it_cannot_count(
+async def test_count_tokens_counts_the_tool_definitions_as_a_message_renders_them(
     client: anthropic.AsyncAnthropic,
 ) -> None:
-    with pytest.raises(anthropic.BadRequestError) as bad:
-        await client.messages.count_tokens(model=MODEL, messages=HELLO, tools=[WEATHER])  # type: ignore[list-item]
-    assert bad.value.body["error"]["message"].startswith("tools")  # type: ignore[index]
+    question: Any = [{"role": "user", "content": "the weather"}]
+    plain = await client.messages.count_tokens(model=MODEL, messages=question)
+    offers: list[dict[str, Any]] = [
+        {"tools": [WEATHER, TIME]},
+        {"tools": [WEATHER, TIME], "tool_choice": FORCED},
+        {"tools": [WEATHER], "tool_choice": {"type": "any", "disable_parallel_tool_use": True}},
+        {
+            "tools": [WEATHER],
+            "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+        },
+    ]
+    counts = []
+    for offer in offers:
+        counted = await client.messages.count_tokens(model=MODEL, messages=question, **offer)
+        created = await client.messages.create(model=MODEL, max_tokens=1, messages=question, **offer)
+        usage = created.usage
+        assert counted.input_tokens == usage.input_tokens + (usage.cache_read_input_tokens or 0), offer
+        counts.append(counted.input_tokens)
+    assert min(counts) > plain.input_tokens  # the definitions are in the prompt
+    assert len(set(counts)) > 1  # and how they are offered changes it
 
 
 async def test_an_unknown_model_is_not_found(client: anthropic.AsyncAnthropic) -> None:

@@ -410,6 +410,19 @@ async def test_azure_request_body_has_exactly_the_given_fields(azure: FakeAzure,
         await e.unload()
 
 
+async def test_a_stop_string_cut_here_is_reported(azure: FakeAzure, tmp_path: Path) -> None:
+    e = await azure_engine(tmp_path, azure)  # the fake does not apply stop strings: they are cut here
+    try:
+        deltas = await collect(e, chat(max_tokens=5, stop=("zz", "ta")))
+        assert "".join(d.text for d in deltas) == "alpha be"
+        assert deltas[-1].finish_reason == "stop" and deltas[-1].stop_sequence == "ta"
+        assert all(d.stop_sequence == "" for d in deltas[:-1])
+        deltas = await collect(e, chat(max_tokens=2, stop=("zz",)))
+        assert deltas[-1].finish_reason == "length" and deltas[-1].stop_sequence == ""
+    finally:
+        await e.unload()
+
+
 async def test_azure_structured_output(azure: FakeAzure, tmp_path: Path) -> None:
     e = await azure_engine(tmp_path, azure)
     schema = {
@@ -627,6 +640,6 @@ def test_stop_filter_holds_back_a_possible_stop() -> None:
     assert f.feed("Hello <") == "Hello "
     assert f.feed("|en") == ""
     assert f.feed("d|> more") == ""
-    assert f.stopped and f.flush() == ""  # "Hello " was all the text before the stop
+    assert f.stopped and f.matched == "<|end|>" and f.flush() == ""  # "Hello " was all before the stop
     g = StopFilter(["<|end|>"])
-    assert g.feed("a <") == "a " and g.feed("b") == "<b" and not g.stopped
+    assert g.feed("a <") == "a " and g.feed("b") == "<b" and not g.stopped and g.matched == ""

@@ -95,9 +95,10 @@ async def test_load_stream_stop_and_unload(triton: TritonServer, tmp_path: Path)
 
         whole = "".join(d.text for d in await collect(e, plain()))
         cut = whole[4:6]
-        deltas = await collect(e, plain(cut))
+        deltas = await collect(e, plain("never in the text", cut))
         assert "".join(d.text for d in deltas) == whole[: whole.find(cut)]
-        assert deltas[-1].finish_reason == "stop"
+        assert deltas[-1].finish_reason == "stop" and deltas[-1].stop_sequence == cut
+        assert (await collect(e, plain("never in the text")))[-1].stop_sequence == ""
 
         with pytest.raises(Unimplemented):
             await e.embed(["x"])

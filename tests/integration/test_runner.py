@@ -138,16 +138,26 @@ async def test_stop_strings_seed_and_prompt_fields(make_env) -> None:
         await env.catalog.rescan_all()
         loaded = (await env.stub.LoadModel(pb.LoadModelRequest(model_id="spec/fields"))).model
         assert orjson.loads(loaded.parameters_json)["chat_format"] == "model object prompt fields"
-        a, _ = await collect(env.stub.Generate(chat("spec/fields", temperature=0.9, seed=7, max_tokens=20)))
+        a, whole = await collect(
+            env.stub.Generate(chat("spec/fields", temperature=0.9, seed=7, max_tokens=20))
+        )
         b, _ = await collect(env.stub.Generate(chat("spec/fields", temperature=0.9, seed=7, max_tokens=20)))
         assert a == b  # same seed, same text
+        assert whole.finish_reason == pb.FINISH_REASON_LENGTH and whole.stop_sequence == ""
         words = a.split()
         assert len(words) > 3
         stop = words[2]
+        never = "never in the text"
         cut, last = await collect(
-            env.stub.Generate(chat("spec/fields", temperature=0.9, seed=7, stop=[stop]))
+            env.stub.Generate(chat("spec/fields", temperature=0.9, seed=7, stop=[never, stop]))
         )
         assert last.finish_reason == pb.FINISH_REASON_STOP and stop not in cut and a.startswith(cut)
+        assert last.stop_sequence == stop  # which of the stop strings ended it
+        # The model object's stop strings, when the request gives none, are reported the same way.
+        overrides = orjson.dumps({"stop": [stop]}).decode()
+        await env.stub.LoadModel(pb.LoadModelRequest(model_id="spec/fields", overrides_json=overrides))
+        again, last = await collect(env.stub.Generate(chat("spec/fields", temperature=0.9, seed=7)))
+        assert again == cut and last.stop_sequence == stop
 
 
 async def test_refusals(make_env) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.runner.engines.prompt import resolve_format
+from services.runner.engines.prompt import StopFilter, find_stop, reported_stop, resolve_format
 
 HI = [{"role": "user", "content": "hi"}]
 TEMPLATE = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
@@ -41,3 +41,16 @@ def test_the_template_in_use_is_known_for_tools_and_a_bad_one_is_refused() -> No
         resolve_format({"chat_format": "nonsense"})
     with pytest.raises(InvalidArgument):
         resolve_format({"chat_template": 5})
+
+
+def test_which_stop_string_cut_the_text_and_which_is_reported() -> None:
+    assert find_stop("a cat sat", ["sat", "cat"]) == (2, "cat")  # the first in the text
+    assert find_stop("a cat sat", ["cat sat", "ca"]) == (2, "ca")  # of two there, the one complete first
+    assert find_stop("a cat", ["dog", ""]) is None
+    f = StopFilter(["<|im_end|>", "sat"])
+    assert f.feed("a cat s") == "a cat " and not f.stopped
+    assert f.feed("at down") == "" and f.matched == "sat"
+    configured = ("sat",)  # Sampling.stop; "<|im_end|>" is the chat template's end of turn
+    assert reported_stop("sat", configured) == "sat"
+    assert reported_stop("<|im_end|>", configured) == ""
+    assert reported_stop("", configured) == ""

@@ -15,7 +15,9 @@ inline), tool-call pieces, log-probs and the finish reason. Each choice ends wit
 all of them carry the prompt's token counts, and the remote's completion count goes whole on the last
 one (0 on the others), so their sum is the remote's. A remote that answers without what it was asked
 for (fewer choices than `n`, text without log-probs, no call where tool_choice requires one) is an
-InvalidArgument naming the field, not an answer that pretends.
+InvalidArgument naming the field, not an answer that pretends. Stop strings: the first 4 are sent (OpenAI's
+limit) and all are applied here too; which one ended a choice (Delta.stop_sequence) is known only when it
+was cut here, since a remote that applied one itself says "stop" and not which.
 
 Model objects:
 - OpenAI-compatible: `source_url` `<base>/models/<remote-model-id>` (`https://api.openai.com/v1/models/gpt-4o-mini`),
@@ -61,7 +63,7 @@ from services.runner.engines.base import (
     ToolChoice,
     TopLogprob,
 )
-from services.runner.engines.prompt import StopFilter
+from services.runner.engines.prompt import StopFilter, reported_stop
 from services.runner.engines.tools import tools_for_template, validate_tools
 from services.runner.settings import RunnerSettings
 
@@ -603,7 +605,8 @@ class ChoiceStream:
         self.chat = chat
         self.inline = request.reasoning == "inline"
         self.top = request.top_logprobs
-        self.stops = StopFilter(request.sampling.stop)
+        self.configured = request.sampling.stop
+        self.stops = StopFilter(self.configured)
         self.thinking = False  # inside an inline <think> block
         self.calls: set[int] = set()  # tool calls whose first piece (id, name) was sent
         self.pending: list[TokenLogprob] = []
@@ -679,14 +682,17 @@ class ChoiceStream:
 
     def final(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Delta:
         text = self.stops.feed(THINK_CLOSE) if self.thinking and not self.stops.stopped else ""
+        finish = self.finish or "stop"
         return Delta(
             text=text + self.stops.flush(),
-            finish_reason=self.finish or "stop",
+            finish_reason=finish,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cached_tokens=cached_tokens,
             index=self.index,
             logprobs=tuple(self.pending),
+            # Only what was cut here: a remote that applied a stop string itself says "stop" and not which.
+            stop_sequence=reported_stop(self.stops.matched, self.configured) if finish == "stop" else "",
         )
 
 

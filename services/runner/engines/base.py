@@ -142,15 +142,34 @@ class Delta:
     logprobs: tuple[TokenLogprob, ...] = ()
     # Prompt tokens read from a cache instead of being computed (on the last delta).
     cached_tokens: int = 0
+    # On the last delta of a choice that a stop string of Sampling.stop ended: that string (prompt.py's
+    # reported_stop says which count).
+    stop_sequence: str = ""
 
 
 @dataclass(frozen=True)
 class TokenizeRequest:
-    """Plain text (with the model's BOS when `add_special`) or chat messages rendered with the template."""
+    """Plain text (with the model's BOS when `add_special`) or chat messages rendered with the template,
+    with what else a generation puts in a chat's prompt (its tools, as they are offered)."""
 
     text: str | None = None
     messages: list[dict[str, Any]] | None = None
     add_special: bool = True
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    parallel_tool_calls: bool = True
+    constraint: Constraint | None = None
+
+    def as_chat(self) -> GenerateRequest:
+        """The generation whose prompt this counts (messages only)."""
+        return GenerateRequest(
+            messages=self.messages,
+            prompt=None,
+            constraint=self.constraint,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            parallel_tool_calls=self.parallel_tool_calls,
+        )
 
 
 @dataclass(frozen=True)

@@ -114,10 +114,21 @@ def stop_list(stop: Any) -> list[str]:
     return [stop] if isinstance(stop, str) else [s for s in stop if s]
 
 
-def find_stop(text: str, stops: list[str] | tuple[str, ...]) -> int | None:
-    """Where the first stop string starts in `text`, or None."""
-    positions = [text.find(s) for s in stops if s and s in text]
-    return min(positions) if positions else None
+def find_stop(text: str, stops: list[str] | tuple[str, ...]) -> tuple[int, str] | None:
+    """Where the first stop string starts in `text`, and which one it is (of two that start there, the
+    shorter: it was complete first), or None."""
+    found = [(text.find(s), len(s), s) for s in stops if s and s in text]
+    if not found:
+        return None
+    at, _, stop = min(found)
+    return at, stop
+
+
+def reported_stop(matched: str, configured: list[str] | tuple[str, ...]) -> str:
+    """The stop string an answer reports as having ended it (GenerateResponse.stop_sequence): the one that
+    cut it when it is one of Sampling.stop (the request's, else the model object's). A chat template's own
+    stop strings mark the model's end of turn, as its end-of-generation token does: not reported."""
+    return matched if matched and matched in configured else ""
 
 
 def partial_stop(text: str, stops: list[str] | tuple[str, ...]) -> int:
@@ -132,20 +143,25 @@ def partial_stop(text: str, stops: list[str] | tuple[str, ...]) -> int:
 
 
 class StopFilter:
-    """Cuts a stream of text pieces at the first stop string; `feed` returns what may be emitted now."""
+    """Cuts a stream of text pieces at the first stop string; `feed` returns what may be emitted now, and
+    `matched` is the stop string that cut it ("" while none has)."""
 
     def __init__(self, stops: list[str] | tuple[str, ...]) -> None:
         self.stops = [s for s in stops if s]
         self.text = ""
         self.emitted = 0
-        self.stopped = False
+        self.matched = ""
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.matched)
 
     def feed(self, piece: str) -> str:
         self.text += piece
-        cut = find_stop(self.text, self.stops)
-        if cut is not None:
+        found = find_stop(self.text, self.stops)
+        if found is not None:
+            cut, self.matched = found
             self.text = self.text[:cut]
-            self.stopped = True
             return self.flush()
         end = len(self.text) - partial_stop(self.text, self.stops)
         out = self.text[self.emitted : end] if end > self.emitted else ""

@@ -52,7 +52,7 @@ from services.runner.engines.base import (
     TokenLogprob,
     refuse_unsupported,
 )
-from services.runner.engines.prompt import Render, StopFilter, resolve_format
+from services.runner.engines.prompt import Render, StopFilter, reported_stop, resolve_format
 from services.runner.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -352,6 +352,7 @@ class TensorRTEngine(Engine):
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             logprobs=tuple(pending),
+            stop_sequence=reported_stop(stop.matched, request.sampling.stop),
         )
 
     async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:

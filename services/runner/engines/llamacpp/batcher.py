@@ -29,7 +29,7 @@ from services.runner.engines.llamacpp.sampling import (
     sampler_chain,
     token_logprob,
 )
-from services.runner.engines.prompt import find_stop, partial_stop
+from services.runner.engines.prompt import find_stop, partial_stop, reported_stop
 
 log = logging.getLogger(__name__)
 
@@ -448,10 +448,12 @@ class Batcher:
         slot.generated += 1
         self.stats["generated"] += 1
         slot.text += slot.decoder.decode(self.piece(token, job.render_special))
-        cut = find_stop(slot.text, job.stops)
-        if cut is not None:
+        found = find_stop(slot.text, job.stops)
+        if found is not None:
+            cut, matched = found
             slot.text = slot.text[:cut]
-            self._finish(slot, "stop", out, flush=False)
+            stop = reported_stop(matched, job.request.sampling.stop)
+            self._finish(slot, "stop", out, flush=False, stop_sequence=stop)
             return
         if slot.generated >= slot.max_tokens or len(slot.cache) + 1 >= self.ctx_len:
             self._finish(slot, "length", out, flush=True)
@@ -473,7 +475,13 @@ class Batcher:
         slot.next_token = token
 
     def _finish(
-        self, slot: _Slot, reason: str, out: list[tuple[Job | EmbedJob, Any]], *, flush: bool
+        self,
+        slot: _Slot,
+        reason: str,
+        out: list[tuple[Job | EmbedJob, Any]],
+        *,
+        flush: bool,
+        stop_sequence: str = "",
     ) -> None:
         assert slot.job is not None
         text = slot.text + (slot.decoder.decode(b"", final=True) if flush else "")
@@ -488,6 +496,7 @@ class Batcher:
                     index=slot.index,
                     logprobs=tuple(slot.logprobs),
                     cached_tokens=slot.cached_tokens,
+                    stop_sequence=stop_sequence,
                 ),
             )
         )

@@ -320,10 +320,12 @@ class LlamaCppEngine(Engine):
                 raise FailedPrecondition(
                     f"{self.spec.model_id} has no chat template", code="no_chat_template"
                 )
-            chat = GenerateRequest(messages=request.messages, prompt=None)
-            # Rendered as a generation renders it: earlier tool calls and results included.
+            chat = request.as_chat()
+            # Rendered as a generation renders it: earlier tool calls and results, and the tools offered.
             text, add_bos, special, _ = self._prompt(chat, self._plan(chat))
         else:
+            if request.tools:
+                raise InvalidArgument("tools need chat messages, not a text", param="tools")
             text, add_bos, special = (request.text or "").encode(), request.add_special, False
         tokens = batcher.tokenize(text, add_bos, special)
         pieces = [batcher.piece(t).decode(errors="replace") for t in tokens]

@@ -734,6 +734,7 @@ class GenerateResponse(_message.Message):
     REASONING_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
+    STOP_SEQUENCE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Text produced since the previous message of this choice (may be empty on the last one)."""
     finish_reason: Global___FinishReason.ValueType
@@ -742,6 +743,11 @@ class GenerateResponse(_message.Message):
     """The choice (0 .. n-1) this message belongs to."""
     reasoning: _builtins.str
     """Thinking text produced since the previous message (reasoning models, REASONING_MODE_SEPARATE)."""
+    stop_sequence: _builtins.str
+    """On the last message of a choice that one of Sampling.stop ended (the request's stop strings, or the
+    model object's when the request gives none): that string; empty otherwise. The model's own end (its
+    end-of-generation token, its chat template's end-of-turn text) is no stop string of these.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -760,10 +766,11 @@ class GenerateResponse(_message.Message):
         reasoning: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCallDelta] | None = ...,
         logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
+        stop_sequence: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "reasoning", b"reasoning", "text", b"text", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "reasoning", b"reasoning", "stop_sequence", b"stop_sequence", "text", b"text", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -844,15 +851,32 @@ class TokenizeRequest(_message.Message):
     CHAT_FIELD_NUMBER: _builtins.int
     ADD_SPECIAL_FIELD_NUMBER: _builtins.int
     WITH_PIECES_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    CONSTRAINT_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     text: _builtins.str
     add_special: _builtins.bool
     """Plain text only: add the model's BOS token when it uses one (default true)."""
     with_pieces: _builtins.bool
     """Also return each token's text."""
+    parallel_tool_calls: _builtins.bool
     @_builtins.property
     def chat(self) -> Global___ChatMessages:
         """Rendered with the model's chat template, with the assistant's turn opened."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """A chat only: what GenerateRequest fields of the same names would put in the prompt (the tool
+        definitions, and how they are offered), so that the count is the prompt_tokens of that generation.
+        """
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice: ...
+    @_builtins.property
+    def constraint(self) -> Global___Constraint:
+        """With tools, a structured answer changes how the tools are written into the prompt."""
 
     def __init__(
         self,
@@ -862,17 +886,25 @@ class TokenizeRequest(_message.Message):
         chat: Global___ChatMessages | None = ...,
         add_special: _builtins.bool | None = ...,
         with_pieces: _builtins.bool = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        constraint: Global___Constraint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_add_special", b"_add_special", "add_special", b"add_special", "chat", b"chat", "input", b"input", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_add_special", b"_add_special", "_parallel_tool_calls", b"_parallel_tool_calls", "add_special", b"add_special", "chat", b"chat", "constraint", b"constraint", "input", b"input", "parallel_tool_calls", b"parallel_tool_calls", "text", b"text", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_add_special", b"_add_special", "add_special", b"add_special", "chat", b"chat", "input", b"input", "model_id", b"model_id", "text", b"text", "with_pieces", b"with_pieces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_add_special", b"_add_special", "_parallel_tool_calls", b"_parallel_tool_calls", "add_special", b"add_special", "chat", b"chat", "constraint", b"constraint", "input", b"input", "model_id", b"model_id", "parallel_tool_calls", b"parallel_tool_calls", "text", b"text", "tool_choice", b"tool_choice", "tools", b"tools", "with_pieces", b"with_pieces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__add_special: _TypeAlias = _typing.Literal["add_special"]  # noqa: Y015
     _WhichOneofArgType__add_special: _TypeAlias = _typing.Literal["_add_special", b"_add_special"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text", "chat"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__add_special) -> _WhichOneofReturnType__add_special | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
 

@@ -109,7 +109,8 @@ class RunnerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Tokenize(self, request, context):
-        """A model's tokens of a text, or of chat messages rendered with the model's chat template.
+        """A model's tokens of a text, or of chat messages rendered with the model's chat template (with the tools
+        a generation would offer: the count is that generation's prompt_tokens).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,9 @@ class RunnerServiceStub:
     """Tokens of a chat or a plain completion as they are produced. Cancelling the call stops generation."""
     Embed: _grpc.UnaryUnaryMultiCallable[_runner_service_pb2.EmbedRequest, _runner_service_pb2.EmbedResponse]
     Tokenize: _grpc.UnaryUnaryMultiCallable[_runner_service_pb2.TokenizeRequest, _runner_service_pb2.TokenizeResponse]
-    """A model's tokens of a text, or of chat messages rendered with the model's chat template."""
+    """A model's tokens of a text, or of chat messages rendered with the model's chat template (with the tools
+    a generation would offer: the count is that generation's prompt_tokens).
+    """
     Detokenize: _grpc.UnaryUnaryMultiCallable[_runner_service_pb2.DetokenizeRequest, _runner_service_pb2.DetokenizeResponse]
     """The text of tokens."""
 
@@ -63,7 +65,9 @@ class RunnerServiceAsyncStub(RunnerServiceStub):
     """Tokens of a chat or a plain completion as they are produced. Cancelling the call stops generation."""
     Embed: _aio.UnaryUnaryMultiCallable[_runner_service_pb2.EmbedRequest, _runner_service_pb2.EmbedResponse]  # type: ignore[assignment]
     Tokenize: _aio.UnaryUnaryMultiCallable[_runner_service_pb2.TokenizeRequest, _runner_service_pb2.TokenizeResponse]  # type: ignore[assignment]
-    """A model's tokens of a text, or of chat messages rendered with the model's chat template."""
+    """A model's tokens of a text, or of chat messages rendered with the model's chat template (with the tools
+    a generation would offer: the count is that generation's prompt_tokens).
+    """
     Detokenize: _aio.UnaryUnaryMultiCallable[_runner_service_pb2.DetokenizeRequest, _runner_service_pb2.DetokenizeResponse]  # type: ignore[assignment]
     """The text of tokens."""
 
@@ -114,7 +118,9 @@ class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runner_service_pb2.TokenizeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runner_service_pb2.TokenizeResponse, _abc.Awaitable[_runner_service_pb2.TokenizeResponse]]:
-        """A model's tokens of a text, or of chat messages rendered with the model's chat template."""
+        """A model's tokens of a text, or of chat messages rendered with the model's chat template (with the tools
+        a generation would offer: the count is that generation's prompt_tokens).
+        """
 
     @_abc_1.abstractmethod
     def Detokenize(
