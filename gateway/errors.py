@@ -186,7 +186,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        message = f"{'.'.join(loc) or 'request'}: {first.get('msg', 'invalid request')}"
+        reason = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+        field, _, said = reason.partition(": ")
+        if not loc and said and " " not in field:
+            # A whole-body check that names its field itself ("temperature: a boolean is not valid here").
+            loc, reason = [field], said
+        message = f"{'.'.join(loc) or 'request'}: {reason}"
         return error_json(422, message, "invalid_request", ".".join(loc) or None, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
