@@ -337,6 +337,44 @@ def generate_request(body: ResponsesIn) -> runner_pb.GenerateRequest:
     return request
 
 
+class InputTokensIn(StrictBoolsModel):
+    """The body of `POST /v1/responses/input_tokens`: what a response's prompt is made of. The fields that
+    need stored state (`conversation`, `previous_response_id`) are refused as on `POST /v1/responses`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="The model id, '<folder>/<file>'.")
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    text: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+
+
+class InputTokensOut(BaseModel):
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
+
+
+def tokenize_request(body: InputTokensIn) -> runner_pb.TokenizeRequest:
+    """The runner's count of the prompt that `POST /v1/responses` with the same fields would render (the
+    tool definitions, and how they are offered, included): one translation, `generate_request`'s."""
+    fields = body.model_dump(exclude_none=True, exclude=set(body.model_extra or {}))
+    fields.setdefault("input", [])
+    generate = generate_request(ResponsesIn.model_validate({**fields, **(body.model_extra or {})}))
+    request = runner_pb.TokenizeRequest(model_id=generate.model_id, chat=generate.chat, tools=generate.tools)
+    if generate.HasField("tool_choice"):
+        request.tool_choice.CopyFrom(generate.tool_choice)
+    if generate.HasField("parallel_tool_calls"):
+        request.parallel_tool_calls = generate.parallel_tool_calls
+    if generate.HasField("constraint"):
+        request.constraint.CopyFrom(generate.constraint)
+    return request
+
+
 def param_name(param: str | None) -> str | None:
     """A runner error's `param` as the Responses API names the field."""
     return _PARAM_NAMES.get(param, param) if param else param

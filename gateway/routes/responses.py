@@ -66,6 +66,24 @@ async def create_response(request: Request, body: ResponsesIn) -> Response:
     return Response(orjson.dumps(builder.response()), media_type="application/json")
 
 
+@router.post(
+    "/v1/responses/input_tokens",
+    response_model=responses.InputTokensOut,
+    responses=error_responses(400, 404, 409, 422, 429, 503),
+)
+async def count_input_tokens(request: Request, body: responses.InputTokensIn) -> Response:
+    """The input tokens of a response with these fields (the prompt rendered with the model's chat
+    template, tool definitions included). Starts the model when needed."""
+    count = responses.tokenize_request(body)
+    try:
+        reply = await _serving(request).tokenize(count)
+    except APIError as err:
+        err.param = responses.param_name(err.param)
+        raise
+    body_out = {"object": "response.input_tokens", "input_tokens": len(reply.tokens)}
+    return Response(orjson.dumps(body_out), media_type="application/json")
+
+
 def _not_stored(response_id: str) -> APIError:
     return APIError(
         404,

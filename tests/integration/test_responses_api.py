@@ -256,6 +256,30 @@ async def test_a_required_function_call_and_its_round_trip(stack: Stack) -> None
     assert answer.output_text == text and not [i for i in answer.output if i.type == "function_call"]
 
 
+async def test_input_tokens_count_the_prompt_a_response_reads(stack: Stack) -> None:
+    ask = [{"role": "user", "content": "the weather in Paris"}]
+    offers: list[dict] = [
+        {},
+        {"instructions": "Be brief."},
+        {"tools": [WEATHER, TIME]},
+        {"tools": [WEATHER, TIME], "tool_choice": "required", "parallel_tool_calls": False},
+        {"tools": [WEATHER], "text": {"format": {"type": "json_object"}}},
+    ]
+    counts = []
+    for offer in offers:
+        counted = await stack.sdk.responses.input_tokens.count(model=MODEL, input=ask, **offer)
+        assert counted.object == "response.input_tokens"
+        answer = await stack.sdk.responses.create(model=MODEL, input=ask, max_output_tokens=1, **offer)
+        assert answer.usage is not None and counted.input_tokens == answer.usage.input_tokens, offer
+        counts.append(counted.input_tokens)
+    assert counts[0] < counts[1] and counts[0] < counts[2]  # instructions and tool definitions count
+    refusals = (({"previous_response_id": "resp_1"}, "previous_response_id"), ({"seed": 1}, "seed"))
+    for refused, param in refusals:
+        with pytest.raises(openai.BadRequestError) as bad:
+            await stack.sdk.responses.input_tokens.count(model=MODEL, input=ask, extra_body=refused)
+        assert bad.value.body["param"] == param  # type: ignore[index]
+
+
 async def test_a_named_function_streams_its_arguments(stack: Stack) -> None:
     stream = await stack.sdk.responses.create(
         model=MODEL,
