@@ -38,13 +38,27 @@ CHAT_TEMPLATE = (
 TINY_CHAT = "tiny/chat"
 
 
-def write_tiny_chat_model(root: Path) -> None:
-    """Model `tiny/chat` under root/models: a tiny GGUF with a chat template, greedy, 12 tokens."""
+# A tool's parameters every dialect's tests offer (each in its own dialect's tool shape).
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+# The tiny vocabulary spells most text byte by byte: the generic tool instructions need a longer context.
+TOOLS_CTX = 4096
+
+
+def write_tiny_chat_model(root: Path, *, n_ctx: int = 512, name: str = "chat", template: str = "") -> None:
+    """Model `tiny/<name>` under root/models: a tiny GGUF with a chat template, greedy, 12 tokens."""
     folder = root / "models" / "tiny"
-    folder.mkdir(parents=True)
-    write_tiny_gguf(folder / "chat.gguf", chat_template=CHAT_TEMPLATE)
-    params = {"ctx_len": 512, "temperature": 0, "max_tokens": 12}
-    (folder / "chat.json").write_bytes(orjson.dumps({"parameters": params}))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tiny_gguf(folder / f"{name}.gguf", chat_template=template or CHAT_TEMPLATE, n_ctx=n_ctx)
+    params = {"ctx_len": n_ctx, "temperature": 0, "max_tokens": 12}
+    (folder / f"{name}.json").write_bytes(orjson.dumps({"parameters": params}))
 
 
 @asynccontextmanager

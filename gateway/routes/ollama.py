@@ -4,8 +4,9 @@ through gateway/serving.py and the catalog and downloader clients, answer JSON o
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -250,7 +251,7 @@ async def pull(request: Request, body: PullIn) -> Response:
 # --- generation -------------------------------------------------------------------------------------------
 
 
-def _ndjson_answer(answer: Answer, clock: Clock, render: Any, done: Any, with_logprobs: bool) -> Response:
+def _ndjson_answer(answer: Answer, clock: Clock, render: Render, with_logprobs: bool) -> Response:
     """The answer as Ollama streams it: a line per runner message with text or thinking, the tool calls
     (whole, arguments as objects) when they are complete, then the `done` line with the metrics."""
 
@@ -270,7 +271,7 @@ def _ndjson_answer(answer: Answer, clock: Clock, render: Any, done: Any, with_lo
                 out = [ollama.tool_call_out(c, i) for i, c in enumerate(calls.tool_calls)]
                 yield ndjson(render("", "", tool_calls=out))
             metrics = clock.metrics(time.perf_counter_ns(), usage.prompt_tokens, usage.completion_tokens)
-            yield ndjson(render("", "", **done(finish, metrics)))
+            yield ndjson(render("", "", **ollama.done_fields(finish, metrics)))
         except APIError as err:
             yield _error_line(err)
 
@@ -282,28 +283,27 @@ async def _answer(request: Request, body: ChatIn | GenerateIn, generate: runner_
         return await _serving(request).generate(generate)
 
 
-@router.post("/api/chat", responses={**STREAMING, **INFERENCE_ERRORS})
-async def chat(request: Request, body: ChatIn) -> Response:
-    """A chat turn; streamed as newline-delimited JSON unless `stream` is false. No messages: loads the
-    model (unloads it with keep_alive 0)."""
+Render = Callable[..., dict[str, Any]]
+Translate = Callable[[str], tuple[runner_pb.GenerateRequest, ollama.Options]]
+
+
+async def _generation(
+    request: Request, body: ChatIn | GenerateIn, asked: bool, translate: Translate, render: Render
+) -> Response:
+    """Chat and generate alike: `translate` the body for the model, then the answer streamed as
+    newline-delimited JSON, or whole; nothing `asked` (no messages, no prompt): load or unload the model."""
     clock = Clock(time.perf_counter_ns())
     async with _named(body.model):
         model_id = await _model_id(request, body.model)
-        generate, opts = ollama.chat_request(body, model_id)
-        if not body.messages:
+        generate, opts = translate(model_id)
+        if not asked:
             reason = await _load_or_unload(request, body, model_id, opts)
-            return _json({**ollama.chat_chunk(body.model, ""), "done": True, "done_reason": reason})
+            return _json({**render(""), "done": True, "done_reason": reason})
         await _apply_num_ctx(request, model_id, opts, generate.keep_alive_s)
     answer = await _answer(request, body, generate)
     clock.first = time.perf_counter_ns()
     if body.stream:
-        return _ndjson_answer(
-            answer,
-            clock,
-            lambda text, thinking, **extra: ollama.chat_chunk(body.model, text, thinking, **extra),
-            ollama.done_fields,
-            bool(body.logprobs),
-        )
+        return _ndjson_answer(answer, clock, render, bool(body.logprobs))
     gathered = await gather(answer)
     c = gathered.first
     extra: dict[str, Any] = {}
@@ -313,39 +313,27 @@ async def chat(request: Request, body: ChatIn) -> Response:
         extra["logprobs"] = ollama.logprobs_out(c.logprobs)
     u = gathered.usage
     metrics = clock.metrics(time.perf_counter_ns(), u.prompt_tokens, u.completion_tokens)
-    chunk = ollama.chat_chunk(body.model, c.content, c.thinking, **extra)
-    return _json({**chunk, **ollama.done_fields(c.finish_reason, metrics)})
+    return _json({**render(c.content, c.thinking, **extra), **ollama.done_fields(c.finish_reason, metrics)})
+
+
+@router.post("/api/chat", responses={**STREAMING, **INFERENCE_ERRORS})
+async def chat(request: Request, body: ChatIn) -> Response:
+    """A chat turn; streamed as newline-delimited JSON unless `stream` is false. No messages: loads the
+    model (unloads it with keep_alive 0)."""
+    render = functools.partial(ollama.chat_chunk, body.model)
+    return await _generation(
+        request, body, bool(body.messages), lambda model_id: ollama.chat_request(body, model_id), render
+    )
 
 
 @router.post("/api/generate", responses={**STREAMING, **INFERENCE_ERRORS})
 async def generate(request: Request, body: GenerateIn) -> Response:
     """A completion of `prompt` (through the model's chat template unless `raw`). No prompt: loads the
     model (unloads it with keep_alive 0)."""
-    clock = Clock(time.perf_counter_ns())
-    async with _named(body.model):
-        model_id = await _model_id(request, body.model)
-        generate, opts = ollama.generate_request(body, model_id)
-        if not body.prompt:
-            reason = await _load_or_unload(request, body, model_id, opts)
-            return _json({**ollama.generate_chunk(body.model, ""), "done": True, "done_reason": reason})
-        await _apply_num_ctx(request, model_id, opts, generate.keep_alive_s)
-    answer = await _answer(request, body, generate)
-    clock.first = time.perf_counter_ns()
-    if body.stream:
-        return _ndjson_answer(
-            answer,
-            clock,
-            lambda text, thinking, **extra: ollama.generate_chunk(body.model, text, thinking, **extra),
-            ollama.done_fields,
-            bool(body.logprobs),
-        )
-    gathered = await gather(answer)
-    c = gathered.first
-    extra: dict[str, Any] = {"logprobs": ollama.logprobs_out(c.logprobs)} if body.logprobs else {}
-    u = gathered.usage
-    metrics = clock.metrics(time.perf_counter_ns(), u.prompt_tokens, u.completion_tokens)
-    chunk = ollama.generate_chunk(body.model, c.content, c.thinking, **extra)
-    return _json({**chunk, **ollama.done_fields(c.finish_reason, metrics)})
+    render = functools.partial(ollama.generate_chunk, body.model)
+    return await _generation(
+        request, body, bool(body.prompt), lambda model_id: ollama.generate_request(body, model_id), render
+    )
 
 
 # --- embeddings -------------------------------------------------------------------------------------------

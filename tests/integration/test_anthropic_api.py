@@ -14,7 +14,6 @@ from typing import Any
 
 import anthropic
 import httpx2
-import orjson
 import pytest
 from pydantic import SecretStr
 
@@ -22,8 +21,14 @@ from gateway.errors import APIError
 from gateway.protocol.anthropic import MessageStream
 from gateway.routes.anthropic import message_events
 from jan.runner.v1 import runner_service_pb2 as runner_pb
-from tests.fakes.tiny_gguf import write_tiny_gguf
-from tests.harness import CHAT_TEMPLATE, TINY_CHAT, Stack, serving_stack, write_tiny_chat_model
+from tests.harness import (
+    TINY_CHAT,
+    TOOLS_CTX,
+    WEATHER_PARAMETERS,
+    Stack,
+    serving_stack,
+    write_tiny_chat_model,
+)
 
 pytest.importorskip("llama_cpp")
 
@@ -32,15 +37,7 @@ HELLO: list[Any] = [{"role": "user", "content": "the cat"}]
 WEATHER = {
     "name": "get_weather",
     "description": "The weather in a city.",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]},
-            "days": {"type": "integer", "minimum": 1, "maximum": 7},
-        },
-        "required": ["city", "days"],
-        "additionalProperties": False,
-    },
+    "input_schema": WEATHER_PARAMETERS,
 }
 TIME = {"name": "get_time", "input_schema": {"type": "object", "properties": {}}}
 # One call: a model of random weights may otherwise call until max_tokens.
@@ -56,13 +53,7 @@ async def client_of(stack: Stack, api_key: str = "unused") -> AsyncIterator[anth
 
 
 def write_models(root: Path) -> None:
-    write_tiny_chat_model(root)
-    # The tiny vocabulary spells most text byte by byte: the generic tool instructions need a longer context.
-    folder = root / "models" / "tiny"
-    write_tiny_gguf(folder / "chat.gguf", chat_template=CHAT_TEMPLATE, n_ctx=4096)
-    (folder / "chat.json").write_bytes(
-        orjson.dumps({"parameters": {"ctx_len": 4096, "temperature": 0, "max_tokens": 12}})
-    )
+    write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
 
 
 @pytest.fixture

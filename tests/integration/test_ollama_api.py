@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import ollama
-import orjson
 import pytest
 from pydantic import SecretStr
 
@@ -31,6 +30,7 @@ from tests.fakes.tiny_gguf import write_tiny_gguf
 from tests.harness import (
     CHAT_TEMPLATE,
     TINY_CHAT,
+    TOOLS_CTX,
     Stack,
     serving_catalog,
     serving_downloader,
@@ -48,13 +48,7 @@ HELLO = [{"role": "user", "content": "the cat"}]
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     root = tmp_path / "jan"
-    write_tiny_chat_model(root)
-    # The tiny vocabulary spells most text byte by byte: the generic tool instructions need a longer context.
-    folder = root / "models" / "tiny"
-    write_tiny_gguf(folder / "chat.gguf", chat_template=CHAT_TEMPLATE, n_ctx=4096)
-    (folder / "chat.json").write_bytes(
-        orjson.dumps({"parameters": {"ctx_len": 4096, "temperature": 0, "max_tokens": 12}})
-    )
+    write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
     async with serving_stack(root) as stack:
         yield stack
 

@@ -10,12 +10,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import openai
-import orjson
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.fakes.tiny_gguf import write_tiny_gguf
-from tests.harness import CHAT_TEMPLATE, TINY_CHAT, Stack, serving_stack, write_tiny_chat_model
+from tests.harness import (
+    TINY_CHAT,
+    TOOLS_CTX,
+    WEATHER_PARAMETERS,
+    Stack,
+    serving_stack,
+    write_tiny_chat_model,
+)
 
 pytest.importorskip("llama_cpp")
 
@@ -26,13 +31,7 @@ HELLO = [{"role": "user", "content": "the cat"}]
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     root = tmp_path / "jan"
-    write_tiny_chat_model(root)
-    # The tiny vocabulary spells most text byte by byte: the generic tool instructions need a longer context.
-    folder = root / "models" / "tiny"
-    write_tiny_gguf(folder / "chat.gguf", chat_template=CHAT_TEMPLATE, n_ctx=4096)
-    (folder / "chat.json").write_bytes(
-        orjson.dumps({"parameters": {"ctx_len": 4096, "temperature": 0, "max_tokens": 12}})
-    )
+    write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
     async with serving_stack(root) as stack:
         yield stack
 
@@ -305,15 +304,7 @@ WEATHER = {
     "function": {
         "name": "get_weather",
         "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]},
-                "days": {"type": "integer", "minimum": 1, "maximum": 7},
-            },
-            "required": ["city", "days"],
-            "additionalProperties": False,
-        },
+        "parameters": WEATHER_PARAMETERS,
     },
 }
 TIME = {

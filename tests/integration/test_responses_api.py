@@ -12,15 +12,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import openai
-import orjson
 import pytest
 from pydantic import BaseModel, Field
 
 from gateway.errors import APIError
 from gateway.protocol.responses import ResponseBuilder, ResponsesIn
 from jan.runner.v1 import runner_service_pb2 as runner_pb
-from tests.fakes.tiny_gguf import write_tiny_gguf
-from tests.harness import CHAT_TEMPLATE, TINY_CHAT, Stack, serving_stack, write_tiny_chat_model
+from tests.harness import (
+    CHAT_TEMPLATE,
+    TINY_CHAT,
+    TOOLS_CTX,
+    WEATHER_PARAMETERS,
+    Stack,
+    serving_stack,
+    write_tiny_chat_model,
+)
 
 pytest.importorskip("llama_cpp")
 
@@ -33,15 +39,8 @@ THINK_TEMPLATE = CHAT_TEMPLATE.replace("<|assistant|>", "<|assistant|><think>")
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     root = tmp_path / "jan"
-    write_tiny_chat_model(root)
-    folder = root / "models" / "tiny"
-    # The tiny vocabulary spells most text byte by byte: the generic tool instructions need a longer context.
-    write_tiny_gguf(folder / "chat.gguf", chat_template=CHAT_TEMPLATE, n_ctx=4096)
-    write_tiny_gguf(folder / "think.gguf", chat_template=THINK_TEMPLATE, n_ctx=4096)
-    for name in ("chat", "think"):
-        (folder / f"{name}.json").write_bytes(
-            orjson.dumps({"parameters": {"ctx_len": 4096, "temperature": 0, "max_tokens": 12}})
-        )
+    write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
+    write_tiny_chat_model(root, n_ctx=TOOLS_CTX, name="think", template=THINK_TEMPLATE)
     async with serving_stack(root) as stack:
         yield stack
 
@@ -50,15 +49,7 @@ WEATHER = {
     "type": "function",
     "name": "get_weather",
     "description": "The weather in a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]},
-            "days": {"type": "integer", "minimum": 1, "maximum": 7},
-        },
-        "required": ["city", "days"],
-        "additionalProperties": False,
-    },
+    "parameters": WEATHER_PARAMETERS,
     "strict": True,
 }
 TIME = {
