@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import openai
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from gateway.errors import APIError
 from gateway.protocol.responses import ResponseBuilder, ResponsesIn
@@ -515,3 +515,18 @@ def test_items_follow_the_order_the_runner_answers_in() -> None:
     assert events[-1][0] == "response.completed" and events[-1][1]["response"] == response | {
         "completed_at": events[-1][1]["response"]["completed_at"]
     }
+
+
+async def test_the_api_key_is_the_sdk_bearer_token(tmp_path: Path) -> None:
+    root = tmp_path / "jan"
+    write_tiny_chat_model(root)
+    async with serving_stack(root, api_keys=SecretStr("k1")) as stack:
+        wrong = stack.sdk.with_options(api_key="wrong")
+        with pytest.raises(openai.AuthenticationError) as denied:
+            await wrong.responses.create(model=MODEL, input="the cat", max_output_tokens=2)
+        assert denied.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+        right = stack.sdk.with_options(api_key="k1")
+        answer = await right.responses.create(model=MODEL, input="the cat", max_output_tokens=2)
+        assert answer.status in ("completed", "incomplete")
+        counted = await right.responses.input_tokens.count(model=MODEL, input="the cat")
+        assert counted.input_tokens == answer.usage.input_tokens  # type: ignore[union-attr]
