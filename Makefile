@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export JAN_ROOT ?= $(HOME)/jan
 
-.PHONY: up down test lint typecheck proto venv bench clean images compose-up compose-down compose-e2e k8s-render
+.PHONY: up down test browser lint typecheck proto venv bench clean images compose-up compose-down compose-e2e k8s-render
 
 # llama-cpp-python compiles llama.cpp (~8 minutes on 2 cores the first time; pip caches the wheel).
 # The multimodal module is left out to halve that. GGML_NATIVE=OFF: a -march=native build turns on
@@ -28,11 +28,15 @@ up: venv
 down:
 	@if [ -x $(PY) ]; then $(PY) -m cli.stack down; fi
 
-test: venv
+test: venv browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy services gateway cli
 	$(PY) -m pytest
+
+# The headless Chromium of tests/browser (apt; nothing to do when it is there).
+browser:
+	scripts/install-browser.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -15,7 +15,7 @@ from gateway.clients import CatalogClient, DownloaderClient, RunnerPool
 from gateway.errors import APIError, install_error_handlers
 from gateway.limits import install_body_limit
 from gateway.metrics import install_metrics
-from gateway.routes import anthropic, downloads, folders, inference, models, ollama, responses
+from gateway.routes import anthropic, downloads, events, folders, inference, models, ollama, responses, web
 from gateway.serving import Serving
 from gateway.settings import GatewaySettings
 
@@ -69,8 +69,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(inference.router)
     app.include_router(models.router)
     app.include_router(folders.router)
+    app.include_router(events.router)
     # The other dialects: translations onto the same serving core (gateway/serving.py).
     app.include_router(responses.router)
     app.include_router(anthropic.router)
     app.include_router(ollama.router)
+    app.include_router(web.router)  # the page at / (and Ollama's answer there for tools)
     return app

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 ALWAYS_OPEN = frozenset({"/healthz"})
 # The API's description (no data in it), so tools and people can read how to call it.
 DOC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# The web page and its assets (no data in them): the page asks for a key and sends it with every call.
+PAGE_PATHS = frozenset({"/"})
+PAGE_PREFIX = "/ui/"
 
 
 class APIKeyConfigError(ValueError):
@@ -134,7 +137,11 @@ class APIKeyMiddleware:
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if (
+            scope["type"] != "http"
+            or scope["path"] in self.open_paths
+            or scope["path"].startswith(PAGE_PREFIX)
+        ):
             await self.app(scope, receive, send)
             return
         token = presented_key(scope["path"], scope["headers"])
@@ -159,7 +166,7 @@ def install_api_keys(app: FastAPI, keys: list[str], *, metrics_public: bool) -> 
     """Guards `app` with `keys` (nothing to do when there are none) and says so in its OpenAPI document."""
     if not keys:
         return
-    open_paths = ALWAYS_OPEN | DOC_PATHS | ({"/metrics"} if metrics_public else frozenset())
+    open_paths = ALWAYS_OPEN | DOC_PATHS | PAGE_PATHS | ({"/metrics"} if metrics_public else frozenset())
     app.add_middleware(APIKeyMiddleware, checker=KeyChecker(keys), open_paths=frozenset(open_paths))
     log.info("API keys required (%d configured)", len(keys))
 

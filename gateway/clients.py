@@ -183,6 +183,17 @@ class CatalogClient(ServiceClient):
                 if not token:
                     return models
 
+    async def watch(self) -> AsyncGenerator[catalog_pb.WatchModelsResponse, None]:
+        """Every change of the catalog from now on, as it happens (a quiet catalog sends nothing, so no
+        first message is awaited: an error at any point raises APIError from the iteration)."""
+        call = self.stub.WatchModels(catalog_pb.WatchModelsRequest(), timeout=self.transfer_timeout)
+        try:
+            async with rpc_errors("catalog"):
+                async for reply in call:
+                    yield reply
+        finally:
+            call.cancel()
+
     async def export_folder(self, folder: str) -> AsyncIterator[bytes]:
         call = self.stub.ExportFolder(
             catalog_pb.ExportFolderRequest(folder=folder), timeout=self.transfer_timeout

@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import PlainTextResponse
 
 from gateway.clients import CatalogClient
 from gateway.errors import APIError, Dialect, error_body
@@ -103,13 +102,6 @@ async def _load_or_unload(
 
 
 # --- probes -----------------------------------------------------------------------------------------------
-
-
-@router.get("/", response_class=PlainTextResponse)
-@router.head("/", response_class=PlainTextResponse)
-async def root() -> PlainTextResponse:
-    """What Ollama's clients probe to see that a server is up."""
-    return PlainTextResponse("Ollama is running")
 
 
 @router.get("/api/version")

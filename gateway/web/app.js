@@ -1,0 +1,1 @@
+import { get } from "./api.js"; document.title = "Jan Models";
