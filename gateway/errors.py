@@ -215,7 +215,10 @@ def _allowed_methods(request: Request) -> list[str]:
     methods of the first route that matched, and FastAPI makes one route per method."""
     path = request.scope.get("path", "")
     methods: set[str] = set()
-    for template, operations in request.app.openapi().get("paths", {}).items():
+    paths = request.app.openapi().get("paths", {})
+    if path in paths:  # a literal path wins over a template that also matches it (/v1/responses/{id})
+        return sorted(m.upper() for m in paths[path] if m in _HTTP_METHODS)
+    for template, operations in paths.items():
         pattern = "".join(
             "[^/]+" if part.startswith("{") else re.escape(part)
             for part in re.split(r"(\{[^}]+\})", template)

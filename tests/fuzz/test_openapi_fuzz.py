@@ -18,7 +18,8 @@ derandomized so CI runs the same cases every time):
   404s; `test_the_fuzzing_reached_the_happy_paths` checks that they were. Destructive operations (DELETE,
   PATCH) are steered to `scratch/victim` only, never to `tiny/chat`, so deleting or breaking the only
   runnable model cannot turn the rest of the run into 404s.
-- `POST /v1/models/remote` is excluded: it exists to call a remote API, which a test must not reach.
+- `POST /v1/models/remote` is excluded: it exists to call a remote API, which a test must not reach;
+  `GET /v1/events` too: an endless stream.
 - Streams end: `GET .../download` as Server-Sent Events lasts as long as a job, and the only jobs here
   (of models whose binaries are present) end at once; the tiny model's context (512 tokens a slot)
   bounds any generated `max_tokens`.
@@ -84,16 +85,17 @@ MAX_EXAMPLES = 100
 DOCUMENTED_5XX_CODES = {"engine_unavailable", "embeddings_unsupported", "hf_repo_import_unavailable"}
 ERROR_KEYS = {"message", "type", "param", "code"}
 # The other dialects' bodies, steered like OpenAI's: the real model (the victim for what deletes), a
-# request that can be answered.
+# request that can be answered; Ollama's `options` left out there, since a generated `num_ctx` reloads
+# the model with that context for the requests after it (as docs/api.md says).
 HELLO = [{"role": "user", "content": "Hello"}]
 DIALECT_BODIES: dict[str, dict[str, Any]] = {
     "/v1/responses": {"model": MODEL, "input": "Hello"},
     "/v1/messages": {"model": MODEL, "max_tokens": 8, "messages": HELLO},
     "/v1/messages/count_tokens": {"model": MODEL, "messages": HELLO},
-    "/api/chat": {"model": MODEL, "messages": HELLO},
-    "/api/generate": {"model": MODEL, "prompt": "Hello"},
-    "/api/embed": {"model": MODEL, "input": "Hello"},
-    "/api/embeddings": {"model": MODEL, "prompt": "Hello"},
+    "/api/chat": {"model": MODEL, "messages": HELLO, "options": {}},
+    "/api/generate": {"model": MODEL, "prompt": "Hello", "options": {}},
+    "/api/embed": {"model": MODEL, "input": "Hello", "options": {}},
+    "/api/embeddings": {"model": MODEL, "prompt": "Hello", "options": {}},
     "/api/show": {"model": MODEL},
     "/api/pull": {"model": MODEL},
     "/api/delete": {"model": VICTIM},
@@ -309,7 +311,8 @@ def error_shape(ctx: CheckContext, response: Response, case: schemathesis.Case) 
 # The document depends on no service, so it is built here, at collection, and gives one test per
 # operation; the test below checks that the running gateway serves the same document.
 DOCUMENT = create_app(GatewaySettings()).openapi()
-schema = schemathesis.openapi.from_dict(DOCUMENT).exclude(path="/v1/models/remote")
+# /v1/events is a stream that never ends by itself (tests/browser and the integration tests read it).
+schema = schemathesis.openapi.from_dict(DOCUMENT).exclude(path="/v1/models/remote").exclude(path="/v1/events")
 schema.config.generation.update(max_examples=MAX_EXAMPLES)
 # The document does not spell out the id rules (no control characters, '/', '\\' or leading '.' in a
 # name; `model` is '<folder>/<file>'; `keep_alive` a duration): a schema-valid value may get 400 with a
