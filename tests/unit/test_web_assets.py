@@ -27,7 +27,7 @@ def test_every_asset_the_page_loads_is_there() -> None:
     for name in re.findall(r'(?:src|href)="/ui/([^"]+)"', index):
         assert (WEB / name).is_file(), name
     for module in WEB.glob("*.js"):
-        for name in re.findall(r'from\s+"\./([^"]+)"', module.read_text()):
+        for name in re.findall(r'(?:from\s+|import\()"\./([^"]+)"', module.read_text()):
             assert (WEB / name).is_file(), f"{module.name} imports {name}"
 
 
