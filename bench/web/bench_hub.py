@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from selenium import webdriver
 
@@ -66,6 +67,17 @@ def static_page(folder: Path, count: int) -> None:
     )
 
 
+def quiet_handler(folder: Path) -> type[http.server.SimpleHTTPRequestHandler]:
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
 def browser() -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "chromium"
@@ -107,8 +119,7 @@ def main() -> None:
         make_root(root, args.models)
         peer.mkdir()
         static_page(peer, args.models)
-        handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(peer))  # noqa: E731
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), quiet_handler(peer))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         stack = Stack(root=root, ports={name: free_port() for name in SERVICES})
         stack.start(extra_env={"JAN_CATALOG_SEED_MODELS_DIR": ""})
