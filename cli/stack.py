@@ -222,7 +222,8 @@ def main() -> None:
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
     print(f"Jan Models is up: {stack.url}  (JAN_ROOT={stack.root}, logs in {stack.log_dir})")
-    print(f"  try: curl {stack.url}/v1/models   |   .venv/bin/jan models list   |   stop: make down")
+    print(f"  open {stack.url}/ in a browser  |  curl {stack.url}/v1/models  |  .venv/bin/jan models list")
+    print("  stop: make down")
 
 
 def _alive(pid: int | None) -> bool:
