@@ -84,6 +84,13 @@ def main() -> None:
     health = wait_healthy(http, args.timeout)
     step(f"healthy after {time.monotonic() - t0:.1f} s: {health}")
 
+    page = http.get("/", headers={"Accept": "text/html"})
+    if page.status_code != 200 or "script-src 'self'" not in page.headers.get("content-security-policy", ""):
+        raise SystemExit(f"the web page is not served from the image: {page.status_code} {page.headers}")
+    if http.get("/ui/hub.js").status_code != 200:
+        raise SystemExit("the web page's modules are not in the image")
+    step("the web page and its modules are served")
+
     ids = [m.id for m in client.models.list()]
     if not ids:
         raise SystemExit("the catalog lists no model (the recommended ones should be seeded)")
