@@ -15,7 +15,18 @@ from gateway.clients import CatalogClient, DownloaderClient, RunnerPool
 from gateway.errors import APIError, install_error_handlers
 from gateway.limits import install_body_limit
 from gateway.metrics import install_metrics
-from gateway.routes import anthropic, downloads, events, folders, inference, models, ollama, responses, web
+from gateway.routes import (
+    anthropic,
+    downloads,
+    events,
+    fit,
+    folders,
+    inference,
+    models,
+    ollama,
+    responses,
+    web,
+)
 from gateway.serving import Serving
 from gateway.settings import GatewaySettings
 
@@ -67,6 +78,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app.include_router(downloads.router)
     app.include_router(inference.router)
+    app.include_router(fit.router)  # before models.router, whose catch-all would take /v1/models/fit
     app.include_router(models.router)
     app.include_router(folders.router)
     app.include_router(events.router)

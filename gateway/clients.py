@@ -321,6 +321,11 @@ class RunnerClient(ServiceClient):
     async def embed(self, request: runner_pb.EmbedRequest) -> runner_pb.EmbedResponse:
         return await self._unary(self.stub.Embed, request, self.transfer_timeout)
 
+    async def estimate_models(self, model_ids: list[str]) -> runner_pb.EstimateModelsResponse:
+        return await self._unary(
+            self.stub.EstimateModels, runner_pb.EstimateModelsRequest(model_ids=model_ids)
+        )
+
     async def tokenize(self, request: runner_pb.TokenizeRequest) -> runner_pb.TokenizeResponse:
         return await self._unary(self.stub.Tokenize, request)
 

@@ -13,6 +13,7 @@ import logging
 import re
 
 import grpc
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -176,6 +177,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Unsupported)
     async def _unsupported(request: Request, exc: Unsupported) -> JSONResponse:
         return error_json(400, str(exc), "unsupported_parameter", exc.param, path=request.url.path)
+
+    @app.exception_handler(orjson.JSONEncodeError)
+    async def _unencodable(request: Request, exc: orjson.JSONEncodeError) -> JSONResponse:
+        # A schema, tool parameters or format holding what JSON parsing accepts and the services cannot
+        # take (integers beyond 64 bits, nesting deeper than 255): the request's fault, named as such.
+        message = f"request: a JSON value the services cannot store ({exc})"
+        return error_json(422, message, "invalid_request", None, path=request.url.path)
 
     @app.exception_handler(aio.AioRpcError)
     async def _rpc_error(request: Request, exc: aio.AioRpcError) -> JSONResponse:

@@ -8,6 +8,7 @@ hint that turns out wrong costs one more try through the catalog, before any byt
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -196,3 +197,41 @@ class Serving:
                     }
                 )
         return data
+
+    async def memory_fit(
+        self, model_ids: list[str]
+    ) -> list[tuple[runner_pb.EstimateModelsResponse, runner_pb.ModelEstimate]] | None:
+        """Per model, the estimate of the runner where it fits best (where it is loaded, when it is), with
+        that runner's answer (name, budget, use). Every live runner estimates by its own rule; a runner that
+        does not answer is left out. None when no runner answers."""
+        runners = await self.catalog.list_runners()
+        replies = await asyncio.gather(
+            *(self.runners.get(r.address).estimate_models(model_ids) for r in runners), return_exceptions=True
+        )
+        best: dict[str, tuple[runner_pb.EstimateModelsResponse, runner_pb.ModelEstimate]] = {}
+        answered = False
+        for reply in replies:
+            if isinstance(reply, APIError):
+                continue  # a runner that just died or is too old to estimate
+            if isinstance(reply, BaseException):
+                raise reply
+            answered = True
+            for estimate in reply.estimates:
+                held = best.get(estimate.model_id)
+                if held is None or _fit_rank(reply, estimate) > _fit_rank(*held):
+                    best[estimate.model_id] = (reply, estimate)
+        return list(best.values()) if answered else None
+
+
+# Better fits first: a known fit beats none, fits > tight > won't fit; then more free memory.
+_FIT_ORDER = {
+    runner_pb.FIT_UNSPECIFIED: 0,
+    runner_pb.FIT_WONT_FIT: 1,
+    runner_pb.FIT_TIGHT: 2,
+    runner_pb.FIT_FITS: 3,
+}
+
+
+def _fit_rank(reply: runner_pb.EstimateModelsResponse, estimate: runner_pb.ModelEstimate) -> tuple[int, ...]:
+    free = reply.memory_budget_bytes - reply.memory_used_bytes
+    return (int(estimate.loaded), _FIT_ORDER[estimate.fit], free)

@@ -59,7 +59,8 @@ def make_root(root: Path, count: int) -> None:
 def static_page(folder: Path, count: int) -> None:
     rows = "".join(
         f"<tr><td>{html.escape(f'model-{i:05d}/x')}</td><td>not-downloaded</td><td>llamacpp</td>"
-        f"<td>Q4_K_M</td><td>3.7 GiB</td><td>org{i % 50}</td><td><button>Download</button></td></tr>"
+        f"<td>Q4_K_M</td><td>3.7 GiB</td><td>fits</td><td>org{i % 50}</td>"
+        "<td><button>Download</button></td></tr>"
         for i in range(count)
     )
     (folder / "index.html").write_text(

@@ -14,6 +14,7 @@ from gateway.protocol.common import JsonObject, StrictBoolsModel
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 from jan.model.v1 import model_pb2
+from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 STATE_NAMES = {
     model_pb2.MODEL_STATE_NOT_DOWNLOADED: "not-downloaded",
@@ -409,3 +410,60 @@ class RunningOut(BaseModel):
 class RunningListOut(BaseModel):
     object: Literal["list"] = "list"
     data: list[RunningOut]
+
+
+# --- memory fit ----------------------------------------------------------------------------------------
+
+FIT_NAMES = {runner_pb.FIT_FITS: "fits", runner_pb.FIT_TIGHT: "tight", runner_pb.FIT_WONT_FIT: "wont_fit"}
+BASIS_NAMES = {
+    runner_pb.MEMORY_BASIS_HEADER: "header",
+    runner_pb.MEMORY_BASIS_SIZE: "size",
+    runner_pb.MEMORY_BASIS_REMOTE: "remote",
+}
+
+
+class FitOut(BaseModel):
+    id: str
+    fit: Literal["fits", "tight", "wont_fit"] | None = Field(
+        description="fits: loads beside the models loaded now (or is loaded); tight: within the runner's "
+        "budget once idle models are unloaded (a start does that); wont_fit: more than the whole budget. "
+        "null: no estimate (`reason` says why)."
+    )
+    estimate_bytes: int = Field(description="Memory it would take loaded (weights, KV cache, buffers).")
+    budget_bytes: int = Field(description="The runner's memory budget.")
+    free_bytes: int = Field(description="The runner's budget less what its loaded models use now.")
+    runner: str = Field(description="The runner this answer comes from: where the model fits best.")
+    basis: Literal["header", "size", "remote"] | None = Field(
+        description="header: the binaries on the runner and their GGUF header; size: sizes only (not "
+        "downloaded there: metadata.size or the binaries' sizes) with a 7B-class KV cache; remote: the "
+        "model runs elsewhere (api, tensorrt)."
+    )
+    loaded: bool = Field(description="It is loaded on that runner.")
+    reason: str | None = Field(default=None, description="Why there is no estimate.")
+
+
+class FitListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FitOut]
+    reason: str | None = Field(default=None, description="Why `data` is empty when no runner answered.")
+
+
+def fit_dict(reply: runner_pb.EstimateModelsResponse, e: runner_pb.ModelEstimate) -> dict[str, Any]:
+    return {
+        "id": e.model_id,
+        "fit": FIT_NAMES.get(e.fit),
+        "estimate_bytes": e.memory_bytes,
+        "budget_bytes": reply.memory_budget_bytes,
+        "free_bytes": max(0, reply.memory_budget_bytes - reply.memory_used_bytes),
+        "runner": reply.runner,
+        "basis": BASIS_NAMES.get(e.basis),
+        "loaded": e.loaded,
+        "reason": e.error or None,
+    }
+
+
+def fit_list_json(
+    answers: list[tuple[runner_pb.EstimateModelsResponse, runner_pb.ModelEstimate]], reason: str | None
+) -> bytes:
+    data = sorted((fit_dict(reply, e) for reply, e in answers), key=lambda d: d["id"])
+    return orjson.dumps({"object": "list", "data": data, "reason": reason})

@@ -1,5 +1,5 @@
-// The Models view (the hub): every model as a table row with its state, engine, quantization, size and
-// owner; search and filters; the import form (a local path, a file URL, or a Hugging Face repository with
+// The Models view (the hub): every model as a table row with its state, engine, quantization, size,
+// owner and memory fit (fits / tight / won't fit, the runners' own estimate: GET /v1/models/fit); search and filters; the import form (a local path, a file URL, or a Hugging Face repository with
 // its quantization picker); per model Download (live progress, Pause / Resume / Cancel), Start / Stop,
 // Chat, Settings, Export and Delete. Rows are updated in place from the store (GET /v1/events).
 //
@@ -8,9 +8,10 @@
 import { ApiError, del, get, modelPath, patch, post, send } from "./api.js";
 import { withKey } from "./auth.js";
 import { announce, clear, el, fill, formatBytes, formatDuration, openDialog } from "./dom.js";
-import { ACTIVE, jobs, load, models, problems, setJob, speedOf, subscribe, watchDownload } from "./store.js";
+import { ACTIVE, fits, jobs, load, models, problems, setJob, speedOf, subscribe, watchDownload } from "./store.js";
 
 const STATES = ["running", "stopped", "downloading", "not-downloaded"];
+const FIT_LABELS = { fits: "fits", tight: "tight", wont_fit: "won't fit" };
 const ACTION_LABELS = {
   download: "Download",
   pause: "Pause",
@@ -83,7 +84,7 @@ function build(section) {
 
   const problemsBox = el("details", { class: "problems", hidden: true });
   const tbody = el("tbody");
-  const headers = ["Model", "State", "Engine", "Quantization", "Size", "Owner", "Actions"];
+  const headers = ["Model", "State", "Engine", "Quantization", "Size", "Owner", "Memory", "Actions"];
   const table = el(
     "table",
     { class: "models", attrs: { "aria-labelledby": "models-title" } },
@@ -141,6 +142,8 @@ function onChange(change) {
     renderAll();
   } else if (change.kind === "problems") {
     renderProblems();
+  } else if (change.kind === "fits") {
+    for (const [id, tr] of rows) renderFit(tr.cells[6], id);
   } else if (change.kind === "job") {
     const model = models.get(change.id);
     const tr = rows.get(change.id);
@@ -195,7 +198,7 @@ function insertSorted(tr, id) {
 function newRow(model) {
   const tr = document.createElement("tr");
   tr.dataset.id = model.id;
-  for (let i = 0; i < 7; i++) tr.append(document.createElement("td"));
+  for (let i = 0; i < 8; i++) tr.append(document.createElement("td"));
   rows.set(model.id, tr);
   renderRow(tr, model);
   return tr;
@@ -229,7 +232,7 @@ function actionsOf(model) {
 }
 
 function renderRow(tr, model) {
-  const [nameCell, stateCell, engineCell, quantCell, sizeCell, ownerCell, actionsCell] = tr.cells;
+  const [nameCell, stateCell, engineCell, quantCell, sizeCell, ownerCell, fitCell, actionsCell] = tr.cells;
   const focused = tr.contains(document.activeElement) ? document.activeElement.dataset.action : null;
   fill(nameCell,
     el("span", { class: "model-name", text: model.name || model.id }),
@@ -241,6 +244,7 @@ function renderRow(tr, model) {
   quantCell.textContent = (model.metadata && model.metadata.quantization) || "—";
   sizeCell.textContent = formatBytes(sizeOf(model));
   ownerCell.textContent = model.owned_by || "—";
+  renderFit(fitCell, model.id);
 
   const actions = actionsOf(model);
   tr.dataset.actions = actions.join(",");
@@ -311,6 +315,36 @@ function renderState(cell, model) {
   } else if (job && job.phase === "failed" && model.state === "not-downloaded") {
     cell.append(el("span", { class: "error", text: `download failed: ${job.error || job.error_code || "unknown error"}` }));
   }
+}
+
+/** The memory-fit badge: the runner's verdict, with its figures in the title; nothing while unknown. */
+function renderFit(cell, id) {
+  const f = fits.get(id);
+  const label = f && FIT_LABELS[f.fit];
+  if (!label) {
+    clear(cell);
+    return;
+  }
+  const about = fitText(f);
+  let badge = cell.querySelector(".fit");
+  if (!badge) badge = fill(cell, el("span")).firstChild;
+  badge.className = `fit fit-${f.fit}`;
+  badge.textContent = label;
+  badge.title = about;
+  badge.setAttribute("aria-label", `${label}: ${about}`);
+}
+
+function fitText(f) {
+  const need = formatBytes(f.estimate_bytes);
+  const budget = formatBytes(f.budget_bytes);
+  const from = f.basis === "size" ? " (from its declared size)" : "";
+  const where = f.runner ? ` on runner ${f.runner}` : "";
+  if (f.basis === "remote") return `runs remotely: no local memory needed${where}`;
+  if (f.loaded) return `loaded${where}: uses ~${need} of ${budget}; ${formatBytes(f.free_bytes)} free`;
+  if (f.fit === "wont_fit") return `needs ~${need}${from}: more than the ${budget} budget${where}`;
+  const free = `${formatBytes(f.free_bytes)} free`;
+  if (f.fit === "tight") return `needs ~${need}${from} of ${budget}; ${free}: idle models are unloaded first${where}`;
+  return `needs ~${need}${from} of ${budget}; ${free}${where}`;
 }
 
 // --- search and filters -------------------------------------------------------------------------------

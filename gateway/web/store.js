@@ -1,9 +1,10 @@
 // The page's picture of the catalog: every model, the download jobs, the catalog's problems; kept up to
 // date by GET /v1/events (reconnected with a backoff) and one progress stream per running download.
 //
-// Exports: models (Map id -> model), jobs (Map id -> job), problems (array), subscribe(fn) -> unsubscribe
-// (fn({kind: "reset" | "model" | "job" | "problems", id?})), load(), connect(), watchDownload(id),
-// setJob(id, job), speedOf(id) -> {speed, eta}, ACTIVE (job phases of a download in progress).
+// Exports: models (Map id -> model), jobs (Map id -> job), problems (array), fits (Map id -> the memory fit
+// of GET /v1/models/fit), subscribe(fn) -> unsubscribe (fn({kind: "reset" | "model" | "job" | "problems" |
+// "fits", id?})), load(), connect(), watchDownload(id), setJob(id, job), speedOf(id) -> {speed, eta},
+// ACTIVE (job phases of a download in progress).
 
 import { ApiError, events, get, modelPath } from "./api.js";
 import { withKey } from "./auth.js";
@@ -11,12 +12,18 @@ import { withKey } from "./auth.js";
 export const models = new Map();
 export const jobs = new Map();
 export let problems = [];
+// id -> {fit, estimate_bytes, budget_bytes, free_bytes, runner, basis, loaded}: the runners' own answer.
+export const fits = new Map();
 export const ACTIVE = new Set(["queued", "connecting", "downloading", "verifying", "storing"]);
 
 const listeners = new Set();
 const watching = new Set();
 const samples = new Map(); // id -> [{t, bytes}]: speed and ETA when a job does not say them
 const moved = new Map(); // id -> when its bytes_done last changed
+const FIT_DELAY = 500; // ms: a burst of model events asks for the fits once
+const fitInputs = new Map(); // id -> what its fit was last asked with (state, parameters, metadata)
+let fitTimer = null;
+let fitAsked = 0; // the latest request: an older answer arriving late is dropped
 
 export function subscribe(fn) {
   listeners.add(fn);
@@ -48,6 +55,39 @@ export async function load() {
   emit({ kind: "reset" });
   for (const [id, m] of models) if (m.state === "downloading" || ACTIVE.has((jobs.get(id) || {}).phase)) watchDownload(id);
   loadProblems();
+  loadFits();
+}
+
+/** The memory fit of every model (GET /v1/models/fit). Nothing is shown for a model without one. */
+export async function loadFits() {
+  clearTimeout(fitTimer);
+  fitTimer = null;
+  fitInputs.clear();
+  for (const [id, m] of models) fitInputs.set(id, fitInput(m));
+  const asked = ++fitAsked;
+  let answer;
+  try {
+    answer = await withKey(() => get("/v1/models/fit"));
+  } catch (err) {
+    console.warn("cannot get the memory fit of the models", err);
+    return;
+  }
+  if (asked !== fitAsked) return;
+  fits.clear();
+  for (const f of answer.data || []) if (f && f.fit) fits.set(f.id, f);
+  emit({ kind: "fits" });
+}
+
+function fitInput(model) {
+  return JSON.stringify([model.state, model.parameters || {}, model.metadata || {}]);
+}
+
+/** Asks for the fits again soon when a model changed in a way that moves them (started, stopped,
+ * downloaded, re-parameterised, added or removed): one model loaded changes what is free for all. */
+function refreshFits(id) {
+  const model = models.get(id);
+  if ((model ? fitInput(model) : undefined) === fitInputs.get(id)) return;
+  if (fitTimer === null) fitTimer = setTimeout(loadFits, FIT_DELAY);
 }
 
 export async function loadProblems() {
@@ -77,6 +117,7 @@ function apply(change) {
     jobs.delete(id);
     if (type === "invalid" || problems.some((p) => p.id === id)) loadProblems();
   }
+  refreshFits(id);
 }
 
 let connected = false;

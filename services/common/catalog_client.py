@@ -60,6 +60,17 @@ class CatalogClient:
     async def get_model(self, model_id: str) -> model_pb2.Model:
         return (await self._call("GetModel", pb.GetModelRequest(id=model_id))).model
 
+    async def list_models(self) -> list[model_pb2.Model]:
+        """Every model, page after page (the catalog's default page size)."""
+        models: list[model_pb2.Model] = []
+        token = ""
+        while True:
+            reply = await self._call("ListModels", pb.ListModelsRequest(page_token=token))
+            models.extend(reply.models)
+            token = reply.next_page_token
+            if not token:
+                return models
+
     async def create_model(
         self, *, model_id: str, source_url: str, name: str, metadata: dict[str, Any], owned_by: str
     ) -> model_pb2.Model:

@@ -313,6 +313,11 @@ class Storage(ABC):
     def iter_binary(self, folder: str, name: str) -> Iterator[bytes]:
         """The binary's content in chunks, read where it is (an export streams it into an archive)."""
 
+    @abstractmethod
+    def local_file(self, folder: str, name: str) -> Path | None:
+        """The local file `materialize` would return when it is there already, None otherwise: nothing is
+        fetched or hashed (a memory estimate reads its size and header, a load still verifies it)."""
+
 
 class LocalStorage(Storage):
     """Binaries as plain files next to the model json: JAN_ROOT/models/<folder>/<name>."""
@@ -453,6 +458,10 @@ class LocalStorage(Storage):
         with open(self._path(folder, name), "rb") as f:
             while chunk := f.read(_CHUNK):
                 yield chunk
+
+    def local_file(self, folder: str, name: str) -> Path | None:
+        path = self._path(folder, name)
+        return path if path.is_file() else None
 
 
 class S3Storage(Storage):
@@ -769,6 +778,11 @@ class S3Storage(Storage):
         finally:
             response.close()
             response.release_conn()
+
+    def local_file(self, folder: str, name: str) -> Path | None:
+        # A file at the final path of the cache was verified before it was renamed there.
+        path = self.cache_dir / check_name(folder, "folder") / check_name(name, "name")
+        return path if path.is_file() else None
 
     def materialize(self, folder: str, name: str, *, sha256: str = "") -> Path:
         """cache_dir/<folder>/<name>, downloaded once and verified.

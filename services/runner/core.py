@@ -37,6 +37,7 @@ from services.runner.engines.base import (
     TokenizeRequest,
     refuse_unsupported,
 )
+from services.runner.fit import ModelFit, declared_bytes, fit
 from services.runner.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class Runner:
                 )
             spec = await asyncio.to_thread(self._spec, model, overrides)
             engine = factory(spec, self.settings)
-            need = await asyncio.to_thread(lambda: engine.memory_bytes)
+            need = await asyncio.to_thread(lambda: engine.memory_estimate.bytes)
             await self._make_room(model_id, need)
             started = time.perf_counter()
             try:
@@ -233,14 +234,7 @@ class Runner:
 
     def _spec(self, model: model_pb2.Model, overrides: dict[str, Any]) -> LoadSpec:
         if model.engine in REMOTE_ENGINES:
-            return LoadSpec(
-                model_id=model.id,
-                files=[],
-                mmproj=None,
-                parameters={**orjson.loads(model.parameters_json or "{}"), **overrides},
-                metadata=orjson.loads(model.metadata_json or "{}"),
-                source_url=model.source_url,
-            )
+            return self._files_spec(model, overrides, [])
         missing = [b.name for b in model.binaries if not b.present]
         if missing or not model.binaries:
             raise FailedPrecondition(
@@ -248,32 +242,61 @@ class Runner:
                 code="model_not_downloaded",
             )
         folder = model.id.split("/", 1)[0]
-        paths: list[Path] = []
+        paths = [
+            Path(b.external_path)
+            if b.external_path
+            else self.storage.materialize(folder, b.name, sha256=b.sha256)
+            for b in model.binaries
+        ]
+        return self._files_spec(model, overrides, paths)
+
+    def _files_spec(self, model: model_pb2.Model, overrides: dict[str, Any], paths: list[Path]) -> LoadSpec:
+        """The spec of a model whose binaries are at `paths` (in the order of model.binaries; none for a
+        remote engine)."""
+        files: list[Path] = []
         mmproj: Path | None = None
-        for b in model.binaries:
-            if b.external_path:
-                path = Path(b.external_path)
-            else:
-                path = self.storage.materialize(folder, b.name, sha256=b.sha256)
+        for b, path in zip(model.binaries, paths, strict=True) if paths else ():
             if "mmproj" in b.name.lower():
                 mmproj = path
             else:
-                paths.append(path)
-        if not paths:
+                files.append(path)
+        if paths and not files:
             raise FailedPrecondition(f"{model.id} has no model weights, only a projector", code="no_weights")
-        parameters = {**orjson.loads(model.parameters_json or "{}"), **overrides}
         return LoadSpec(
             model_id=model.id,
-            files=paths,
+            files=files,
             mmproj=mmproj,
-            parameters=parameters,
+            parameters={**orjson.loads(model.parameters_json or "{}"), **overrides},
             metadata=orjson.loads(model.metadata_json or "{}"),
             source_url=model.source_url,
         )
 
+    def _estimate_spec(self, model: model_pb2.Model) -> LoadSpec:
+        """The spec a load would use, from the files already on this runner (nothing is fetched or
+        hashed), else with the declared sizes in their place."""
+        if model.engine in REMOTE_ENGINES:
+            return self._files_spec(model, {}, [])
+        folder = model.id.split("/", 1)[0]
+        here = [
+            (Path(b.external_path) if Path(b.external_path).is_file() else None)
+            if b.external_path
+            else self.storage.local_file(folder, b.name)
+            for b in model.binaries
+        ]
+        paths = [p for p in here if p is not None]
+        if model.binaries and len(paths) == len(here):
+            return self._files_spec(model, {}, paths)
+        declared = declared_bytes(model)
+        if not declared:
+            raise FailedPrecondition(
+                f"{model.id} is not on this runner and declares no size (metadata.size)", code="size_unknown"
+            )
+        spec = self._files_spec(model, {}, [])
+        return dataclasses.replace(spec, declared_bytes=declared)
+
     async def _make_room(self, model_id: str, need: int) -> None:
         budget = self.settings.memory_budget_bytes
-        if need > budget:
+        if fit(need, budget, 0) == "wont_fit":
             raise ResourceExhausted(
                 f"{model_id} needs ~{need >> 20} MiB (weights + KV cache) and this runner's budget is "
                 f"{budget >> 20} MiB: lower ctx_len or n_parallel, or use a bigger runner",
@@ -281,11 +304,11 @@ class Runner:
             )
         async with self._memory_lock:
             idle = sorted((h for h in self.loaded.values() if h.active == 0), key=lambda h: h.last_used)
-            while self.memory_used + need > budget and idle:
+            while fit(need, budget, self.memory_used) != "fits" and idle:
                 victim = idle.pop(0)
                 log.info("unloading %s to make room for %s", victim.model_id, model_id)
                 await self.unload(victim.model_id, report=False)
-            if self.memory_used + need > budget:
+            if fit(need, budget, self.memory_used) != "fits":
                 busy = ", ".join(sorted(self.loaded))
                 raise ResourceExhausted(
                     f"{model_id} needs ~{need >> 20} MiB; {self.memory_used >> 20} of {budget >> 20} MiB are "
@@ -304,6 +327,40 @@ class Runner:
         if report:
             with contextlib.suppress(Exception):
                 await self.heartbeat()
+
+    # --- memory estimates ---------------------------------------------------------------------------------
+
+    async def estimate(self, model_ids: list[str]) -> list[ModelFit]:
+        """Each model's memory estimate (every model of the catalog when `model_ids` is empty) and its fit
+        against the budget and what is loaded now. The estimate is the one a load decides by: the engine the
+        load would make, with the parameters and slots it would choose; nothing is loaded or fetched."""
+        models = await self.catalog.list_models()
+        if model_ids:
+            wanted = set(model_ids)
+            models = [m for m in models if m.id in wanted]
+        fits = {h.model_id: self._loaded_fit(h) for h in self.loaded.values()}
+        others = [m for m in models if m.id not in fits]
+        used = self.memory_used
+        fits |= await asyncio.to_thread(lambda: {m.id: self._estimate_fit(m, used) for m in others})
+        known = {m.id for m in models}
+        missing = {i: ModelFit(i, error=f"{i} is not in the catalog") for i in model_ids if i not in known}
+        return [fits[m.id] for m in models if m.id in fits] + list(missing.values())
+
+    def _loaded_fit(self, hosted: Hosted) -> ModelFit:
+        basis = hosted.engine.memory_estimate.basis
+        return ModelFit(hosted.model_id, hosted.engine.memory_bytes, "fits", basis, loaded=True)
+
+    def _estimate_fit(self, model: model_pb2.Model, used: int) -> ModelFit:
+        factory = self.engines.get(model.engine)
+        if factory is None:
+            return ModelFit(model.id, error=f"this runner has no {model.engine} engine")
+        try:
+            estimate = factory(self._estimate_spec(model), self.settings).memory_estimate
+        except Exception as exc:  # one model that cannot be estimated says why; the others still are
+            log.debug("no memory estimate of %s: %s", model.id, exc)
+            return ModelFit(model.id, error=str(exc))
+        verdict = fit(estimate.bytes, self.settings.memory_budget_bytes, used)
+        return ModelFit(model.id, estimate.bytes, verdict, estimate.basis)
 
     # --- serving ------------------------------------------------------------------------------------------
 

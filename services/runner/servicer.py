@@ -265,6 +265,17 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
             text=await self.runner.detokenize(request.model_id, list(request.tokens))
         )
 
+    async def EstimateModels(
+        self, request: pb.EstimateModelsRequest, context: aio.ServicerContext
+    ) -> pb.EstimateModelsResponse:
+        fits = await self.runner.estimate(list(request.model_ids))
+        return pb.EstimateModelsResponse(
+            runner=self.runner.settings.name,
+            memory_budget_bytes=self.runner.settings.memory_budget_bytes,
+            memory_used_bytes=self.runner.memory_used,
+            estimates=[f.to_pb() for f in fits],
+        )
+
     async def Embed(self, request: pb.EmbedRequest, context: aio.ServicerContext) -> pb.EmbedResponse:
         vectors, tokens = await self.runner.embed(request.model_id, list(request.inputs))
         return pb.EmbedResponse(embeddings=[pb.Embedding(values=v) for v in vectors], prompt_tokens=tokens)

@@ -423,3 +423,23 @@ async def test_pull_without_stream_answers_success_once(pull_env: PullEnv) -> No
     answer = await pull_env.client.pull("hf.co/acme/tiny-GGUF:q8_0")
     assert answer.status == "success"
     assert [m.details.quantization_level for m in (await pull_env.client.list()).models] == ["Q8_0"]  # type: ignore[union-attr]
+
+
+async def test_json_the_services_cannot_store_is_a_400_not_a_500(stack: Stack) -> None:
+    # Found by the fuzzing: an integer beyond 64 bits in a schema was a 500 (orjson refuses it).
+    resp = await stack.http.post(
+        "/api/chat", json={"model": MODEL, "messages": HELLO, "format": {"x": [446120837355739021312]}}
+    )
+    assert resp.status_code == 400 and "cannot store" in resp.json()["error"], resp.text
+    resp = await stack.http.post(
+        "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": HELLO,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"maximum": 2**70}},
+            },
+        },
+    )
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_request", resp.text

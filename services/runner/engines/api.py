@@ -58,6 +58,7 @@ from services.runner.engines.base import (
     Engine,
     GenerateRequest,
     LoadSpec,
+    MemoryEstimate,
     TokenLogprob,
     ToolCallDelta,
     ToolChoice,
@@ -247,8 +248,8 @@ class ApiEngine(Engine):
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def estimate_memory(cls, spec: LoadSpec) -> int:
-        return 0  # the model lives on the remote
+    def estimate(cls, spec: LoadSpec) -> MemoryEstimate:
+        return MemoryEstimate(0, "remote")  # the model lives on the remote
 
     @property
     def slots(self) -> int:

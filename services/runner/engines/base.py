@@ -29,6 +29,23 @@ class LoadSpec:
     parameters: dict[str, Any]
     metadata: dict[str, Any]
     source_url: str = ""
+    # With no `files` (binaries not on this runner): their sizes as the model object declares them, so that
+    # the memory can be estimated before a download. A load always has files.
+    declared_bytes: int = 0
+
+
+# What a memory estimate rests on: "header" the binaries here (sizes, and the KV cache from the GGUF
+# header); "size" sizes only (declared, or the header unreadable) with the KV cache of a 7B-class model;
+# "remote" a model that runs elsewhere.
+MemoryBasis = Literal["header", "size", "remote"]
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a model takes once loaded (weights + caches), and what the figure rests on."""
+
+    bytes: int
+    basis: MemoryBasis
 
 
 @dataclass(frozen=True)
@@ -229,8 +246,12 @@ class Engine(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def estimate_memory(cls, spec: LoadSpec) -> int:
+    def estimate(cls, spec: LoadSpec) -> MemoryEstimate:
         """Bytes the model will take once loaded (weights + caches), before loading it."""
+
+    @classmethod
+    def estimate_memory(cls, spec: LoadSpec) -> int:
+        return cls.estimate(spec).bytes
 
     @abc.abstractmethod
     async def load(self) -> None: ...
@@ -265,8 +286,15 @@ class Engine(abc.ABC):
         """How many requests it serves at once."""
 
     @property
+    def memory_estimate(self) -> MemoryEstimate:
+        """The estimate of the model as this engine will load it: the runner decides by it whether the
+        load fits, and answers EstimateModels with it."""
+        return self.estimate(self.spec)
+
+    @property
     def memory_bytes(self) -> int:
-        return self.estimate_memory(self.spec)
+        """Bytes the runner accounts for the model (once loaded, caches made since included)."""
+        return self.memory_estimate.bytes
 
     @property
     def effective_parameters(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from services.runner.engines.base import (
     Engine,
     GenerateRequest,
     LoadSpec,
+    MemoryEstimate,
     TokenLogprob,
     refuse_unsupported,
 )
@@ -128,8 +129,8 @@ class TensorRTEngine(Engine):
         self._loaded_by_us = False
 
     @classmethod
-    def estimate_memory(cls, spec: LoadSpec) -> int:
-        return 0  # the weights live on the Triton server's GPUs
+    def estimate(cls, spec: LoadSpec) -> MemoryEstimate:
+        return MemoryEstimate(0, "remote")  # the weights live on the Triton server's GPUs
 
     @property
     def slots(self) -> int:

@@ -33,6 +33,8 @@ from services.runner.engines.base import (
     Engine,
     GenerateRequest,
     LoadSpec,
+    MemoryBasis,
+    MemoryEstimate,
     Tokenized,
     TokenizeRequest,
 )
@@ -46,7 +48,7 @@ from services.runner.engines.llamacpp.batcher import (
     common_prefix,
     malloc_trim,
 )
-from services.runner.engines.llamacpp.gguf import gguf_facts, kv_bytes_per_token
+from services.runner.engines.llamacpp.gguf import kv_bytes_per_token_of
 from services.runner.engines.llamacpp.json_schema import JSON_OBJECT_GBNF, schema_to_gbnf
 from services.runner.engines.output import ChoiceOutput
 from services.runner.engines.prompt import Render, resolve_format
@@ -62,6 +64,8 @@ from services.runner.engines.tools import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# KV cache bytes per token of a 7B-class model: the estimate's figure when no GGUF header can be read.
+FALLBACK_KV_BYTES = 256 * 1024
 
 
 def _truthy(value: Any) -> bool:
@@ -96,39 +100,45 @@ class LlamaCppEngine(Engine):
         self._format: Render | None = None
         # How tools reach the prompt and come back (tools.py): the template's own format, else generic.
         self.tool_format: ToolFormat = "generic"
-        self._memory: int | None = None
+        self._estimate: MemoryEstimate | None = None
         self._batcher: Batcher | None = None
 
     # --- memory -------------------------------------------------------------------------------------------
 
     @classmethod
-    def estimate_memory(cls, spec: LoadSpec) -> int:
-        """Weights once (all slots share one context), the KV cache of every slot, compute buffers."""
-        weights = sum(p.stat().st_size for p in spec.files) + (
-            spec.mmproj.stat().st_size if spec.mmproj else 0
-        )
+    def estimate(cls, spec: LoadSpec) -> MemoryEstimate:
+        """Weights once (all slots share one context), the KV cache of every slot, compute buffers. With no
+        files (not downloaded here), the declared sizes stand for the weights."""
         params = spec.parameters
         ctx = int(params.get("ctx_len") or 4096)
         n = max(1, int(params.get("n_parallel") or 1))
+        if not spec.files:
+            kv = n * ctx * FALLBACK_KV_BYTES
+            return MemoryEstimate(spec.declared_bytes + kv + COMPUTE_OVERHEAD, "size")
+        weights = sum(p.stat().st_size for p in spec.files) + (
+            spec.mmproj.stat().st_size if spec.mmproj else 0
+        )
+        basis: MemoryBasis = "header"
         try:
-            per_token = kv_bytes_per_token(gguf_facts(spec.files[0]))
-        except Exception:
-            per_token = 256 * 1024  # a 7B-class model, when the header cannot be read
-        return weights + n * ctx * per_token + COMPUTE_OVERHEAD
+            per_token = kv_bytes_per_token_of(spec.files[0])
+        except Exception:  # an unreadable header: the files' sizes, and a 7B-class KV cache
+            per_token, basis = FALLBACK_KV_BYTES, "size"
+        return MemoryEstimate(weights + n * ctx * per_token + COMPUTE_OVERHEAD, basis)
+
+    @property
+    def memory_estimate(self) -> MemoryEstimate:
+        if self._estimate is None:  # estimated once: it reads the file's header
+            spec = dataclasses.replace(
+                self.spec,
+                parameters={**self.spec.parameters, "ctx_len": self.ctx_len, "n_parallel": self.n_parallel},
+            )
+            self._estimate = self.estimate(spec)
+        return self._estimate
 
     @property
     def memory_bytes(self) -> int:
-        if self._memory is None:  # estimated once: it reads the file's header
-            spec = LoadSpec(
-                model_id=self.spec.model_id,
-                files=self.spec.files,
-                mmproj=self.spec.mmproj,
-                parameters={**self.spec.parameters, "ctx_len": self.ctx_len, "n_parallel": self.n_parallel},
-                metadata=self.spec.metadata,
-            )
-            self._memory = self.estimate_memory(spec)
         extra = self._batcher.embedding_bytes if self._batcher is not None else 0
-        return self._memory + extra
+        return self.memory_estimate.bytes + extra
 
     @property
     def slots(self) -> int:

@@ -93,6 +93,68 @@ FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 3
 """The answer is one or more tool calls."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _Fit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Fit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FIT_UNSPECIFIED: _Fit.ValueType  # 0
+    """No estimate: ModelEstimate.error says why."""
+    FIT_FITS: _Fit.ValueType  # 1
+    """It loads beside the models loaded now (or it is loaded here)."""
+    FIT_TIGHT: _Fit.ValueType  # 2
+    """Within the budget, but only once idle models are unloaded (a load unloads them, least recently used
+    first).
+    """
+    FIT_WONT_FIT: _Fit.ValueType  # 3
+    """More than the whole budget: a load is refused (model_too_large)."""
+
+class Fit(_Fit, metaclass=_FitEnumTypeWrapper):
+    """A model's memory estimate against this runner's budget."""
+
+FIT_UNSPECIFIED: Fit.ValueType  # 0
+"""No estimate: ModelEstimate.error says why."""
+FIT_FITS: Fit.ValueType  # 1
+"""It loads beside the models loaded now (or it is loaded here)."""
+FIT_TIGHT: Fit.ValueType  # 2
+"""Within the budget, but only once idle models are unloaded (a load unloads them, least recently used
+first).
+"""
+FIT_WONT_FIT: Fit.ValueType  # 3
+"""More than the whole budget: a load is refused (model_too_large)."""
+Global___Fit: _TypeAlias = Fit  # noqa: Y015
+
+class _MemoryBasis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemoryBasisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemoryBasis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMORY_BASIS_UNSPECIFIED: _MemoryBasis.ValueType  # 0
+    MEMORY_BASIS_HEADER: _MemoryBasis.ValueType  # 1
+    """The binaries on this runner: their sizes and the KV cache size from the GGUF header."""
+    MEMORY_BASIS_SIZE: _MemoryBasis.ValueType  # 2
+    """Sizes only (the binaries are not here, or their header cannot be read): the declared or stored sizes,
+    and the KV cache of a 7B-class model.
+    """
+    MEMORY_BASIS_REMOTE: _MemoryBasis.ValueType  # 3
+    """The model runs elsewhere (a remote API, a Triton server): next to nothing here."""
+
+class MemoryBasis(_MemoryBasis, metaclass=_MemoryBasisEnumTypeWrapper):
+    """What an estimate rests on."""
+
+MEMORY_BASIS_UNSPECIFIED: MemoryBasis.ValueType  # 0
+MEMORY_BASIS_HEADER: MemoryBasis.ValueType  # 1
+"""The binaries on this runner: their sizes and the KV cache size from the GGUF header."""
+MEMORY_BASIS_SIZE: MemoryBasis.ValueType  # 2
+"""Sizes only (the binaries are not here, or their header cannot be read): the declared or stored sizes,
+and the KV cache of a 7B-class model.
+"""
+MEMORY_BASIS_REMOTE: MemoryBasis.ValueType  # 3
+"""The model runs elsewhere (a remote API, a Triton server): next to nothing here."""
+Global___MemoryBasis: _TypeAlias = MemoryBasis  # noqa: Y015
+
 @_typing.final
 class LoadModelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -981,3 +1043,95 @@ class DetokenizeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DetokenizeResponse: _TypeAlias = DetokenizeResponse  # noqa: Y015
+
+@_typing.final
+class EstimateModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The models to estimate; empty = every model of the catalog."""
+
+    def __init__(
+        self,
+        *,
+        model_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_ids", b"model_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateModelsRequest: _TypeAlias = EstimateModelsRequest  # noqa: Y015
+
+@_typing.final
+class ModelEstimate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    FIT_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    LOADED_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    memory_bytes: _builtins.int
+    """Bytes it would take once loaded, with the parameters and slots it would load with (weights, KV cache
+    of every slot, compute buffers); for a model loaded here, the bytes the runner accounts for it.
+    0 when unknown.
+    """
+    fit: Global___Fit.ValueType
+    basis: Global___MemoryBasis.ValueType
+    error: _builtins.str
+    """Why there is no estimate (fit FIT_UNSPECIFIED), e.g. no size is known for a model not downloaded."""
+    loaded: _builtins.bool
+    """It is loaded on this runner."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        memory_bytes: _builtins.int = ...,
+        fit: Global___Fit.ValueType = ...,
+        basis: Global___MemoryBasis.ValueType = ...,
+        error: _builtins.str = ...,
+        loaded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "error", b"error", "fit", b"fit", "loaded", b"loaded", "memory_bytes", b"memory_bytes", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelEstimate: _TypeAlias = ModelEstimate  # noqa: Y015
+
+@_typing.final
+class EstimateModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNER_FIELD_NUMBER: _builtins.int
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    ESTIMATES_FIELD_NUMBER: _builtins.int
+    runner: _builtins.str
+    """The runner's name, memory budget, and the bytes its loaded models use now."""
+    memory_budget_bytes: _builtins.int
+    memory_used_bytes: _builtins.int
+    @_builtins.property
+    def estimates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelEstimate]: ...
+    def __init__(
+        self,
+        *,
+        runner: _builtins.str = ...,
+        memory_budget_bytes: _builtins.int = ...,
+        memory_used_bytes: _builtins.int = ...,
+        estimates: _abc.Iterable[Global___ModelEstimate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimates", b"estimates", "memory_budget_bytes", b"memory_budget_bytes", "memory_used_bytes", b"memory_used_bytes", "runner", b"runner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateModelsResponse: _TypeAlias = EstimateModelsResponse  # noqa: Y015

@@ -69,6 +69,11 @@ class RunnerServiceStub:
                 request_serializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
+        self.EstimateModels = channel.unary_unary(
+                '/jan.runner.v1.RunnerService/EstimateModels',
+                request_serializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.EstimateModelsRequest.SerializeToString,
+                response_deserializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.EstimateModelsResponse.FromString,
+                _registered_method=True)
 
 
 class RunnerServiceServicer:
@@ -123,6 +128,14 @@ class RunnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EstimateModels(self, request, context):
+        """How much memory models would take here (the estimate a load is decided by) and whether they fit this
+        runner's budget now. Reads at most GGUF headers: nothing is loaded, downloaded or materialised.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +173,11 @@ def add_RunnerServiceServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeRequest.FromString,
                     response_serializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'EstimateModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateModels,
+                    request_deserializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.EstimateModelsRequest.FromString,
+                    response_serializer=jan_dot_runner_dot_v1_dot_runner__service__pb2.EstimateModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +369,33 @@ class RunnerService:
             '/jan.runner.v1.RunnerService/Detokenize',
             jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeRequest.SerializeToString,
             jan_dot_runner_dot_v1_dot_runner__service__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jan.runner.v1.RunnerService/EstimateModels',
+            jan_dot_runner_dot_v1_dot_runner__service__pb2.EstimateModelsRequest.SerializeToString,
+            jan_dot_runner_dot_v1_dot_runner__service__pb2.EstimateModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

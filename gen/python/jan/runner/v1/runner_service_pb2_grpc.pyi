@@ -50,6 +50,10 @@ class RunnerServiceStub:
     """
     Detokenize: _grpc.UnaryUnaryMultiCallable[_runner_service_pb2.DetokenizeRequest, _runner_service_pb2.DetokenizeResponse]
     """The text of tokens."""
+    EstimateModels: _grpc.UnaryUnaryMultiCallable[_runner_service_pb2.EstimateModelsRequest, _runner_service_pb2.EstimateModelsResponse]
+    """How much memory models would take here (the estimate a load is decided by) and whether they fit this
+    runner's budget now. Reads at most GGUF headers: nothing is loaded, downloaded or materialised.
+    """
 
 @_typing.type_check_only
 class RunnerServiceAsyncStub(RunnerServiceStub):
@@ -70,6 +74,10 @@ class RunnerServiceAsyncStub(RunnerServiceStub):
     """
     Detokenize: _aio.UnaryUnaryMultiCallable[_runner_service_pb2.DetokenizeRequest, _runner_service_pb2.DetokenizeResponse]  # type: ignore[assignment]
     """The text of tokens."""
+    EstimateModels: _aio.UnaryUnaryMultiCallable[_runner_service_pb2.EstimateModelsRequest, _runner_service_pb2.EstimateModelsResponse]  # type: ignore[assignment]
+    """How much memory models would take here (the estimate a load is decided by) and whether they fit this
+    runner's budget now. Reads at most GGUF headers: nothing is loaded, downloaded or materialised.
+    """
 
 class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -129,5 +137,15 @@ class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runner_service_pb2.DetokenizeResponse, _abc.Awaitable[_runner_service_pb2.DetokenizeResponse]]:
         """The text of tokens."""
+
+    @_abc_1.abstractmethod
+    def EstimateModels(
+        self,
+        request: _runner_service_pb2.EstimateModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runner_service_pb2.EstimateModelsResponse, _abc.Awaitable[_runner_service_pb2.EstimateModelsResponse]]:
+        """How much memory models would take here (the estimate a load is decided by) and whether they fit this
+        runner's budget now. Reads at most GGUF headers: nothing is loaded, downloaded or materialised.
+        """
 
 def add_RunnerServiceServicer_to_server(servicer: RunnerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
