@@ -29,10 +29,16 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
 def _start(root: Path, hub: FakeHub, extra: dict[str, str] | None = None) -> Stack:
+    """The stack over `root`; `stack.imports` (a dataclass attribute added here) is the folder it
+    imports local files from."""
     write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
+    imports = root.parent / f"{root.name}-imports"
+    imports.mkdir()
     s = Stack(root=root, ports={name: free_port() for name in SERVICES})
+    s.imports = imports  # type: ignore[attr-defined]
     s.start(
         extra_env={
+            "JAN_IMPORT_ALLOWED_DIRS": str(imports),
             "JAN_ALLOW_PRIVATE_NETWORKS": "true",  # the fake Hub is on loopback
             "HF_ENDPOINT": hub.url,
             "HF_TOKEN": hub.token,

@@ -152,7 +152,7 @@ def test_import_errors_show_in_place_and_a_file_url_imports(
 ) -> None:
     open_hub(browser, stack.url)
     source = browser.find_element(By.ID, "import-source")
-    # /tmp is outside the allowed import folders (the home folder): the API's 403 is shown in place.
+    # tmp_path is outside the allowed import folder (stack.imports): the API's 403 is shown in place.
     outside = write_tiny_gguf(tmp_path / "outside.gguf")
     source.send_keys(str(outside), Keys.ENTER)
     status = browser.find_element(By.CSS_SELECTOR, ".import-status")
@@ -264,6 +264,50 @@ def test_a_repository_import_downloads_starts_runs_and_deletes(
     button(browser, f"Delete {picked} now").click()
     wait_for(browser, lambda d: not has_row(d, picked))
     assert not binary.exists()
+    assert unexpected_errors(browser) == []
+
+
+def test_a_local_import_is_deleted_with_the_original_file_kept(stack: Stack, browser: WebDriver) -> None:
+    original = write_tiny_gguf(stack.imports / "mine.Q4_K_M.gguf", chat_template=CHAT_TEMPLATE)  # type: ignore[attr-defined]
+    before = original.read_bytes()
+    open_hub(browser, stack.url)
+    browser.find_element(By.ID, "import-source").send_keys(str(original), Keys.ENTER)
+    model = "mine.Q4_K_M/mine.Q4_K_M"
+    wait_for(browser, lambda d: has_row(d, model))
+    wait_state(browser, model, "stopped")
+    button(browser, f"Delete {model}").click()
+    dialog = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "dialog[open]"))
+    assert "Your original file" in dialog.text and "is kept" in dialog.text, dialog.text
+    button(browser, f"Delete {model} now").click()
+    wait_for(browser, lambda d: not has_row(d, model))
+    assert original.read_bytes() == before  # the user's file is untouched
+    assert not (stack.root / "models" / "mine.Q4_K_M").exists()
+    assert unexpected_errors(browser) == []
+
+
+def test_cancel_stops_a_download_and_leaves_no_partial_file(
+    stack: Stack, hub: FakeHub, browser: WebDriver, tmp_path: Path
+) -> None:
+    data = write_tiny_gguf(tmp_path / "slow.gguf", chat_template=CHAT_TEMPLATE).read_bytes()
+    data += b"\0" * (9 * MiB - len(data))
+    hub.add_file("/files/slow.Q4_K_M.gguf", data)
+    hub.faults["/files/slow.Q4_K_M.gguf"] = Faults(stall_at=5 * MiB, stall_seconds=25)
+    folder = stack.root / "models" / "slow"
+    folder.mkdir()
+    (folder / "slow.Q4_K_M.json").write_text(json.dumps({"source_url": f"{hub.url}/files/slow.Q4_K_M.gguf"}))
+    model = "slow/slow.Q4_K_M"
+    open_hub(browser, stack.url)
+    wait_for(browser, lambda d: has_row(d, model))
+    button(browser, f"Download {model}").click()
+    progress = f'#models-view tr[data-id="{model}"] progress'
+    wait_for(
+        browser, lambda d: float(d.find_element(By.CSS_SELECTOR, progress).get_attribute("value") or 0) > 0
+    )
+    button(browser, f"Cancel {model}").click()
+    wait_state(browser, model, "not-downloaded")
+    assert not row(browser, model).find_elements(By.TAG_NAME, "progress")
+    leftovers = [p.name for p in folder.iterdir() if p.name != "slow.Q4_K_M.json"]
+    assert leftovers == [], leftovers  # no half file that looks like a model
     assert unexpected_errors(browser) == []
 
 
