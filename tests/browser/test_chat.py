@@ -248,7 +248,7 @@ def chosen(driver: Any) -> list[str]:
 
 
 def say(driver: Any, text: str) -> None:
-    box = q(driver, ".chat-input")
+    box = wait(driver).until(EC.element_to_be_clickable((By.CSS_SELECTOR, ".chat-input")))
     box.send_keys(text)
     box.send_keys(Keys.ENTER)
 

@@ -35,6 +35,16 @@ def wait_for(driver: WebDriver, what: Callable[[WebDriver], Any], timeout: float
     ).until(what)
 
 
+def shown(driver: WebDriver, by: str, value: str, timeout: float = TIMEOUT) -> WebElement:
+    """The element once it is displayed and enabled (found in the DOM is not enough to type into it)."""
+
+    def ready(d: WebDriver) -> WebElement | bool:
+        element = d.find_element(by, value)
+        return element if element.is_displayed() and element.is_enabled() else False
+
+    return wait_for(driver, ready, timeout)
+
+
 def row(driver: WebDriver, model_id: str) -> WebElement:
     return driver.find_element(By.CSS_SELECTOR, f'#models-view tr[data-id="{model_id}"]')
 
@@ -135,7 +145,7 @@ def test_the_list_shows_models_live_and_names_as_text(stack: Stack, browser: Web
 
     # Delete asks first (Escape keeps the model), and says what goes.
     button(browser, "Delete webxss/webxss").click()
-    dialog = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "dialog[open]"))
+    dialog = shown(browser, By.CSS_SELECTOR, "dialog[open]")
     assert "no files on disk besides its json file" in dialog.text
     browser.switch_to.active_element.send_keys(Keys.ESCAPE)
     wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "dialog[open]"))
@@ -192,7 +202,7 @@ def test_a_repository_import_downloads_starts_runs_and_deletes(
     # The picker lists each quantization with its size before anything is downloaded.
     source = browser.find_element(By.ID, "import-source")
     source.send_keys(f"https://huggingface.co/{repo}", Keys.ENTER)
-    picker = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".picker fieldset"))
+    picker = shown(browser, By.CSS_SELECTOR, ".picker fieldset")
     labels = [label.text for label in picker.find_elements(By.CSS_SELECTOR, ".quant label")]
     assert len(labels) == 2 and "Q4_K_M" in labels[0] and "Q8_0" in labels[1] and "9.0 MiB" in labels[1]
     assert state(browser, picked) == "not-downloaded" and state(browser, other) == "not-downloaded"
@@ -215,11 +225,11 @@ def test_a_repository_import_downloads_starts_runs_and_deletes(
     wait_state(browser, picked, "stopped")
     binary = stack.root / "models" / "tinyweb-GGUF" / "tinyweb.Q8_0.gguf"
     assert binary.read_bytes() == q8
-    assert not row(browser, picked).find_elements(By.TAG_NAME, "progress")
+    wait_for(browser, lambda d: not row(d, picked).find_elements(By.TAG_NAME, "progress"))
 
     # Settings: invalid JSON is refused in place; a valid edit is saved with PATCH.
     button(browser, f"Settings {picked}").click()
-    name = wait_for(browser, lambda d: d.find_element(By.ID, "settings-name"))
+    name = shown(browser, By.ID, "settings-name")
     params = browser.find_element(By.ID, "settings-parameters")
     name.clear()
     name.send_keys("Tiny web Q8")
@@ -259,7 +269,7 @@ def test_a_repository_import_downloads_starts_runs_and_deletes(
 
     # Delete says the downloaded file goes, and removes it.
     button(browser, f"Delete {picked}").click()
-    dialog = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "dialog[open]"))
+    dialog = shown(browser, By.CSS_SELECTOR, "dialog[open]")
     assert "downloaded files are deleted" in dialog.text and "tinyweb.Q8_0.gguf" in dialog.text
     button(browser, f"Delete {picked} now").click()
     wait_for(browser, lambda d: not has_row(d, picked))
@@ -276,7 +286,7 @@ def test_a_local_import_is_deleted_with_the_original_file_kept(stack: Stack, bro
     wait_for(browser, lambda d: has_row(d, model))
     wait_state(browser, model, "stopped")
     button(browser, f"Delete {model}").click()
-    dialog = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "dialog[open]"))
+    dialog = shown(browser, By.CSS_SELECTOR, "dialog[open]")
     assert "Your original file" in dialog.text and "is kept" in dialog.text, dialog.text
     button(browser, f"Delete {model} now").click()
     wait_for(browser, lambda d: not has_row(d, model))
@@ -305,7 +315,7 @@ def test_cancel_stops_a_download_and_leaves_no_partial_file(
     )
     button(browser, f"Cancel {model}").click()
     wait_state(browser, model, "not-downloaded")
-    assert not row(browser, model).find_elements(By.TAG_NAME, "progress")
+    wait_for(browser, lambda d: not row(d, model).find_elements(By.TAG_NAME, "progress"))
     leftovers = [p.name for p in folder.iterdir() if p.name != "slow.Q4_K_M.json"]
     assert leftovers == [], leftovers  # no half file that looks like a model
     assert unexpected_errors(browser) == []
@@ -328,17 +338,17 @@ def test_chat_button_switches_to_the_chat_view(stack: Stack, browser: WebDriver)
 
 def test_the_key_prompt_when_the_api_wants_a_key(keyed_stack: Stack, browser: WebDriver) -> None:
     browser.get(keyed_stack.url + "/")
-    key = wait_for(browser, lambda d: d.find_element(By.ID, "api-key-input"))
+    key = shown(browser, By.ID, "api-key-input")
     assert key.get_attribute("type") == "password"
     assert browser.find_element(By.CSS_SELECTOR, "label[for=api-key-input]").text == "API key"
     assert browser.switch_to.active_element == key
     screenshot(browser, "key-prompt")
     # Dismissed (Escape): the page says a key is needed and offers the prompt again.
     key.send_keys(Keys.ESCAPE)
-    again = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".load-error button"))
+    again = shown(browser, By.CSS_SELECTOR, ".load-error button")
     assert "API key is needed" in browser.find_element(By.CSS_SELECTOR, ".load-error").text
     again.click()
-    key = wait_for(browser, lambda d: d.find_element(By.ID, "api-key-input"))
+    key = shown(browser, By.ID, "api-key-input")
     key.send_keys("wrong-key", Keys.ENTER)
     # A wrong key: asked again, saying why.
     wait_for(browser, lambda d: "invalid" in d.find_element(By.CSS_SELECTOR, "dialog[open]").text.lower())
