@@ -67,3 +67,11 @@ def parse_keep_alive(value: float | str | None) -> float:
         return parse_keep_alive(float(text))
     except ValueError:
         raise ValueError(f'keep_alive {value!r} is not a duration (e.g. 300, "5m", "1h", -1)') from None
+
+
+def keep_alive_seconds(value: float | str | None) -> float:
+    """A request's `keep_alive` (any dialect) in seconds; a value that is no duration is a 400 naming it."""
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise Unsupported("keep_alive", str(exc)) from None

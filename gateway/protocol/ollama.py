@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import APIError
 from gateway.protocol.answer import ToolCall
-from gateway.protocol.common import StrictBoolsModel, Unsupported, parse_keep_alive
+from gateway.protocol.common import StrictBoolsModel, Unsupported, keep_alive_seconds, parse_keep_alive
 from gateway.protocol.openai import MAX_TOP_LOGPROBS, response_format_constraint
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 from jan.model.v1 import model_pb2
@@ -212,16 +212,9 @@ def options(given: OptionsIn | None, *, sampling: bool = True) -> Options:
     return Options(sampling=s, num_ctx=body.num_ctx)
 
 
-def keep_alive(value: float | str | None) -> float:
-    try:
-        return parse_keep_alive(value)
-    except ValueError as exc:
-        raise Unsupported("keep_alive", str(exc)) from None
-
-
 def unloads(value: float | str | None) -> bool:
     """keep_alive 0: unload (with an empty prompt: only unload)."""
-    return value is not None and keep_alive(value) == parse_keep_alive(0)
+    return value is not None and keep_alive_seconds(value) == parse_keep_alive(0)
 
 
 class FunctionIn(BaseModel):
@@ -442,7 +435,7 @@ def _generate_request(body: GenerationIn, model_id: str, opts: Options) -> runne
     request = runner_pb.GenerateRequest(
         model_id=model_id,
         sampling=opts.sampling,
-        keep_alive_s=keep_alive(body.keep_alive),
+        keep_alive_s=keep_alive_seconds(body.keep_alive),
         logprobs=bool(body.logprobs),
         top_logprobs=body.top_logprobs or 0,
         reasoning=runner_pb.REASONING_MODE_SEPARATE,

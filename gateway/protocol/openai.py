@@ -18,7 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.protocol.answer import Gathered, ToolCall, Usage
-from gateway.protocol.common import StrictBoolsModel, Unsupported, parse_keep_alive
+from gateway.protocol.common import StrictBoolsModel, Unsupported, keep_alive_seconds
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 MAX_N = 16
@@ -371,7 +371,7 @@ def chat_request(body: ChatCompletionIn) -> runner_pb.GenerateRequest:
         model_id=body.model,
         chat=runner_pb.ChatMessages(messages=[_chat_message(m, i) for i, m in enumerate(body.messages)]),
         sampling=_sampling(body, body.max_completion_tokens or body.max_tokens),
-        keep_alive_s=_keep_alive(body.keep_alive),
+        keep_alive_s=keep_alive_seconds(body.keep_alive),
         tools=tools,
         logprobs=bool(body.logprobs),
         top_logprobs=body.top_logprobs or 0,
@@ -402,7 +402,7 @@ def completion_request(body: CompletionIn) -> runner_pb.GenerateRequest:
         model_id=body.model,
         text=prompt,
         sampling=_sampling(body, body.max_tokens),
-        keep_alive_s=_keep_alive(body.keep_alive),
+        keep_alive_s=keep_alive_seconds(body.keep_alive),
         logprobs=body.logprobs is not None,
         top_logprobs=body.logprobs or 0,
         n=body.n,
@@ -413,13 +413,6 @@ def completion_request(body: CompletionIn) -> runner_pb.GenerateRequest:
     if constraint is not None:
         request.constraint.CopyFrom(constraint)
     return request
-
-
-def _keep_alive(value: float | str | None) -> float:
-    try:
-        return parse_keep_alive(value)
-    except ValueError as exc:
-        raise Unsupported("keep_alive", str(exc)) from None
 
 
 def embed_request(body: EmbeddingIn) -> runner_pb.EmbedRequest:

@@ -16,7 +16,7 @@ from gateway.errors import APIError, error_responses
 from gateway.protocol import models as protocol_models
 from gateway.protocol import openai
 from gateway.protocol.answer import Usage
-from gateway.protocol.common import parse_keep_alive
+from gateway.protocol.common import keep_alive_seconds
 from gateway.protocol.models import ModelOut, RunningListOut, StartIn
 from gateway.protocol.openai import (
     ChatCompletionIn,
@@ -55,10 +55,7 @@ def _serving(request: Request) -> Serving:
 async def start_model(request: Request, folder: str, file: str, body: StartIn | None = None) -> Response:
     """Loads the model on a runner (with optional parameter overrides); returns once it runs."""
     body = body or StartIn()
-    try:
-        keep_alive = parse_keep_alive(body.keep_alive)
-    except ValueError as exc:
-        raise APIError(400, str(exc), code="invalid_request", param="keep_alive") from None
+    keep_alive = keep_alive_seconds(body.keep_alive)
     model = await _serving(request).start(f"{folder}/{file}", body.parameters, keep_alive)
     return Response(protocol_models.model_json(model), media_type="application/json")
 
@@ -173,10 +170,7 @@ async def completions(request: Request, body: CompletionIn) -> Response:
 @router.post("/v1/embeddings", response_model=EmbeddingListOut, responses=INFERENCE_ERRORS)
 async def embeddings(request: Request, body: EmbeddingIn) -> Response:
     embed = openai.embed_request(body)
-    try:
-        keep_alive = parse_keep_alive(body.keep_alive)
-    except ValueError as exc:
-        raise APIError(400, str(exc), code="invalid_request", param="keep_alive") from None
+    keep_alive = keep_alive_seconds(body.keep_alive)
     reply = await _serving(request).embed(embed, keep_alive)
     return _json(openai.embedding_list(body.model, reply, body.encoding_format))
 

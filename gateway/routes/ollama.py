@@ -17,7 +17,7 @@ from gateway.clients import CatalogClient
 from gateway.errors import APIError, Dialect, error_body
 from gateway.protocol import ollama
 from gateway.protocol.answer import Choice, Usage
-from gateway.protocol.common import Unsupported
+from gateway.protocol.common import Unsupported, keep_alive_seconds
 from gateway.protocol.ollama import ChatIn, Clock, CopyIn, EmbeddingsIn, EmbedIn, GenerateIn, NameIn, PullIn
 from gateway.serving import Serving
 from gateway.streaming import Answer, gather, ndjson, replies, streamed
@@ -97,7 +97,7 @@ async def _load_or_unload(
         await _serving(request).stop(model_id)
         return "unload"
     overrides = {"ctx_len": opts.num_ctx} if opts.num_ctx is not None else None
-    await _serving(request).start(model_id, overrides, ollama.keep_alive(body.keep_alive))
+    await _serving(request).start(model_id, overrides, keep_alive_seconds(body.keep_alive))
     return "load"
 
 
@@ -338,7 +338,7 @@ async def embed(request: Request, body: EmbedIn) -> Response:
     start = time.perf_counter_ns()
     inputs = ollama.embed_inputs(body)
     opts = ollama.options(body.options, sampling=False)
-    keep_alive = ollama.keep_alive(body.keep_alive)
+    keep_alive = keep_alive_seconds(body.keep_alive)
     async with _named(body.model):
         model_id = await _model_id(request, body.model)
         await _apply_num_ctx(request, model_id, opts, keep_alive)
@@ -363,7 +363,7 @@ async def embeddings(request: Request, body: EmbeddingsIn) -> Response:
     """The older embeddings route: one `prompt`, one `embedding` (as the model gives it)."""
     ollama.refuse_extras(body)
     opts = ollama.options(body.options, sampling=False)
-    keep_alive = ollama.keep_alive(body.keep_alive)
+    keep_alive = keep_alive_seconds(body.keep_alive)
     async with _named(body.model):
         model_id = await _model_id(request, body.model)
         await _apply_num_ctx(request, model_id, opts, keep_alive)
