@@ -19,8 +19,17 @@ def test_hand_edits_stream_as_model_events(stack: Stack) -> None:
     folder = stack.root / "models" / "evented"
     seen: list[tuple[str, dict]] = []
 
+    live = threading.Event()
+
     def edit() -> None:
-        time.sleep(0.5)  # the stream is open by then
+        # The catalog subscribes a moment after the response starts: touch a probe file until its event
+        # arrives, so the edits below all happen while the stream is live.
+        probe = stack.root / "models" / "probe"
+        probe.mkdir(parents=True)
+        n = 0
+        while not live.wait(0.3):
+            n += 1
+            (probe / "p.json").write_text(json.dumps({"name": f"probe {n}"}))
         folder.mkdir(parents=True)
         (folder / "m.json").write_text(json.dumps({"source_url": "https://example.invalid/m.gguf"}))
         time.sleep(0.5)
@@ -39,6 +48,8 @@ def test_hand_edits_stream_as_model_events(stack: Stack) -> None:
                 event = line.removeprefix("event: ")
             elif line.startswith("data: "):
                 data = json.loads(line.removeprefix("data: "))
+                if data["id"] == "probe/p":
+                    live.set()
                 if data["id"] == "evented/m":
                     seen.append((event, data))
                 if data["type"] == "removed" and data["id"] == "evented/m":
