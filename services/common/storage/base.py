@@ -1,0 +1,108 @@
+"""What every storage backend offers (the `Storage` interface), its error, and the rules for the names
+and digests it is given."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import ClassVar
+
+from services.common.storage.settings import MiB
+
+# Read/write granularity when hashing files and streaming downloads: big enough to be fast, small
+# enough that memory use stays flat whatever the size of the model.
+CHUNK = 1 * MiB
+# Longest folder or file name accepted: the hidden partial and its sidecars add up to 19 characters,
+# and the result must stay under the 255-byte limit of common filesystems.
+MAX_NAME_BYTES = 200
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+ProgressCallback = Callable[[int], None]
+
+
+class StorageError(Exception):
+    """A storage operation failed (missing file, S3 error, verification failure); str() says which."""
+
+
+def check_name(value: str, what: str) -> str:
+    """A folder or file name that is one non-hidden path component; ValueError otherwise."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string")
+    if value in (".", "..") or value.startswith("."):
+        raise ValueError(f"{what} {value!r} must not start with '.'")
+    if "/" in value or "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{what} {value!r} must not contain '/', '\\', NUL or control characters")
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise ValueError(f"{what} is longer than {MAX_NAME_BYTES} bytes")
+    return value
+
+
+def check_sha256(value: str) -> str:
+    """'' (unknown) or a sha256 hex digest, lower-cased; ValueError for anything else."""
+    value = value.strip().lower()
+    if value and not SHA256_RE.match(value):
+        raise ValueError(f"sha256 {value!r} is not 64 hex digits")
+    return value
+
+
+def is_valid_name(value: str) -> bool:
+    try:
+        check_name(value, "name")
+    except ValueError:
+        return False
+    return True
+
+
+class Storage(ABC):
+    """The operations the downloader, catalog and runner need on model binaries."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def partial_path(self, folder: str, name: str) -> Path:
+        """The hidden local file a download writes to (its directory exists) before `commit`."""
+
+    @abstractmethod
+    def commit(
+        self, folder: str, name: str, *, sha256: str, progress: ProgressCallback | None = None
+    ) -> None:
+        """Makes the verified partial file visible as binary `name` of `folder`, atomically.
+
+        `sha256` is the digest the caller verified ('' when unknown); `progress(bytes_done)` is called as
+        the work advances, and an exception it raises stops the commit (which can be resumed later).
+        """
+
+    @abstractmethod
+    def stat(self, folder: str, name: str) -> int | None:
+        """Size in bytes of a committed binary, None if absent."""
+
+    @abstractmethod
+    def list_folder(self, folder: str) -> dict[str, int]:
+        """Committed binaries of one folder: name -> size (hidden files and model json excluded)."""
+
+    @abstractmethod
+    def list_all(self) -> dict[str, dict[str, int]]:
+        """Every folder holding binaries: folder -> {name: size}."""
+
+    @abstractmethod
+    def delete(self, folder: str, name: str) -> None:
+        """Removes a binary; no error when absent."""
+
+    @abstractmethod
+    def free_bytes(self, folder: str) -> int | None:
+        """Space left for new binaries of `folder`, None when unknown."""
+
+    @abstractmethod
+    def materialize(self, folder: str, name: str, *, sha256: str = "") -> Path:
+        """A local, complete, verified file with the binary's content (for llama.cpp)."""
+
+    @abstractmethod
+    def iter_binary(self, folder: str, name: str) -> Iterator[bytes]:
+        """The binary's content in chunks, read where it is (an export streams it into an archive)."""
+
+    @abstractmethod
+    def local_file(self, folder: str, name: str) -> Path | None:
+        """The local file `materialize` would return when it is there already, None otherwise: nothing is
+        fetched or hashed (a memory estimate reads its size and header, a load still verifies it)."""
