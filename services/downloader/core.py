@@ -262,7 +262,9 @@ class Downloader:
         self._check_space(model.id.split("/", 1)[0], files)
 
     def _check_space(self, folder: str, files: list[FileJob]) -> None:
-        needed = sum(max(0, (f.size or f.total) - self._partial_size(folder, f.name)) for f in files)
+        # Contents stored already are linked, not downloaded: they need no space.
+        new = [f for f in files if not (f.sha256 and self.storage.has_content(f.sha256))]
+        needed = sum(max(0, (f.size or f.total) - self._partial_size(folder, f.name)) for f in new)
         free = self.storage.free_bytes(folder)
         if free is not None and needed + self.settings.reserve_bytes > free:
             raise ResourceExhausted(
@@ -412,6 +414,8 @@ class Downloader:
 
     async def _fetch_file(self, job: Job, f: FileJob) -> None:
         assert self.fetcher is not None
+        if f.sha256 and await self._link_stored(job, f):
+            return
         partial = self.storage.partial_path(job.folder, f.name)
         partial.parent.mkdir(parents=True, exist_ok=True)
         f.phase = job.phase = P.PHASE_CONNECTING
@@ -454,6 +458,26 @@ class Downloader:
         f.phase = P.PHASE_DONE
         self._save(job)
         self._publish(job)
+
+    async def _link_stored(self, job: Job, f: FileJob) -> bool:
+        """Bytes with the expected digest that are stored already (another folder's binary) are linked,
+        not downloaded again: True when the file is done that way."""
+        folder = job.folder
+        if not await asyncio.to_thread(self.storage.link_content, folder, f.name, f.sha256):
+            return False
+        size = await asyncio.to_thread(self.storage.stat, folder, f.name)
+        f.size = f.done = f.total = size or f.size
+        f.phase = P.PHASE_DONE
+        # A partial left by an earlier, interrupted attempt (and its sidecars) is of no use any more.
+        partial = self.storage.partial_path(folder, f.name)
+        for path in partial.parent.glob(f"{partial.name}*"):
+            path.unlink(missing_ok=True)
+        log.info(
+            "%s of %s: %s already stored, linked instead of downloaded", f.name, job.model_id, _human(f.size)
+        )
+        self._save(job)
+        self._publish(job)
+        return True
 
     async def _tick(self, job: Job, stop: asyncio.Event) -> None:
         """Publishes progress, computes the speed, persists and reports to the catalog now and then.
@@ -535,7 +559,7 @@ class Downloader:
     async def import_repository(self, repo_url: str, folder: str = "") -> tuple[str, list[model_pb2.Model]]:
         assert self.session is not None
         try:
-            ref = hf.parse_repo_url(repo_url)
+            ref = hf.parse_repo_url(repo_url, self.settings.hf_endpoint)
         except ValueError as exc:
             raise InvalidArgument(str(exc), code="invalid_repo_url", param="source_url") from None
         endpoint = self.settings.hf_endpoint

@@ -44,8 +44,11 @@ class SpyMinio(Minio):
         self.break_stream_after: int | None = None
         self.parts: list[int] = []  # part numbers sent, in order
         self.gets: list[int] = []  # offset of every GET of object data
+        self.get_keys: list[str] = []  # and its key
         self.puts = 0  # single-request uploads (not counting parts)
+        self.put_keys: list[str] = []  # their keys, in order
         self.creates = 0  # multipart uploads started
+        self.heads: list[str] = []  # keys of every HEAD (stat_object)
 
     def _upload_part(self, bucket_name, object_name, data, headers, upload_id, part_number):  # type: ignore[no-untyped-def]
         if self.crash_on_part_call is not None and len(self.parts) + 1 >= self.crash_on_part_call:
@@ -56,14 +59,20 @@ class SpyMinio(Minio):
     def _put_object(self, bucket_name, object_name, data, headers=None, query_params=None):  # type: ignore[no-untyped-def]
         if not query_params:  # parts go through here too, with uploadId in the query
             self.puts += 1
+            self.put_keys.append(object_name)
         return super()._put_object(bucket_name, object_name, data, headers, query_params)
 
     def _create_multipart_upload(self, bucket_name, object_name, headers):  # type: ignore[no-untyped-def]
         self.creates += 1
         return super()._create_multipart_upload(bucket_name, object_name, headers)
 
+    def stat_object(self, bucket_name, object_name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.heads.append(object_name)
+        return super().stat_object(bucket_name, object_name, *args, **kwargs)
+
     def get_object(self, bucket_name, object_name, offset=0, length=0, **kwargs):  # type: ignore[no-untyped-def]
         self.gets.append(offset)
+        self.get_keys.append(object_name)
         response = super().get_object(bucket_name, object_name, offset=offset, length=length, **kwargs)
         limit = self.break_stream_after
         if limit is not None:
@@ -329,9 +338,11 @@ def test_multipart_commit_resumes_after_a_crash(s3env: S3Env) -> None:
     assert second.stat(FOLDER, NAME) == BIG
     assert not second.partial_path(FOLDER, NAME).exists()
     assert not sidecar_of(second).exists()
-    assert second.client.stat_object(s3env.bucket, f"jan/models/{FOLDER}/{NAME}").metadata[
-        "x-amz-meta-sha256"
-    ] == sha(data)
+    # The bytes went to the content key; the binary points to them.
+    content = second.client.stat_object(s3env.bucket, f"jan/models/.store/sha256/{sha(data)}")
+    assert (content.size, content.metadata["x-amz-meta-sha256"]) == (BIG, sha(data))
+    pointer = second.client.stat_object(s3env.bucket, f"jan/models/{FOLDER}/{NAME}")
+    assert pointer.metadata["x-amz-meta-jan-sha256"] == sha(data)
     path = second.materialize(FOLDER, NAME, sha256=sha(data))
     assert path.read_bytes() == data
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.common.storage.base import ProgressCallback, Storage, StorageError, check_name
+from services.common.storage.base import ProgressCallback, Storage, StorageError, StorageUsage, check_name
 from services.common.storage.local import LocalStorage
 from services.common.storage.s3 import S3Storage
 from services.common.storage.settings import MiB, StorageSettings
@@ -31,6 +31,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "StorageSettings",
+    "StorageUsage",
     "check_name",
     "make_storage",
 ]

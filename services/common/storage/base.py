@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,6 +21,19 @@ MAX_NAME_BYTES = 200
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class StorageUsage:
+    """What the binaries take in a backend: each content counted once (`stored_bytes`, `contents`)
+    against every folder's binaries counted each (`binary_bytes`, `binaries`); `linked_bytes` of those
+    are links to the user's own files (imported in place), which the backend does not store."""
+
+    stored_bytes: int
+    contents: int
+    binary_bytes: int
+    binaries: int
+    linked_bytes: int = 0
 
 
 class StorageError(Exception):
@@ -72,6 +86,7 @@ class Storage(ABC):
 
         `sha256` is the digest the caller verified ('' when unknown); `progress(bytes_done)` is called as
         the work advances, and an exception it raises stops the commit (which can be resumed later).
+        With a digest the content is stored once: content already stored is linked, not stored again.
         """
 
     @abstractmethod
@@ -88,7 +103,8 @@ class Storage(ABC):
 
     @abstractmethod
     def delete(self, folder: str, name: str) -> None:
-        """Removes a binary; no error when absent."""
+        """Removes a binary; no error when absent. Its content is freed only when no other folder's
+        binary is the same content."""
 
     @abstractmethod
     def free_bytes(self, folder: str) -> int | None:
@@ -106,3 +122,18 @@ class Storage(ABC):
     def local_file(self, folder: str, name: str) -> Path | None:
         """The local file `materialize` would return when it is there already, None otherwise: nothing is
         fetched or hashed (a memory estimate reads its size and header, a load still verifies it)."""
+
+    # -- content addressing: one copy of each content (by sha256), however many folders name it ---------
+
+    @abstractmethod
+    def has_content(self, sha256: str) -> bool:
+        """Whether bytes with this sha256 are stored already (then a download of them moves nothing)."""
+
+    @abstractmethod
+    def link_content(self, folder: str, name: str, sha256: str) -> bool:
+        """Makes binary `name` of `folder` the stored content with this sha256, atomically, without
+        copying it; False (and nothing changed) when no such content is stored."""
+
+    @abstractmethod
+    def usage(self) -> StorageUsage:
+        """Bytes stored (each content once) against the bytes every folder's binaries add up to."""

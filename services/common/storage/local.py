@@ -1,4 +1,5 @@
-"""Binaries as plain files in the model folders (JAN_ROOT/models/<folder>/<name>)."""
+"""Binaries as plain files in the model folders (JAN_ROOT/models/<folder>/<name>), each content stored
+once (services/common/storage/content.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from services.common.storage.base import (
     ProgressCallback,
     Storage,
     StorageError,
+    StorageUsage,
     check_name,
     check_sha256,
     is_valid_name,
 )
+from services.common.storage.content import ContentStore
 from services.common.storage.fileops import fsync_dir, hash_file, locked_partial
+
+STORE_DIR = ".store"
 
 
 class LocalStorage(Storage):
@@ -31,6 +36,7 @@ class LocalStorage(Storage):
         # mtime) are unchanged: hashing a 40 GB model on every runner start would cost half a minute.
         self._verified: dict[str, tuple[int, int, int, int, str]] = {}
         self._lock = threading.Lock()
+        self.content = ContentStore(models_dir / STORE_DIR)
 
     def _folder_dir(self, folder: str) -> Path:
         return self.models_dir / check_name(folder, "folder")
@@ -48,7 +54,7 @@ class LocalStorage(Storage):
     def commit(
         self, folder: str, name: str, *, sha256: str, progress: ProgressCallback | None = None
     ) -> None:
-        check_sha256(sha256)  # the caller verified it; only its form is checked here
+        digest = check_sha256(sha256)  # the caller verified it; only its form is checked here
         final = self._path(folder, name)
         partial = final.parent / f".{name}.part"
         with locked_partial(partial) as fd:
@@ -57,6 +63,10 @@ class LocalStorage(Storage):
             try:
                 os.fsync(fd)
                 size = os.fstat(fd).st_size
+                if digest:
+                    # Stored once: the partial becomes the store's copy, or a link to the copy already
+                    # there (then its own bytes are freed by the rename below).
+                    self.content.adopt(partial, digest)
                 os.replace(partial, final)
                 fsync_dir(final.parent)
             except OSError as exc:
@@ -114,11 +124,15 @@ class LocalStorage(Storage):
     def delete(self, folder: str, name: str) -> None:
         path = self._path(folder, name)
         try:
-            path.unlink(missing_ok=True)
-        except (NotADirectoryError, IsADirectoryError):
+            linked = path.lstat().st_nlink > 1
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return
         except OSError as exc:
             raise StorageError(f"cannot delete {path}: {exc}") from exc
+        if linked:
+            # Maybe the last folder that named a stored content: free it then.
+            self.content.sweep()
 
     def free_bytes(self, folder: str) -> int | None:
         path = self._folder_dir(folder)
@@ -163,3 +177,43 @@ class LocalStorage(Storage):
     def local_file(self, folder: str, name: str) -> Path | None:
         path = self._path(folder, name)
         return path if path.is_file() else None
+
+    def has_content(self, sha256: str) -> bool:
+        return self.content.has(sha256)
+
+    def link_content(self, folder: str, name: str, sha256: str) -> bool:
+        final = self._path(folder, name)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self.content.link_into(sha256, final)
+        except OSError as exc:
+            raise StorageError(f"cannot link {final} to the stored content: {exc}") from exc
+
+    def usage(self) -> StorageUsage:
+        """Walks the folders: a binary that is a symbolic link (a file imported in place) is the user's
+        bytes, counted in `linked_bytes`; the others count once per inode, with the store's contents."""
+        seen: set[tuple[int, int]] = set()
+        stored = binaries = binary_bytes = linked = 0
+        for folder, files in self.list_all().items():
+            for name in files:
+                path = self._path(folder, name)
+                try:
+                    st, lst = path.stat(), path.lstat()
+                except OSError:
+                    continue
+                binaries += 1
+                binary_bytes += st.st_size
+                if stat.S_ISLNK(lst.st_mode):
+                    linked += st.st_size
+                elif (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    stored += st.st_size
+        unused = [c for c in self.content.contents() if c.users == 0]
+        stored += sum(c.size for c in unused)
+        return StorageUsage(
+            stored_bytes=stored,
+            contents=len(seen) + len(unused),
+            binary_bytes=binary_bytes,
+            binaries=binaries,
+            linked_bytes=linked,
+        )
