@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from jan.model.v1 import model_pb2
+from services.common.gguf_plan import quantization_of
 
 ENGINES = ("llamacpp", "api", "tensorrt")
 DEFAULT_ENGINE = "llamacpp"
@@ -28,10 +29,6 @@ BINARY_SUFFIXES = (".gguf", ".ggml", ".bin", ".safetensors", ".onnx", ".engine",
 HF_HOSTS = ("huggingface.co", "hf.co", "www.huggingface.co")
 
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})$")
-# Quantization tags as they appear in file names: Q4_K_M, Q5_0, IQ3_XXS, Q8_0, F16, BF16 ...
-_QUANT_RE = re.compile(
-    r"(?:^|[.\-_])((?:I?Q[1-8](?:_(?:K|[0-9]|[A-Z]{1,3}))*)|BF16|F16|F32)(?=$|[.\-])", re.IGNORECASE
-)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -70,9 +67,7 @@ def quant_tag(name: str) -> str:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    stem = _SPLIT_RE.sub("", stem)
-    tags = _QUANT_RE.findall(stem)
-    return tags[-1].upper() if tags else ""
+    return quantization_of(_SPLIT_RE.sub("", stem))
 
 
 def binary_stem(name: str) -> str:

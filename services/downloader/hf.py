@@ -8,16 +8,19 @@ follow huggingface_hub (`HfApi.list_repo_tree`, `hf_hub_url`, `utils/_pagination
 
 from __future__ import annotations
 
-import posixpath
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 import aiohttp
 import orjson
 from yarl import URL
+
+from services.common import gguf_plan
+from services.common.gguf_plan import MAX_NAME_BYTES as MAX_NAME_BYTES
+from services.common.gguf_plan import quantization_of as quantization_of
+from services.common.gguf_plan import safe_name as safe_name
 
 DEFAULT_REVISION = "main"
 HF_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
@@ -27,30 +30,13 @@ HF_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
 MAX_PAGE_BYTES = 64 * 1024 * 1024
 MAX_PAGES = 1000
 MAX_FILES = 100_000
-# Same bound as the catalog's check_name: names must fit a file system entry with room to spare.
-MAX_NAME_BYTES = 200
 
 # huggingface_hub's REPO_ID_REGEX, per part, restricted to ASCII; '--' and '..' are refused separately.
 _REPO_PART_RE = re.compile(r"^(?![.-])[A-Za-z0-9_.-]{1,96}(?<![.-])$")
-_SPLIT_RE = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})$")
-# Quantization tag: a whole token, i.e. preceded and followed by '.', '-', '_' or the string's ends.
-# `(?<![^._-])` reads "not preceded by a non-delimiter", which also holds at the start of the string.
-_QUANT_RE = re.compile(
-    r"(?<![^._-])(I?Q[1-8](?:_K|_[0-9]|_[A-Z]{1,3})*|BF16|F16|F32)(?![^._-])",
-    re.IGNORECASE,
-)
-_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+\-]")
-# Suffixes TheBloke/bartowski/unsloth-style repos add to the model's name; dropped in display names.
-_REPO_FORMAT_SUFFIX = re.compile(r"[-_.]gguf$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class HubFile:
-    """One file of a repository listing."""
-
-    path: str  # path in the repo, e.g. "Q4_K_M/model-00001-of-00002.gguf"
-    size: int
-    sha256: str  # LFS sha256 ("" if not an LFS file)
+# One file of a repository listing: path in the repo, size, LFS sha256 ("" if not an LFS file).
+HubFile = gguf_plan.ListedFile
 
 
 @dataclass(frozen=True)
@@ -79,7 +65,8 @@ class HubError(Exception):
 
 @dataclass(frozen=True)
 class PlannedBinary:
-    """One file to download into the model folder."""
+    """One file to download into the model folder; its fields are what the model object's
+    metadata.binaries records."""
 
     name: str  # safe, unique file name in the model folder
     url: str  # resolve URL on the Hub
@@ -108,12 +95,13 @@ def _check_repo_part(part: str, what: str) -> str:
     return part
 
 
-def parse_repo_url(url: str) -> RepoRef:
+def parse_repo_url(url: str, endpoint: str = "") -> RepoRef:
     """A repository reference from a Hub URL or an "<org>/<repo>" id.
 
     Accepts https://huggingface.co/<org>/<repo> (also hf.co, www., without scheme), with /tree/<rev>[/dir],
-    /blob/<rev>/<file> or /resolve/<rev>/<file> (only the repository and revision are kept). Datasets,
-    spaces, other hosts and one-part legacy ids are refused with ValueError.
+    /blob/<rev>/<file> or /resolve/<rev>/<file> (only the repository and revision are kept), and the same
+    URLs under `endpoint` (HF_ENDPOINT: a mirror of the Hub, maybe with a path). Datasets, spaces, other
+    hosts and one-part legacy ids are refused with ValueError.
     """
     text = url.strip()
     if not text:
@@ -122,10 +110,12 @@ def parse_repo_url(url: str) -> RepoRef:
         parts = urlsplit(text)
         if parts.scheme.lower() not in ("http", "https"):
             raise ValueError(f"{url!r} is not an http(s) URL")
-        host = (parts.hostname or "").lower()
-        if host not in HF_HOSTS or parts.port not in (None, 80, 443) or parts.username or parts.password:
+        if parts.username or parts.password:
             raise ValueError(f"{url!r} is not a Hugging Face URL")
+        host = (parts.hostname or "").lower()
         path = parts.path
+        if host not in HF_HOSTS or parts.port not in (None, 80, 443):
+            path = _under_endpoint(parts, endpoint, url)
     else:
         # Bare "huggingface.co/org/repo" (no scheme) or a repo id "org/repo".
         head, _, rest = text.partition("/")
@@ -159,15 +149,26 @@ def parse_repo_url(url: str) -> RepoRef:
     return RepoRef(org, repo, revision)
 
 
-def _repo_base(endpoint: str, ref: RepoRef) -> str:
-    return f"{endpoint.rstrip('/')}/{quote(ref.org, safe='')}/{quote(ref.repo, safe='')}"
+def _under_endpoint(parts: SplitResult, endpoint: str, url: str) -> str:
+    """The path of `parts` below the endpoint's own (a mirror's URL); ValueError when it is elsewhere."""
+    base = urlsplit(endpoint) if endpoint else None
+    if (
+        base is None
+        or (parts.hostname or "").lower() != (base.hostname or "").lower()
+        or parts.port != base.port
+        or parts.scheme.lower() != base.scheme.lower()
+    ):
+        raise ValueError(f"{url!r} is not a Hugging Face URL (nor one of HF_ENDPOINT {endpoint or 'unset'})")
+    prefix = base.path.rstrip("/")
+    if prefix and not (parts.path == prefix or parts.path.startswith(prefix + "/")):
+        raise ValueError(f"{url!r} is not under HF_ENDPOINT {endpoint}")
+    return parts.path[len(prefix) :]
 
 
 def resolve_url(endpoint: str, ref: RepoRef, path: str) -> str:
     """<endpoint>/<org>/<repo>/resolve/<rev>/<path>, as huggingface_hub's hf_hub_url builds it: the revision
     is quoted whole (a '/' in "refs/pr/1" becomes %2F), the path segment by segment."""
-    quoted_path = "/".join(quote(segment, safe="") for segment in path.split("/"))
-    return f"{_repo_base(endpoint, ref)}/resolve/{quote(ref.revision, safe='')}/{quoted_path}"
+    return gguf_plan.hub_file_url(endpoint, ref.org, ref.repo, ref.revision, path)
 
 
 def tree_url(endpoint: str, ref: RepoRef) -> str:
@@ -306,168 +307,23 @@ async def list_repo_files(
 # Planning
 
 
-def quantization_of(name: str) -> str:
-    """The last quantization token in a name (Q4_K_M, IQ3_XXS, F16 ...), upper-case; "" when none."""
-    tags = _QUANT_RE.findall(name)
-    return tags[-1].upper() if tags else ""
-
-
-def safe_name(name: str) -> str:
-    """A file name that cannot leave its folder: [A-Za-z0-9._+-] only, no leading dot, at most 200 bytes
-    (the rules the catalog applies to model folders)."""
-    cleaned = _UNSAFE_NAME_CHARS.sub("_", name).lstrip(".")
-    if len(cleaned) > MAX_NAME_BYTES:
-        root, dot, ext = cleaned.rpartition(".")
-        if dot and 0 < len(ext) < 16:
-            cleaned = root[: MAX_NAME_BYTES - len(ext) - 1] + "." + ext
-        else:
-            cleaned = cleaned[:MAX_NAME_BYTES]
-    return cleaned or "file"
-
-
-def _unique(names: list[str], *, keep_extension: bool) -> list[str]:
-    """The names made unique (case-insensitively, for case-insensitive file systems) by numbering later
-    duplicates, before the extension when there is one to keep ("x.gguf", "x-2.gguf")."""
-    taken: set[str] = set()
-    result: list[str] = []
-    for name in names:
-        candidate, n = name, 2
-        while candidate.lower() in taken:
-            root, dot, ext = name.rpartition(".") if keep_extension else (name, "", "")
-            if not (dot and root):
-                root, dot, ext = name, "", ""
-            suffix = f"-{n}{dot}{ext}"
-            candidate = root[: MAX_NAME_BYTES - len(suffix)] + suffix
-            n += 1
-        taken.add(candidate.lower())
-        result.append(candidate)
-    return result
-
-
-def _binary_names(paths: list[str]) -> dict[str, str]:
-    """Folder file name for each repo path: its basename, or, where basenames clash, the whole path with
-    '/' turned into '-' ("Q4_K_M-model-00001-of-00002.gguf")."""
-    ordered = sorted(paths)
-    bases = [safe_name(posixpath.basename(path)) for path in ordered]
-    counts: dict[str, int] = defaultdict(int)
-    for base in bases:
-        counts[base.lower()] += 1
-    wanted = [
-        safe_name(path.replace("/", "-")) if counts[base.lower()] > 1 else base
-        for path, base in zip(ordered, bases, strict=True)
-    ]
-    return dict(zip(ordered, _unique(wanted, keep_extension=True), strict=True))
-
-
-@dataclass
-class _Candidate:
-    directory: str
-    base: str  # file stem without .gguf and split suffix
-    quantization: str
-    quant_in_base: bool
-    parts: list[HubFile]
-
-
-def _candidates(files: list[HubFile]) -> list[_Candidate]:
-    singles: list[_Candidate] = []
-    splits: dict[tuple[str, str, int], dict[int, HubFile]] = defaultdict(dict)
-    for f in files:
-        directory, basename = posixpath.split(f.path)
-        stem = basename[: -len(".gguf")]
-        match = _SPLIT_RE.match(stem)
-        if match:
-            splits[(directory, match["base"], int(match["total"]))][int(match["index"])] = f
-        else:
-            singles.append(_Candidate(directory, stem, "", False, [f]))
-    for (directory, base, total), parts in splits.items():
-        # A split model is usable only whole: every index 1..total, nothing else.
-        if total < 1 or sorted(parts) != list(range(1, total + 1)):
-            continue
-        singles.append(_Candidate(directory, base, "", False, [parts[i] for i in range(1, total + 1)]))
-    for c in singles:
-        c.quantization = quantization_of(c.base)
-        c.quant_in_base = bool(c.quantization)
-        if not c.quantization:
-            # Per-quant subfolders ("Q4_K_M/model-00001-of-00002.gguf"): the tag is in the folder name.
-            for segment in reversed(c.directory.split("/") if c.directory else []):
-                c.quantization = quantization_of(segment)
-                if c.quantization:
-                    break
-    # A stable order (by first file path) keeps stem numbering the same from one import to the next.
-    singles.sort(key=lambda c: c.parts[0].path)
-    return singles
-
-
 def plan_models(endpoint: str, ref: RepoRef, files: list[HubFile]) -> list[PlannedModel]:
-    """One PlannedModel per GGUF model in the listing, sorted by stem.
+    """One PlannedModel per GGUF model in the listing, sorted by stem (see gguf_plan.plan_models).
 
     Split GGUF files become one model with their parts in order (skipped unless every part is listed);
     mmproj (vision projector) files are attached to every model rather than being models; other files
     are ignored. Stems and binary names are safe file names, unique within the repository's folder.
     """
-    ggufs = sorted((f for f in files if f.path.lower().endswith(".gguf")), key=lambda f: f.path)
-    projectors = [f for f in ggufs if "mmproj" in posixpath.basename(f.path).lower()]
-    candidates = _candidates([f for f in ggufs if "mmproj" not in posixpath.basename(f.path).lower()])
-    if not candidates:
-        return []
-
-    names = _binary_names([p.path for c in candidates for p in c.parts] + [f.path for f in projectors])
-
-    # Stems: the file's base name, prefixed by its folder where it lacks the quant tag that the folder
-    # carries, or where two models would share a stem (same base name in two folders).
-    def folder_prefixed(c: _Candidate) -> str:
-        return f"{c.directory.replace('/', '-')}-{c.base}" if c.directory else c.base
-
-    base_counts: dict[str, int] = defaultdict(int)
-    for c in candidates:
-        base_counts[safe_name(c.base).lower()] += 1
-    stems = _unique(
-        [
-            safe_name(
-                folder_prefixed(c)
-                if base_counts[safe_name(c.base).lower()] > 1 or not c.quant_in_base
-                else c.base
-            )
-            for c in candidates
-        ],
-        keep_extension=False,
+    plans = gguf_plan.plan_models(
+        files, title=gguf_plan.repo_title(ref.repo), url=lambda path: resolve_url(endpoint, ref, path)
     )
-
-    # Display names: "<repo without -GGUF> <quant>" when the repo holds one model in several quants (the
-    # usual case); "<file base> <quant>" when it holds several different models.
-    def without_quant(c: _Candidate) -> str:
-        if not c.quant_in_base:
-            return c.base
-        stripped = _QUANT_RE.sub("", c.base)
-        return re.sub(r"[._-]{2,}", "-", stripped).strip("._-") or c.base
-
-    families = {without_quant(c).lower() for c in candidates}
-    repo_title = _REPO_FORMAT_SUFFIX.sub("", ref.repo) or ref.repo
-
-    extras = [
-        PlannedBinary(names[f.path], resolve_url(endpoint, ref, f.path), f.sha256, f.size) for f in projectors
-    ]
-    models: list[PlannedModel] = []
-    for i, c in enumerate(candidates):
-        binaries = [
-            PlannedBinary(names[p.path], resolve_url(endpoint, ref, p.path), p.sha256, p.size)
-            for p in c.parts
-        ]
-        binaries.extend(extras)
-        if not c.quantization:
-            display = stems[i]
-        elif len(families) == 1:
-            display = f"{repo_title} {c.quantization}"
-        else:
-            display = f"{without_quant(c)} {c.quantization}"
-        models.append(
-            PlannedModel(
-                stem=stems[i],
-                name=display,
-                quantization=c.quantization,
-                size=sum(b.size for b in binaries),
-                binaries=binaries,
-            )
+    return [
+        PlannedModel(
+            stem=p.stem,
+            name=p.name,
+            quantization=p.quantization,
+            size=p.size,
+            binaries=[PlannedBinary(b.name, b.url, b.sha256, b.size) for b in p.binaries],
         )
-    models.sort(key=lambda m: m.stem)
-    return models
+        for p in plans
+    ]
