@@ -185,6 +185,10 @@ class JanClient:
         result: JSONObject = self._json("DELETE", model_path(model_id))
         return result
 
+    def storage(self) -> JSONObject:
+        result: JSONObject = self._json("GET", "/v1/storage")
+        return result
+
     def create_model(
         self,
         source_url: str,

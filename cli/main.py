@@ -3,7 +3,7 @@
     jan models list [--state S]... [--engine E]... [--json]
     jan models show ID [--json]
     jan models rm ID [-y]
-    jan models import PATH_OR_URL [--id ID] [--name NAME] [--mode link|copy|symlink]
+    jan models import PATH_OR_URL [--id ID] [--name NAME] [--mode link|copy|symlink]  (a directory: in place)
     jan models export FOLDER [-o FILE]
     jan models import-archive FILE [--folder NAME]
     jan pull ID_OR_URL [--quant Q] [--id ID]
@@ -12,6 +12,7 @@
     jan run ID [PROMPT] [--system TEXT] [--temperature T] [--max-tokens N] [--keep-alive DUR]
     jan ps [--json]
     jan stop ID
+    jan storage [--json]
 
 The gateway is found at --url (JAN_URL, default http://127.0.0.1:1337). Expected failures print one red
 line `error: ...` on stderr and exit with status 1; `jan pull` interrupted by Ctrl-C pauses the download
@@ -20,7 +21,8 @@ terminal, else one answer to the PROMPT argument and/or the standard input (`ech
 
 This module builds the typer `app` (the entry point `cli.main:app`) with its global options (`main`)
 and registers the commands: the `models` group (cli/models.py), `pull` and the `downloads` group
-(cli/downloads.py), `run`, `ps` and `stop` (cli/running.py); what they share is in cli/common.py.
+(cli/downloads.py), `run`, `ps` and `stop` (cli/running.py), `storage` (cli/storage.py); what they
+share is in cli/common.py.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from cli.common import Session, make_console
 from cli.downloads import downloads_app, pull
 from cli.models import models_app
 from cli.running import list_running, run, stop
+from cli.storage import storage
 
 app = typer.Typer(
     name="jan",
@@ -82,6 +85,7 @@ app.command("pull")(pull)
 app.command("run")(run)
 app.command("ps")(list_running)
 app.command("stop")(stop)
+app.command("storage")(storage)
 
 
 if __name__ == "__main__":

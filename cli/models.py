@@ -227,7 +227,7 @@ def import_model(
         str,
         typer.Argument(
             metavar="PATH_OR_URL",
-            help="A local model file, or the http(s) URL of one (e.g. on Hugging Face).",
+            help="A local model file or directory, or an http(s) URL (a file, or a Hugging Face repository).",
         ),
     ],
     model_id: Annotated[
@@ -244,7 +244,8 @@ def import_model(
         ),
     ] = None,
 ) -> None:
-    """Add a model from a local file or a URL."""
+    """Add a model from a local file or a URL; a directory imports every GGUF model in it in place (a
+    Hugging Face cache too), a Hugging Face repository URL every quantization."""
     s = _session(ctx)
     source = source.strip()
     if not source:
@@ -269,10 +270,37 @@ def import_model(
         # The gateway runs elsewhere (a container, a cluster) and cannot read this path: send the file.
         s.err.print(f"the server cannot read {local} ({exc.message}): uploading it")
         model = _upload_model(s, local.resolve(), model_id, name, description)
+    if model.get("object") == "list":
+        _print_imported(s, model)
+        return
     line = Text(f"created {model.get('id', '')} (")
     line.append_text(state_text(str(model.get("state", ""))))
     line.append(")")
     s.out.print(line)
+
+
+def _print_imported(s: Session, reply: JSONObject) -> None:
+    """A directory or repository import: each model (new ones marked), then what was skipped and why."""
+    created = set(reply.get("created") or [])
+    models = reply.get("data") or []
+    for model in models:
+        line = Text("+ " if model.get("id") in created else "  ", style="green")
+        line.append(str(model.get("id", "")))
+        line.append(
+            f"  {_meta(model, 'quantization') or '-'}  {human_size(_model_size(model))}  ", style="dim"
+        )
+        line.append_text(state_text(str(model.get("state", ""))))
+        s.out.print(line)
+    for skipped in reply.get("skipped") or []:
+        s.err.print(Text(f"skipped {skipped.get('path', '')}: {skipped.get('reason', '')}", style="yellow"))
+    if "created" in reply:
+        folders = ", ".join(reply.get("folders") or []) or "no folder"
+        s.out.print(f"{len(created)} new, {len(models) - len(created)} imported before, in {folders}")
+
+
+def _model_size(model: JSONObject) -> int:
+    size = (model.get("metadata") or {}).get("size")
+    return size if isinstance(size, int) and not isinstance(size, bool) else 0
 
 
 # What the server answers for a local path it cannot read (not on its file system, or outside the

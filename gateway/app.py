@@ -25,6 +25,7 @@ from gateway.routes import (
     models,
     ollama,
     responses,
+    storage,
     web,
 )
 from gateway.serving import Serving
@@ -81,6 +82,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(fit.router)  # before models.router, whose catch-all would take /v1/models/fit
     app.include_router(models.router)
     app.include_router(folders.router)
+    app.include_router(storage.router)
     app.include_router(events.router)
     # The other dialects: translations onto the same serving core (gateway/serving.py).
     app.include_router(responses.router)

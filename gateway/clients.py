@@ -151,8 +151,12 @@ class CatalogClient(ServiceClient):
         reply = await self._unary(self.stub.ListProblems, catalog_pb.ListProblemsRequest())
         return list(reply.problems)
 
-    async def create_model(self, request: catalog_pb.CreateModelRequest) -> model_pb2.Model:
-        return (await self._write(self.stub.CreateModel, request)).model
+    async def create_model(self, request: catalog_pb.CreateModelRequest) -> catalog_pb.CreateModelResponse:
+        """The object created, or (for a local directory) what importing the directory gave."""
+        return await self._write(self.stub.CreateModel, request)
+
+    async def storage_usage(self) -> catalog_pb.GetStorageUsageResponse:
+        return await self._unary(self.stub.GetStorageUsage, catalog_pb.GetStorageUsageRequest())
 
     async def update_model(self, request: catalog_pb.UpdateModelRequest) -> model_pb2.Model:
         return (await self._write(self.stub.UpdateModel, request)).model

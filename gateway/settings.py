@@ -28,6 +28,12 @@ class GatewaySettings(BaseSettings):
         validation_alias=AliasChoices("JAN_GATEWAY_DOWNLOADER_ADDRESS", "JAN_DOWNLOADER_ADDRESS"),
         description="host:port of the downloader's gRPC server.",
     )
+    hf_endpoint: str = Field(
+        default="https://huggingface.co",
+        validation_alias=AliasChoices("JAN_GATEWAY_HF_ENDPOINT", "HF_ENDPOINT"),
+        description="Base URL of the Hugging Face Hub or a mirror (as huggingface_hub's HF_ENDPOINT): a "
+        "repository URL on its host is imported as a repository, not as one file.",
+    )
     jit_start: bool = Field(
         default=True, description="Start a downloaded model that is not running when a request names it."
     )

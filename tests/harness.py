@@ -157,6 +157,99 @@ async def serving_stack(root: Path, **gateway: Any) -> AsyncIterator[Stack]:
                     yield Stack(http, sdk, catalog, runner, transport)
 
 
+@dataclass
+class HubStack:
+    """A catalog and a downloader on their gRPC servers, the gateway over ASGI, and the fake Hub they
+    download from (no runner)."""
+
+    http: httpx.AsyncClient
+    root: Path
+    catalog: Catalog
+    downloader: Downloader
+    storage: Storage
+
+
+def loopback_resolver(host: str, port: int) -> list[str]:
+    """Resolves only the loopback spellings the fake Hub uses: no test sends a packet elsewhere."""
+    if host in ("127.0.0.1", "localhost"):
+        return ["127.0.0.1"]
+    raise OSError(f"unknown host {host}")
+
+
+@asynccontextmanager
+async def hub_stack(
+    root: Path,
+    hub_url: str,
+    *,
+    storage: Storage | None = None,
+    catalog: dict[str, Any] | None = None,
+    gateway: dict[str, Any] | None = None,
+    resolver: netsafety.Resolver = loopback_resolver,
+    **downloader: Any,
+) -> AsyncIterator[HubStack]:
+    """Catalog, downloader and gateway over `root`, with the Hub at `hub_url` (HF_ENDPOINT of both the
+    downloader and the gateway). `catalog`, `gateway`, `downloader`: their settings' fields."""
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+    from services.catalog.settings import CatalogSettings
+    from services.common.storage import StorageSettings, make_storage
+
+    storage = storage or make_storage(StorageSettings(), root)
+    cat = Catalog(
+        CatalogSettings(
+            root=root,
+            port=0,
+            seed_models_dir=None,
+            watch_debounce_ms=10,
+            allow_private_networks=True,
+            **(catalog or {}),
+        ),
+        storage=storage,
+    )
+    async with serving_catalog(cat) as cat_address:
+        values: dict[str, Any] = {
+            "root": root,
+            "port": 0,
+            "catalog_address": cat_address,
+            "allow_private_networks": True,
+            "hf_endpoint": hub_url,
+            "stall_timeout_s": 1.0,
+            "backoff_initial_s": 0.05,
+            "backoff_max_s": 0.2,
+            "reserve_bytes": 0,
+            "progress_interval_s": 0.05,
+            **downloader,
+        }
+        settings = DownloaderSettings(**values)
+        async with serving_downloader(settings, storage, resolver) as (dl, dl_address):
+            app = create_app(
+                GatewaySettings(
+                    catalog_address=cat_address,
+                    downloader_address=dl_address,
+                    hf_endpoint=hub_url,
+                    **(gateway or {}),
+                )
+            )
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as http:
+                    yield HubStack(http, root, cat, dl, storage)
+
+
+async def wait_download(http: httpx.AsyncClient, model_id: str, timeout: float = 30) -> dict[str, Any]:
+    """The model's download job once it has ended (done, failed or cancelled)."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        resp = await http.get(f"/v1/models/{model_id}/download", headers={"accept": "application/json"})
+        job: dict[str, Any] = resp.json()
+        if resp.status_code == 200 and job["phase"] in ("done", "failed", "cancelled"):
+            return job
+        assert asyncio.get_running_loop().time() < deadline, f"download stuck: {job}"
+        await asyncio.sleep(0.05)
+
+
 @contextmanager
 def gemma_stack(
     tmp_path_factory: pytest.TempPathFactory, model_id: str, parameters: dict, extra_env: dict[str, str]

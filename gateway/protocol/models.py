@@ -153,6 +153,37 @@ class RepoImportOut(BaseModel):
     data: list[ModelOut]
 
 
+class SkippedOut(BaseModel):
+    path: str
+    reason: str
+
+
+class DirectoryImportOut(BaseModel):
+    """A local directory imported in place: every model of it, those new, and what was not imported."""
+
+    object: Literal["list"] = "list"
+    folder: str = Field(description="The first of `folders` ('' when none).")
+    folders: list[str]
+    data: list[ModelOut] = Field(description="Every model of the directory, new or imported before.")
+    created: list[str] = Field(description="Ids of the models this import created.")
+    skipped: list[SkippedOut]
+
+
+class StorageOut(BaseModel):
+    """What the binaries take, against what the models add up to."""
+
+    object: Literal["storage"] = "storage"
+    backend: Literal["local", "s3"]
+    stored_bytes: int = Field(description="Bytes kept for the binaries, each content once.")
+    contents: int = Field(description="Distinct contents stored.")
+    binary_bytes: int = Field(description="Bytes of every folder's binaries, each counted.")
+    binaries: int
+    linked_bytes: int = Field(description="Of binary_bytes: links to the user's own files (in place).")
+    model_bytes: int = Field(description="Sum of the models' sizes (a binary two models use counts twice).")
+    models: int
+    saved_bytes: int = Field(description="model_bytes not stored: shared contents and files used in place.")
+
+
 # --- request shapes ---------------------------------------------------------------------------------------
 
 
@@ -373,12 +404,54 @@ def job_dict(job: downloader_pb.Job) -> dict[str, Any]:
     }
 
 
-def is_hf_repo_url(url: str) -> bool:
-    """https://huggingface.co/<org>/<repo> (or .../tree/<rev>): a whole repository, not one file."""
+def directory_import_json(d: catalog_pb.ImportedDirectory) -> bytes:
+    return orjson.dumps(
+        {
+            "object": "list",
+            "folder": d.folders[0] if d.folders else "",
+            "folders": list(d.folders),
+            "data": [model_dict(m) for m in d.models],
+            "created": list(d.created_ids),
+            "skipped": [{"path": s.path, "reason": s.reason} for s in d.skipped],
+        }
+    )
+
+
+def storage_json(u: catalog_pb.GetStorageUsageResponse) -> bytes:
+    return orjson.dumps(
+        {
+            "object": "storage",
+            "backend": u.backend,
+            "stored_bytes": u.stored_bytes,
+            "contents": u.contents,
+            "binary_bytes": u.binary_bytes,
+            "binaries": u.binaries,
+            "linked_bytes": u.linked_bytes,
+            "model_bytes": u.model_bytes,
+            "models": u.models,
+            "saved_bytes": max(0, u.model_bytes - u.stored_bytes),
+        }
+    )
+
+
+def is_hf_repo_url(url: str, endpoint: str = "") -> bool:
+    """https://huggingface.co/<org>/<repo> (or .../tree/<rev>), or the same on the host of `endpoint` (a
+    Hub mirror, HF_ENDPOINT): a whole repository, not one file."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or parts.hostname not in ("huggingface.co", "hf.co"):
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
-    segments = [s for s in parts.path.split("/") if s]
+    path = parts.path
+    mirror = urlsplit(endpoint) if endpoint else None
+    if parts.hostname in ("huggingface.co", "hf.co", "www.huggingface.co"):
+        pass
+    elif mirror is not None and parts.hostname == mirror.hostname and parts.port == mirror.port:
+        base = mirror.path.rstrip("/")
+        if base and not (path == base or path.startswith(base + "/")):
+            return False
+        path = path[len(base) :]
+    else:
+        return False
+    segments = [s for s in path.split("/") if s]
     return len(segments) == 2 or (len(segments) >= 3 and segments[2] == "tree")
 
 

@@ -12,6 +12,7 @@ from gateway.protocol import models as convert
 from gateway.protocol.models import (
     CreateModelIn,
     DeletedOut,
+    DirectoryImportOut,
     MetadataOut,
     ModelListOut,
     ModelOut,
@@ -48,21 +49,24 @@ async def list_models(
 @router.post(
     "",
     status_code=201,
-    response_model=ModelOut | RepoImportOut,
+    response_model=ModelOut | RepoImportOut | DirectoryImportOut,
     responses=error_responses(400, 403, 404, 409, 422, 501, 503),
 )
 async def create_model(request: Request, body: CreateModelIn) -> Response:
-    """Creates a model object from a local file or a file URL; a Hugging Face repository URL creates one
-    object per GGUF quantization instead (answered as a list)."""
-    if convert.is_hf_repo_url(body.source_url):
+    """Creates a model object from a local file or a file URL. A Hugging Face repository URL creates one
+    object per GGUF quantization instead, and a local directory imports every GGUF model in it in place
+    (a Hugging Face cache included): both are answered as a list."""
+    if convert.is_hf_repo_url(body.source_url, request.app.state.settings.hf_endpoint):
         folder = body.id.split("/", 1)[0] if body.id else ""
         request_pb = downloader_pb.ImportRepositoryRequest(repo_url=body.source_url, folder=folder)
         reply = await request.app.state.downloader.import_repository(request_pb)
         models = [convert.model_dict(m) for m in reply.models]
         body_json = convert.orjson.dumps({"object": "list", "folder": reply.folder, "data": models})
         return _json(body_json, 201)
-    model = await _catalog(request).create_model(convert.create_request(body))
-    return _json(convert.model_json(model), 201)
+    reply = await _catalog(request).create_model(convert.create_request(body))
+    if reply.HasField("directory"):
+        return _json(convert.directory_import_json(reply.directory), 201)
+    return _json(convert.model_json(reply.model), 201)
 
 
 @router.post(

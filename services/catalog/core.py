@@ -31,7 +31,8 @@ import orjson
 
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.model.v1 import model_pb2
-from services.catalog import archive, importers
+from services.catalog import archive, directories, importers, local_scan
+from services.catalog.directories import DirectoryImport
 from services.catalog.files import (
     FolderIndex,
     LinkRegistry,
@@ -60,6 +61,7 @@ from services.catalog.model import (
     to_pb,
 )
 from services.catalog.settings import CatalogSettings
+from services.catalog.watched import WatchedDirs
 from services.common import netsafety
 from services.common.errors import (
     AlreadyExists,
@@ -72,11 +74,13 @@ from services.common.errors import (
     Unavailable,
     Unimplemented,
 )
-from services.common.storage import Storage, StorageError
+from services.common.storage import LocalStorage, Storage, StorageError, StorageUsage
 
 log = logging.getLogger(__name__)
 
 IMPORT_MODES = ("link", "copy", "symlink")
+# Where a model found in a Hugging Face cache can be fetched again: the Hub itself.
+HUB_URL = "https://huggingface.co"
 
 
 @dataclass(frozen=True)
@@ -100,10 +104,12 @@ class Catalog:
         storage: Storage | None = None,
     ):
         self.settings = settings
-        # Where binaries live when not beside the json files (an S3 bucket); None: in the model folders.
-        self.storage = storage if storage is not None and storage.kind != "local" else None
         self.root = settings.root
         self.models_dir = settings.models_dir
+        # The binaries' backend (each content stored once), and the bucket when binaries are not beside
+        # the json files (None: in the model folders).
+        self.backend = storage if storage is not None else LocalStorage(self.models_dir)
+        self.storage = self.backend if self.backend.kind != "local" else None
         self._resolver = resolver
         self._folders: dict[str, FolderIndex] = {}
         self._gen: dict[str, int] = {}
@@ -119,6 +125,7 @@ class Catalog:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.links = LinkRegistry(settings.state_dir / "links.json", self.models_dir)
+        self.watched = WatchedDirs(self, settings.watch_dirs, settings.state_dir / "watched.json")
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -135,8 +142,10 @@ class Catalog:
         started = time.perf_counter()
         await self.rescan_all()
         log.info("indexed %d models in %.2f s", len(self._by_id), time.perf_counter() - started)
+        await self.watched.sync_all()
         if self.settings.watch:
             self._tasks.append(asyncio.create_task(self._watch_loop(), name="catalog-watch"))
+            self._tasks.append(asyncio.create_task(self.watched.watch(self._stop), name="catalog-watch-dirs"))
         self._tasks.append(asyncio.create_task(self._rescan_loop(), name="catalog-rescan"))
         self._tasks.append(asyncio.create_task(self._expire_reports_loop(), name="catalog-report-expiry"))
 
@@ -153,6 +162,11 @@ class Catalog:
     # --- index --------------------------------------------------------------------------------------------
 
     async def rescan_all(self) -> None:
+        if isinstance(self.backend, LocalStorage):
+            # Contents of folders removed by hand (rm -r) are freed here.
+            freed = await asyncio.to_thread(self.backend.content.sweep)
+            if freed:
+                log.info("freed %d bytes no model folder uses any more", freed)
         folders = set(self._folders) | set(await asyncio.to_thread(list_folders, self.models_dir))
         gens = {f: self._gen.get(f, 0) for f in folders}
         previous = dict(self._folders)
@@ -281,6 +295,7 @@ class Catalog:
                 return
             try:
                 await self.rescan_all()
+                await self.watched.sync_all()
             except Exception:
                 log.exception("periodic rescan failed")
 
@@ -557,6 +572,81 @@ class Catalog:
         index = await self.refresh_folder(folder)
         return self._entry_or_raise(index, folder, stem).pb
 
+    async def import_directory(
+        self,
+        directory: Path,
+        folder: str = "",
+        *,
+        parameters: dict[str, Any] | None = None,
+        refused: list[str] | None = None,
+    ) -> DirectoryImport:
+        """Every GGUF model in a local directory (recursively; a Hugging Face cache is recognised),
+        imported in place: links to the user's files, one folder per model family or repository, one
+        object per quantization. `folder` puts them all into that folder (one family only); `parameters`
+        go into every new object. `refused`: fields of the request that only make sense for one file."""
+        for param in refused or []:
+            what = "copies" if param == "import_mode" else f"takes no {param}"
+            raise InvalidArgument(
+                f"a directory is imported in place, one object per model: it {what} "
+                f"({param} is for a single file)",
+                code="not_for_directories",
+                param=param,
+            )
+        if "/" in folder:
+            raise InvalidArgument(
+                "a directory's id is a folder name only: its objects are named after their files", param="id"
+            )
+        try:
+            plan = await asyncio.to_thread(
+                local_scan.plan_directory, directory, self._import_roots(), hub_url=HUB_URL
+            )
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), code="source_not_found", param="source_url") from None
+        if folder:
+            try:
+                check_name(folder, "folder")
+            except ValueError as exc:
+                raise InvalidArgument(str(exc), code="invalid_folder", param="id") from None
+            if len(plan.folders) > 1:
+                names = ", ".join(f.folder for f in plan.folders)
+                raise InvalidArgument(
+                    f"{directory} holds {len(plan.folders)} model families ({names}): import it without an "
+                    "id to get one folder each",
+                    code="several_families",
+                    param="id",
+                )
+        result = DirectoryImport(folders=[], models=[], created_ids=[], skipped=list(plan.skipped))
+        for planned in plan.folders:
+            name = folder or planned.folder
+            async with self._lock(name):
+                placed = await asyncio.to_thread(
+                    directories.place_folder, self.models_dir, name, planned, self.links, parameters or {}
+                )
+            index = await self.refresh_folder(name)
+            result.skipped.extend(placed.skipped)
+            result.created_ids.extend(f"{name}/{stem}" for stem in placed.created)
+            entries = index.entries if index else {}
+            models = [entries[s].pb for s in [*placed.created, *placed.existing] if s in entries]
+            if models:
+                result.folders.append(name)
+                result.models.extend(sorted(models, key=lambda m: m.id))
+        if result.created_ids:
+            log.info("imported %d models in place from %s", len(result.created_ids), directory)
+        return result
+
+    async def storage_usage(self) -> tuple[StorageUsage, int, int]:
+        """What the binaries take (services/common/storage), and the sum of the models' sizes and their
+        number: a binary two objects use counts for each."""
+        with _storage_errors():
+            usage = await asyncio.to_thread(self.backend.usage)
+        model_bytes = sum(
+            b.size_on_disk
+            for index in self._folders.values()
+            for e in index.entries.values()
+            for b in e.binaries
+        )
+        return usage, model_bytes, len(self._by_id)
+
     async def import_remote(
         self,
         importer: str,
@@ -636,6 +726,10 @@ class Catalog:
                         f"models/{folder_dir.name}/{file_name} already exists and is another file",
                         code="binary_exists",
                     )
+            elif mode == "copy":
+                # The catalog's own copy: stored once, whatever other folder holds the same bytes.
+                self._upload(folder_dir.name, file_name, local)
+                placed = True
             else:
                 how = place_file(local, binary, mode)
                 placed = True
@@ -649,7 +743,7 @@ class Catalog:
         except BaseException:
             if placed:
                 self.links.remove(binary)
-                binary.unlink(missing_ok=True)
+                self.backend.delete(folder_dir.name, file_name)
             raise
 
     def _create_stored(
@@ -675,10 +769,9 @@ class Catalog:
             raise
 
     def _upload(self, folder: str, name: str, source: Path) -> None:
-        """Copies `source` into the bucket as binary `name` of `folder`, with the sha256 of what was read
-        (the runners verify their copy against it)."""
-        assert self.storage is not None
-        partial = self.storage.partial_path(folder, name)
+        """Copies `source` into the backend as binary `name` of `folder`, with the sha256 of what was
+        read (stored once per content; the runners verify their copy against it)."""
+        partial = self.backend.partial_path(folder, name)
         digest = hashlib.sha256()
         buf = bytearray(4 * 1024 * 1024)
         view = memoryview(buf)
@@ -688,7 +781,7 @@ class Catalog:
                     digest.update(view[:n])
                     dst.write(view[:n])
             with _storage_errors():
-                self.storage.commit(folder, name, sha256=digest.hexdigest())
+                self.backend.commit(folder, name, sha256=digest.hexdigest())
         finally:
             for leftover in partial.parent.glob(f"{partial.name}*"):  # the partial and any upload state
                 leftover.unlink(missing_ok=True)
@@ -712,7 +805,18 @@ class Catalog:
                     self.storage.delete(folder, name)
             raise
 
-    def _check_local(self, source: str) -> Path:
+    def source_directory(self, source_url: str) -> Path | None:
+        """The local directory a source_url names, checked against the directories allowed for import;
+        None when it names no directory (a file, a URL)."""
+        source = source_url.strip()
+        if not source or source == "./" or is_remote_url(source):
+            return None
+        path = self._local_path(source)
+        if not path.is_dir():
+            return None
+        return self._allowed(path)
+
+    def _local_path(self, source: str) -> Path:
         # Any other URL (ftp:, gopher:, data:, ...) is refused as such, not taken for a relative path.
         scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", source)
         if scheme and scheme.group(1).lower() != "file":
@@ -726,15 +830,40 @@ class Catalog:
         path = Path(os.path.expanduser(source))
         if not path.is_absolute():
             raise InvalidArgument("a local source_url must be an absolute path", param="source_url")
+        return path
+
+    def _allowed(self, path: Path) -> Path:
+        """`path` resolved, when it lies in a directory allowed for import (or a watched one)."""
         resolved = path.resolve()
-        allowed = self.settings.import_allowed_dirs
+        allowed = self._import_roots()
         if not any(resolved == d or d in resolved.parents for d in allowed):
             raise PermissionDenied(
                 f"{path} is outside the directories allowed for import "
-                f"(JAN_IMPORT_ALLOWED_DIRS: {', '.join(map(str, allowed))})",
+                f"(JAN_IMPORT_ALLOWED_DIRS: {', '.join(map(str, self.settings.import_allowed_dirs))})",
                 code="import_path_not_allowed",
                 param="source_url",
             )
+        return resolved
+
+    def _import_roots(self) -> list[Path]:
+        return [*self.settings.import_allowed_dirs, *self.settings.watch_dirs]
+
+    def _store_folder(self, staging: Path) -> None:
+        """An imported archive's binaries, in local mode: each is stored once (a content already stored
+        replaces it by a link, its own bytes are freed)."""
+        assert isinstance(self.backend, LocalStorage)
+        for path in sorted(staging.iterdir()):
+            if path.name.startswith(".") or path.suffix == ".json" or path.is_symlink() or not path.is_file():
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(4 * 1024 * 1024):
+                    digest.update(chunk)
+            self.backend.content.adopt(path, digest.hexdigest())
+
+    def _check_local(self, source: str) -> Path:
+        path = self._local_path(source)
+        resolved = self._allowed(path)
         if not resolved.is_file():
             raise InvalidArgument(f"{path} is not a file", code="source_not_found", param="source_url")
         if not is_binary_name(resolved.name):
@@ -843,10 +972,17 @@ class Catalog:
                 self.storage.delete(folder, name)
                 removed.append(f"{self.storage.kind}:{folder}/{name}")
             path = folder_dir / name
-            # unlink removes a link itself, never the user's original it points to.
-            if path.is_symlink() or path.exists():
+            # unlink removes a link itself, never the user's original it points to; a stored content is
+            # freed only when no other folder links to it.
+            if path.is_symlink():
                 path.unlink(missing_ok=True)
                 self.links.remove(path)
+                removed.append(f"models/{folder}/{name}")
+            elif path.exists():
+                if self.storage is None:
+                    self.backend.delete(folder, name)
+                else:
+                    path.unlink(missing_ok=True)
                 removed.append(f"models/{folder}/{name}")
             for leftover in folder_dir.glob(f".{name}.*"):
                 leftover.unlink(missing_ok=True)
@@ -950,6 +1086,8 @@ class Catalog:
                     )
                 if self.storage is not None:
                     await asyncio.to_thread(self._upload_folder, name, staging)
+                else:
+                    await asyncio.to_thread(self._store_folder, staging)
                 os.rename(staging, target)
         finally:
             if staging.exists():

@@ -4,12 +4,14 @@ made, and seeding the shipped models. Everything here is synchronous (run it in 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,6 +285,8 @@ class LinkRegistry:
         self.path = path
         self.models_dir = models_dir
         self._links: dict[str, str] = {}
+        self._deferred = 0
+        self._dirty = False
         try:
             loaded = orjson.loads(path.read_bytes())
             if isinstance(loaded, dict):
@@ -301,6 +305,21 @@ class LinkRegistry:
         if self._links.pop(self._key(link), None) is not None:
             self._save()
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Saves once at the end, not after every change (an import of a thousand files)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred and self._dirty:
+                self._save()
+
+    def targets(self) -> dict[Path, Path]:
+        """Every link the catalog made (absolute link path -> its target)."""
+        return {self.models_dir / k: Path(v) for k, v in self._links.items()}
+
     def is_ours(self, link: Path) -> bool:
         try:
             expected = self._links.get(self._key(link))
@@ -309,6 +328,10 @@ class LinkRegistry:
             return False
 
     def _save(self) -> None:
+        if self._deferred:
+            self._dirty = True
+            return
+        self._dirty = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, orjson.dumps(self._links, option=orjson.OPT_INDENT_2))
 

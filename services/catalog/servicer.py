@@ -53,6 +53,32 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     async def CreateModel(
         self, request: pb.CreateModelRequest, context: aio.ServicerContext
     ) -> pb.CreateModelResponse:
+        directory = await asyncio.to_thread(self.catalog.source_directory, request.source_url)
+        if directory is not None:
+            imported = await self.catalog.import_directory(
+                directory,
+                folder=request.id,
+                parameters=_object(request.parameters_json, "parameters"),
+                refused=[
+                    field
+                    for field, given in (
+                        ("name", request.HasField("name")),
+                        ("description", request.HasField("description")),
+                        ("metadata", bool(request.metadata_json)),
+                        ("owned_by", request.HasField("owned_by")),
+                        ("import_mode", request.import_mode == pb.IMPORT_MODE_COPY),
+                    )
+                    if given
+                ],
+            )
+            return pb.CreateModelResponse(
+                directory=pb.ImportedDirectory(
+                    folders=imported.folders,
+                    models=imported.models,
+                    created_ids=imported.created_ids,
+                    skipped=[pb.SkippedFile(path=s.path, reason=s.reason) for s in imported.skipped],
+                )
+            )
         model = await self.catalog.create(
             source_url=request.source_url,
             model_id=request.id,
@@ -155,6 +181,21 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         self, request: pb.ListRunnersRequest, context: aio.ServicerContext
     ) -> pb.ListRunnersResponse:
         return pb.ListRunnersResponse(runners=self.catalog.live_runners())
+
+    async def GetStorageUsage(
+        self, request: pb.GetStorageUsageRequest, context: aio.ServicerContext
+    ) -> pb.GetStorageUsageResponse:
+        usage, model_bytes, models = await self.catalog.storage_usage()
+        return pb.GetStorageUsageResponse(
+            backend=self.catalog.backend.kind,
+            stored_bytes=usage.stored_bytes,
+            contents=usage.contents,
+            binary_bytes=usage.binary_bytes,
+            binaries=usage.binaries,
+            linked_bytes=usage.linked_bytes,
+            model_bytes=model_bytes,
+            models=models,
+        )
 
     async def ImportRemoteModels(
         self, request: pb.ImportRemoteModelsRequest, context: aio.ServicerContext

@@ -28,6 +28,12 @@ class CatalogSettings(BaseSettings):
         validation_alias=AliasChoices("JAN_CATALOG_IMPORT_ALLOWED_DIRS", "JAN_IMPORT_ALLOWED_DIRS"),
         description="Directories (separated by ',' or ':') under which local files may be imported.",
     )
+    watch_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("JAN_CATALOG_WATCH_DIRS", "JAN_WATCH_DIRS"),
+        description="Directories (separated by ',' or ':') whose GGUF models appear in the catalog by "
+        "themselves, linked in place, and disappear when deleted there.",
+    )
     allow_private_networks: bool = Field(
         default=False,
         validation_alias=AliasChoices("JAN_CATALOG_ALLOW_PRIVATE_NETWORKS", "JAN_ALLOW_PRIVATE_NETWORKS"),
@@ -68,7 +74,7 @@ class CatalogSettings(BaseSettings):
     def _empty_means_none(cls, v: object) -> object:
         return None if v == "" else v
 
-    @field_validator("import_allowed_dirs", mode="before")
+    @field_validator("import_allowed_dirs", "watch_dirs", mode="before")
     @classmethod
     def _split_dirs(cls, v: object) -> object:
         if isinstance(v, str):
@@ -76,7 +82,7 @@ class CatalogSettings(BaseSettings):
             return [p for p in parts if p]
         return v
 
-    @field_validator("import_allowed_dirs", mode="after")
+    @field_validator("import_allowed_dirs", "watch_dirs", mode="after")
     @classmethod
     def _expand_dirs(cls, v: list[Path]) -> list[Path]:
         return [p.expanduser().resolve() for p in v]

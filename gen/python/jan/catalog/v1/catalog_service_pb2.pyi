@@ -236,20 +236,90 @@ class CreateModelResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def model(self) -> _model_pb2.Model: ...
+    def model(self) -> _model_pb2.Model:
+        """The object created from a file or URL; unset when the source was a directory."""
+
+    @_builtins.property
+    def directory(self) -> Global___ImportedDirectory:
+        """Set when the source was a local directory."""
+
     def __init__(
         self,
         *,
         model: _model_pb2.Model | None = ...,
+        directory: Global___ImportedDirectory | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "model", b"model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateModelResponse: _TypeAlias = CreateModelResponse  # noqa: Y015
+
+@_typing.final
+class ImportedDirectory(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOLDERS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    CREATED_IDS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def folders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The model folders the directory's models are in."""
+
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Model]:
+        """Every model of the directory: those created now and those imported before."""
+
+    @_builtins.property
+    def created_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the models created by this import (a re-import adds only what is new)."""
+
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkippedFile]:
+        """Files that look like models but were not imported, with the reason."""
+
+    def __init__(
+        self,
+        *,
+        folders: _abc.Iterable[_builtins.str] | None = ...,
+        models: _abc.Iterable[_model_pb2.Model] | None = ...,
+        created_ids: _abc.Iterable[_builtins.str] | None = ...,
+        skipped: _abc.Iterable[Global___SkippedFile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_ids", b"created_ids", "folders", b"folders", "models", b"models", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportedDirectory: _TypeAlias = ImportedDirectory  # noqa: Y015
+
+@_typing.final
+class SkippedFile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkippedFile: _TypeAlias = SkippedFile  # noqa: Y015
 
 @_typing.final
 class UpdateModelRequest(_message.Message):
@@ -846,3 +916,65 @@ class ImportRemoteModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportRemoteModelsResponse: _TypeAlias = ImportRemoteModelsResponse  # noqa: Y015
+
+@_typing.final
+class GetStorageUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStorageUsageRequest: _TypeAlias = GetStorageUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetStorageUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    STORED_BYTES_FIELD_NUMBER: _builtins.int
+    CONTENTS_FIELD_NUMBER: _builtins.int
+    BINARY_BYTES_FIELD_NUMBER: _builtins.int
+    BINARIES_FIELD_NUMBER: _builtins.int
+    LINKED_BYTES_FIELD_NUMBER: _builtins.int
+    MODEL_BYTES_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    backend: _builtins.str
+    """"local" or "s3"."""
+    stored_bytes: _builtins.int
+    """Bytes the backend keeps for the binaries, each content once."""
+    contents: _builtins.int
+    """Distinct contents stored."""
+    binary_bytes: _builtins.int
+    """Bytes of every folder's binaries, each counted (what storing every file would take)."""
+    binaries: _builtins.int
+    """Binaries in the model folders."""
+    linked_bytes: _builtins.int
+    """Of binary_bytes: links to the user's own files (imported in place), stored by the user."""
+    model_bytes: _builtins.int
+    """The sum of the model objects' sizes (a binary two objects use counts twice)."""
+    models: _builtins.int
+    def __init__(
+        self,
+        *,
+        backend: _builtins.str = ...,
+        stored_bytes: _builtins.int = ...,
+        contents: _builtins.int = ...,
+        binary_bytes: _builtins.int = ...,
+        binaries: _builtins.int = ...,
+        linked_bytes: _builtins.int = ...,
+        model_bytes: _builtins.int = ...,
+        models: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "binaries", b"binaries", "binary_bytes", b"binary_bytes", "contents", b"contents", "linked_bytes", b"linked_bytes", "model_bytes", b"model_bytes", "models", b"models", "stored_bytes", b"stored_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStorageUsageResponse: _TypeAlias = GetStorageUsageResponse  # noqa: Y015

@@ -104,6 +104,11 @@ class CatalogServiceStub:
                 request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsRequest.SerializeToString,
                 response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsResponse.FromString,
                 _registered_method=True)
+        self.GetStorageUsage = channel.unary_unary(
+                '/jan.catalog.v1.CatalogService/GetStorageUsage',
+                request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.GetStorageUsageRequest.SerializeToString,
+                response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.GetStorageUsageResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -124,7 +129,8 @@ class CatalogServiceServicer:
 
     def CreateModel(self, request, context):
         """Creates a model object from a local file (linked or copied into a new folder) or a URL
-        (created not-downloaded).
+        (created not-downloaded). A local directory imports every GGUF model in it, in place: one folder
+        per model family (or per repository of a Hugging Face cache), one object per quantization.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +215,13 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStorageUsage(self, request, context):
+        """What the binaries take: bytes stored (each content once) against the sum of the models' sizes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -281,6 +294,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.ImportRemoteModels,
                     request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsRequest.FromString,
                     response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsResponse.SerializeToString,
+            ),
+            'GetStorageUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStorageUsage,
+                    request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.GetStorageUsageRequest.FromString,
+                    response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.GetStorageUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -661,6 +679,33 @@ class CatalogService:
             '/jan.catalog.v1.CatalogService/ImportRemoteModels',
             jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsRequest.SerializeToString,
             jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ImportRemoteModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStorageUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jan.catalog.v1.CatalogService/GetStorageUsage',
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.GetStorageUsageRequest.SerializeToString,
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.GetStorageUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

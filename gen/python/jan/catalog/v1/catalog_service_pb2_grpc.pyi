@@ -38,7 +38,8 @@ class CatalogServiceStub:
     GetModel: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.GetModelRequest, _catalog_service_pb2.GetModelResponse]
     CreateModel: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.CreateModelRequest, _catalog_service_pb2.CreateModelResponse]
     """Creates a model object from a local file (linked or copied into a new folder) or a URL
-    (created not-downloaded).
+    (created not-downloaded). A local directory imports every GGUF model in it, in place: one folder
+    per model family (or per repository of a Hugging Face cache), one object per quantization.
     """
     UpdateModel: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.UpdateModelRequest, _catalog_service_pb2.UpdateModelResponse]
     """Merges name/description and JSON merge patches (RFC 7396) of parameters/metadata into the file."""
@@ -67,6 +68,8 @@ class CatalogServiceStub:
     """Model objects of the api engine for the models of a remote API (an OpenAI-compatible one, listed
     when it can list them, or an Azure OpenAI resource's deployments), created in one folder.
     """
+    GetStorageUsage: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.GetStorageUsageRequest, _catalog_service_pb2.GetStorageUsageResponse]
+    """What the binaries take: bytes stored (each content once) against the sum of the models' sizes."""
 
 @_typing.type_check_only
 class CatalogServiceAsyncStub(CatalogServiceStub):
@@ -76,7 +79,8 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.GetModelRequest, _catalog_service_pb2.GetModelResponse]  # type: ignore[assignment]
     CreateModel: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.CreateModelRequest, _catalog_service_pb2.CreateModelResponse]  # type: ignore[assignment]
     """Creates a model object from a local file (linked or copied into a new folder) or a URL
-    (created not-downloaded).
+    (created not-downloaded). A local directory imports every GGUF model in it, in place: one folder
+    per model family (or per repository of a Hugging Face cache), one object per quantization.
     """
     UpdateModel: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.UpdateModelRequest, _catalog_service_pb2.UpdateModelResponse]  # type: ignore[assignment]
     """Merges name/description and JSON merge patches (RFC 7396) of parameters/metadata into the file."""
@@ -105,6 +109,8 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """Model objects of the api engine for the models of a remote API (an OpenAI-compatible one, listed
     when it can list them, or an Azure OpenAI resource's deployments), created in one folder.
     """
+    GetStorageUsage: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.GetStorageUsageRequest, _catalog_service_pb2.GetStorageUsageResponse]  # type: ignore[assignment]
+    """What the binaries take: bytes stored (each content once) against the sum of the models' sizes."""
 
 class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -129,7 +135,8 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_service_pb2.CreateModelResponse, _abc.Awaitable[_catalog_service_pb2.CreateModelResponse]]:
         """Creates a model object from a local file (linked or copied into a new folder) or a URL
-        (created not-downloaded).
+        (created not-downloaded). A local directory imports every GGUF model in it, in place: one folder
+        per model family (or per repository of a Hugging Face cache), one object per quantization.
         """
 
     @_abc_1.abstractmethod
@@ -224,5 +231,13 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         """Model objects of the api engine for the models of a remote API (an OpenAI-compatible one, listed
         when it can list them, or an Azure OpenAI resource's deployments), created in one folder.
         """
+
+    @_abc_1.abstractmethod
+    def GetStorageUsage(
+        self,
+        request: _catalog_service_pb2.GetStorageUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_service_pb2.GetStorageUsageResponse, _abc.Awaitable[_catalog_service_pb2.GetStorageUsageResponse]]:
+        """What the binaries take: bytes stored (each content once) against the sum of the models' sizes."""
 
 def add_CatalogServiceServicer_to_server(servicer: CatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
