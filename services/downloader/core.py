@@ -592,7 +592,14 @@ class Downloader:
             metadata: dict[str, Any] = {
                 "engine": "llamacpp",
                 "size": plan.size,
-                "binaries": [{k: v for k, v in asdict(b).items() if v not in ("", 0)} for b in plan.binaries],
+                "binaries": [
+                    {
+                        k: v
+                        for k, v in (("name", b.name), ("url", b.url), ("sha256", b.sha256), ("size", b.size))
+                        if v
+                    }
+                    for b in plan.binaries
+                ],
             }
             if plan.quantization:
                 metadata["quantization"] = plan.quantization

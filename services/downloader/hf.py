@@ -63,28 +63,6 @@ class HubError(Exception):
         self.status = status
 
 
-@dataclass(frozen=True)
-class PlannedBinary:
-    """One file to download into the model folder; its fields are what the model object's
-    metadata.binaries records."""
-
-    name: str  # safe, unique file name in the model folder
-    url: str  # resolve URL on the Hub
-    sha256: str  # "" when the Hub gives none (non-LFS file)
-    size: int
-
-
-@dataclass(frozen=True)
-class PlannedModel:
-    """One model object to create: a GGUF quantization (all parts of a split file) plus projector files."""
-
-    stem: str  # json file name without .json, e.g. "zephyr-7b-beta.Q4_K_M"
-    name: str  # display name
-    quantization: str  # "Q4_K_M", "IQ3_XXS", "F16" ... upper-case; "" if none
-    size: int  # total bytes of its binaries
-    binaries: list[PlannedBinary]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # URLs
 
@@ -307,23 +285,14 @@ async def list_repo_files(
 # Planning
 
 
-def plan_models(endpoint: str, ref: RepoRef, files: list[HubFile]) -> list[PlannedModel]:
-    """One PlannedModel per GGUF model in the listing, sorted by stem (see gguf_plan.plan_models).
+def plan_models(endpoint: str, ref: RepoRef, files: list[HubFile]) -> list[gguf_plan.ModelPlan]:
+    """One ModelPlan per GGUF model in the listing, sorted by stem (see gguf_plan.plan_models), each binary
+    with its resolve URL on the Hub.
 
     Split GGUF files become one model with their parts in order (skipped unless every part is listed);
     mmproj (vision projector) files are attached to every model rather than being models; other files
     are ignored. Stems and binary names are safe file names, unique within the repository's folder.
     """
-    plans = gguf_plan.plan_models(
+    return gguf_plan.plan_models(
         files, title=gguf_plan.repo_title(ref.repo), url=lambda path: resolve_url(endpoint, ref, path)
     )
-    return [
-        PlannedModel(
-            stem=p.stem,
-            name=p.name,
-            quantization=p.quantization,
-            size=p.size,
-            binaries=[PlannedBinary(b.name, b.url, b.sha256, b.size) for b in p.binaries],
-        )
-        for p in plans
-    ]
