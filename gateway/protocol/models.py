@@ -452,6 +452,8 @@ def is_hf_repo_url(url: str, endpoint: str = "") -> bool:
     else:
         return False
     segments = [s for s in path.split("/") if s]
+    if mirror is not None and segments and segments[-1].lower().endswith(".gguf"):
+        return False  # a mirror may also serve plain files: <host>/files/model.gguf is one of them
     return len(segments) == 2 or (len(segments) >= 3 and segments[2] == "tree")
 
 

@@ -11,13 +11,19 @@ It serves what huggingface_hub reads from the real Hub, with the same shapes and
 - `GET|HEAD /{org}/{repo}/resolve/{rev}/{path}` (hf_hub_url / get_hf_file_metadata): LFS files answer
   302 to the CDN with X-Repo-Commit, X-Linked-Etag, X-Linked-Size, ETag, Location; small files are
   served in place with a git-blob ETag.
-- `GET|HEAD /cdn/{sha256}`: the content, with byte ranges, If-Range, ETag "<sha256>".
+- `GET|HEAD /cdn/{sha256}`: the content, with byte ranges, If-Range, ETag "<sha256>". With
+  `FakeHub(cdn_host="localhost")` the redirect names the CDN by another host name (same server), as the
+  real Hub's CDN is another host: huggingface_hub's `hf_hub_download` then reads the file's metadata from
+  the redirect itself instead of following it, and works unmodified with `HF_ENDPOINT=hub.url`.
 - Plain files (`add_file`) and redirects (`add_redirect`) for generic-URL tests.
 
 Errors carry the Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo) and a
 JSON `{"error": ...}` body, as huggingface_hub's `hf_raise_for_status` expects. Per-file `Faults` (cut
 connections, stalls, ignored ranges, lying digests, error statuses, no Content-Length) can be set at any
 time from the test's thread. Large files are described as (size, seed) and produced on the fly.
+
+Counters of file-content bytes sent (`bytes_sent`, `bytes_sent_to(path)`, `reset_counters()`) let a test
+assert how much a download moved, e.g. nothing for a file already stored.
 """
 
 from __future__ import annotations
@@ -229,12 +235,21 @@ class FakeHub:
     """The fake Hub server. Use `with FakeHub() as hub:` or `hub.start()` / `hub.stop()`."""
 
     def __init__(
-        self, *, token: str = "hf_fake_token", page_size: int = 1000, host: str = "127.0.0.1"
+        self,
+        *,
+        token: str = "hf_fake_token",
+        page_size: int = 1000,
+        host: str = "127.0.0.1",
+        cdn_host: str | None = None,
     ) -> None:
         self.token = token  # the one token that opens gated repos ("Authorization: Bearer <token>")
         self.page_size = page_size  # tree entries per page before a Link rel="next"
         self.host = host
+        # The host name LFS redirects name (another spelling of the same server, e.g. "localhost");
+        # None: the Hub's own.
+        self.cdn_host = cdn_host
         self.url = ""  # "http://127.0.0.1:PORT" once started
+        self.cdn_url = ""  # where LFS files redirect to: url, or the same port on cdn_host
         self.faults: dict[str, Faults] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.authorizations: list[tuple[str, str | None]] = []  # (path, Authorization header)
@@ -248,6 +263,8 @@ class FakeHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._sent_total = 0
+        self._sent_by_path: dict[str, int] = {}
 
     # -----------------------------------------------------------------------------------------------------
     # Lifecycle
@@ -292,6 +309,7 @@ class FakeHub:
         await site.start()
         port = self._runner.addresses[0][1]
         self.url = f"http://{self.host}:{port}"
+        self.cdn_url = f"http://{self.cdn_host}:{port}" if self.cdn_host else self.url
 
     def stop(self) -> None:
         if self._thread is None or self._loop is None:
@@ -405,6 +423,41 @@ class FakeHub:
     async def _adigest(self, repo_id: str, file: _File) -> str:
         # Hashing a large file takes seconds: off the loop, so other requests keep being served.
         return await asyncio.to_thread(self._digest, repo_id, file)
+
+    # -----------------------------------------------------------------------------------------------------
+    # Counters
+
+    @property
+    def bytes_sent(self) -> int:
+        """File-content bytes sent since the hub was made or last `reset_counters()`: bodies of the CDN,
+        of files resolved in place and of plain files (handed to the socket; API JSON, errors and headers
+        are not counted)."""
+        with self._lock:
+            return self._sent_total
+
+    def bytes_sent_to(self, path: str) -> int:
+        """Content bytes sent in answer to requests for path ("/cdn/<sha256>", "/files/x.gguf",
+        "/org/repo/resolve/main/README.md"), since the last reset."""
+        with self._lock:
+            return self._sent_by_path.get(path, 0)
+
+    def bytes_sent_by_path(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._sent_by_path)
+
+    def cdn_path(self, repo_id: str, path: str, revision: str = "main") -> str:
+        """The request path an LFS file's bytes are served at (its CDN URL, less the host)."""
+        return f"/cdn/{self.sha256_of(repo_id, path, revision)}"
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self._sent_total = 0
+            self._sent_by_path.clear()
+
+    def _count_sent(self, path: str, n: int) -> None:
+        with self._lock:
+            self._sent_total += n
+            self._sent_by_path[path] = self._sent_by_path.get(path, 0) + n
 
     # -----------------------------------------------------------------------------------------------------
     # Faults
@@ -621,7 +674,7 @@ class FakeHub:
             return await self._serve(request, file.blob, etag, faults, commit_headers)
         sha = await self._adigest(repo_id, file)
         advertised = _lie(sha) if faults is not None and faults.wrong_digest else sha
-        location = f"{self.url}/cdn/{sha}"
+        location = f"{self.cdn_url}/cdn/{sha}"
         headers = {
             **commit_headers,
             "Location": location,
@@ -711,6 +764,7 @@ class FakeHub:
                     faults.stalls_done += 1
                     stall_at, stall_seconds = faults.stall_at, faults.stall_seconds
         rate = faults.rate_bytes_per_s if faults is not None else None
+        counted_as = unquote(request.raw_path.split("?", 1)[0])  # as in `requests`
         began = time.monotonic()
         try:
             sent = 0
@@ -728,6 +782,7 @@ class FakeHub:
                 if n > 0:
                     await resp.write(blob.view(start + sent, n))
                     sent += n
+                    self._count_sent(counted_as, n)
                     continue
                 if cut_at is not None and sent >= cut_at:
                     raise _Cut

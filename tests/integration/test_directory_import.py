@@ -25,7 +25,8 @@ pytest.importorskip("huggingface_hub")
 
 @pytest.fixture
 def hub() -> Iterator[FakeHub]:
-    with FakeHub() as h:
+    # Its CDN on another host name, as the real Hub's: huggingface_hub needs that to fill its cache.
+    with FakeHub(cdn_host="localhost") as h:
         yield h
 
 
