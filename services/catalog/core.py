@@ -809,8 +809,9 @@ class Catalog:
         """The local directory a source_url names, checked against the directories allowed for import;
         None when it names no directory (a file, a URL)."""
         source = source_url.strip()
-        if not source or source == "./" or is_remote_url(source):
-            return None
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", source)
+        if not source or source == "./" or (scheme and scheme.group(1).lower() != "file"):
+            return None  # a URL (http, triton ...): `create` decides what it is
         path = self._local_path(source)
         if not path.is_dir():
             return None
