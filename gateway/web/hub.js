@@ -1,5 +1,5 @@
 // The Models view (the hub): every model as a table row with its state, engine, quantization, size,
-// owner and memory fit (fits / tight / won't fit, the runners' own estimate: GET /v1/models/fit); search and filters; the import form (a local path, a file URL, or a Hugging Face repository with
+// owner and memory fit (fits / tight / won't fit, the runners' own estimate: GET /v1/models/fit); search and filters; the import form (a local file or folder, a file URL, or a Hugging Face repository with
 // its quantization picker); per model Download (live progress, Pause / Resume / Cancel), Start / Stop,
 // Chat, Settings, Export and Delete. Rows are updated in place from the store (GET /v1/events).
 //
@@ -45,7 +45,7 @@ function build(section) {
     required: true,
     autocomplete: "off",
     spellcheck: false,
-    placeholder: "/path/to/model.gguf, https://…/model.gguf or https://huggingface.co/org/repo",
+    placeholder: "/path/to/model.gguf, /path/to/folder, https://…/model.gguf or https://huggingface.co/org/repo",
   });
   const importId = el("input", { id: "import-id", type: "text", autocomplete: "off", spellcheck: false, placeholder: "folder/file" });
   const importButton = el("button", { type: "submit", class: "primary", text: "Import" });
@@ -666,7 +666,17 @@ async function onImport(event) {
   closePicker();
   try {
     const answer = await withKey(() => post("/v1/models", body));
-    if (answer && answer.object === "list") {
+    if (answer && answer.object === "list" && Array.isArray(answer.created)) {
+      // A local directory, imported in place: nothing to download, every model is there already.
+      for (const m of answer.data) updateModel(m);
+      const skipped = answer.skipped || [];
+      const folders = answer.folders.length ? ` in ${answer.folders.join(", ")}` : "";
+      let text = `Imported ${answer.created.length} new model${answer.created.length === 1 ? "" : "s"} in place${folders} (${answer.data.length - answer.created.length} imported before).`;
+      if (skipped.length) text += ` Skipped ${skipped.length}: ${skipped.map((x) => `${x.path} (${x.reason})`).join("; ")}`;
+      status(text);
+      ui.source.value = "";
+      ui.importId.value = "";
+    } else if (answer && answer.object === "list") {
       for (const m of answer.data) updateModel(m);
       status(`Found ${answer.data.length} quantization${answer.data.length === 1 ? "" : "s"} in ${answer.folder}: pick one to download.`);
       showPicker(answer.folder, answer.data);

@@ -295,6 +295,24 @@ def test_a_local_import_is_deleted_with_the_original_file_kept(stack: Stack, bro
     assert unexpected_errors(browser) == []
 
 
+def test_a_folder_imports_in_place_from_the_form(stack: Stack, browser: WebDriver) -> None:
+    folder = stack.imports / "webdir"  # type: ignore[attr-defined]
+    write_tiny_gguf(folder / "WebDir-Q4_K_M.gguf", chat_template=CHAT_TEMPLATE, seed=1)
+    write_tiny_gguf(folder / "deeper" / "WebDir-Q8_0.gguf", chat_template=CHAT_TEMPLATE, seed=2)
+    (folder / "notes.gguf").write_bytes(b"<b>not a model</b>")
+    open_hub(browser, stack.url)
+    browser.find_element(By.ID, "import-source").send_keys(str(folder), Keys.ENTER)
+    status = browser.find_element(By.CSS_SELECTOR, ".import-status")
+    wait_for(browser, lambda d: "Imported 2 new models in place in WebDir" in status.text)
+    assert "Skipped 1" in status.text and "notes.gguf" in status.text
+    for model in ("WebDir/WebDir-Q4_K_M", "WebDir/WebDir-Q8_0"):
+        wait_for(browser, lambda d, m=model: has_row(d, m))
+        wait_state(browser, model, "stopped")  # there already: nothing to download
+    assert (stack.root / "models" / "WebDir" / "WebDir-Q4_K_M.gguf").is_symlink()
+    assert browser.find_elements(By.CSS_SELECTOR, ".import-status b") == []  # text, never HTML
+    assert unexpected_errors(browser) == []
+
+
 def test_cancel_stops_a_download_and_leaves_no_partial_file(
     stack: Stack, hub: FakeHub, browser: WebDriver, tmp_path: Path
 ) -> None:
