@@ -22,6 +22,9 @@ from jan.model.v1 import model_pb2
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 T = TypeVar("T")
+# A runner's answers that mean "not here; the catalog places it again": the model is not loaded there
+# (any more), or the runner is shutting down and takes no new requests.
+ELSEWHERE = frozenset({"model_not_loaded", "runner_draining"})
 
 
 class PlacementCache:
@@ -121,7 +124,7 @@ class Serving:
             try:
                 return await send(hinted)
             except APIError as exc:
-                if not isinstance(exc, Unreachable) and exc.code != "model_not_loaded":
+                if not isinstance(exc, Unreachable) and exc.code not in ELSEWHERE:
                     raise
                 self.placements.drop(model_id)
         jit = self.settings.jit_start
@@ -129,10 +132,10 @@ class Serving:
         try:
             return await send(runner)
         except APIError as exc:
-            if exc.code != "model_not_loaded" or not jit:
+            if exc.code not in ELSEWHERE or not jit:
                 raise
         # Unloaded between placement and the request (keep-alive ran out, or the catalog had not heard
-        # yet): the runner's word wins, load it again, once.
+        # yet), or the runner has begun shutting down: the runner's word wins, place it again, once.
         self.placements.drop(model_id)
         runner = await self.runner_for(model_id, start=True, keep_alive=keep_alive, always_load=True)
         return await send(runner)

@@ -442,17 +442,17 @@ class Catalog:
 
     async def place(self, model_id: str) -> tuple[catalog_pb.Runner, bool]:
         model = await self.get(model_id)
-        runners = self.live_runners()
+        live = self.live_runners()
+        runners = [r for r in live if not r.draining]  # shutting down: finishing what it has, no more
         for runner in runners:
             if model_id in runner.model_ids:
                 return runner, True
         able = [r for r in runners if not r.engines or model.engine in r.engines]
         if not able:
-            raise Unavailable(
-                f"no runner is available for {model.engine} models"
-                + ("" if runners else " (none has registered with the catalog)"),
-                code="no_runner",
-            )
+            why = " (none has registered with the catalog)" if not live else ""
+            if live and not runners:
+                why = " (every runner is shutting down)"
+            raise Unavailable(f"no runner is available for {model.engine} models{why}", code="no_runner")
         best = max(able, key=lambda r: (r.memory_budget_bytes - r.memory_used_bytes, r.name))
         return best, False
 

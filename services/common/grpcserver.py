@@ -122,8 +122,10 @@ async def run_until_signal(
     *,
     on_start: Callable[[], Awaitable[None]] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_signal: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Starts the server, runs on_start (then reports SERVING), waits for SIGTERM/SIGINT, stops."""
+    """Starts the server, runs on_start (then reports SERVING), waits for SIGTERM/SIGINT, runs on_signal
+    while still serving (a runner drains: the requests in flight finish), then stops."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,6 +137,8 @@ async def run_until_signal(
     freeze_startup_objects()
     log.info("serving %s on port %d", ", ".join(server.service_names), server.port)
     await stop.wait()
+    if on_signal is not None:
+        await on_signal()
     log.info("stopping")
     await server.stop()
     if on_stop is not None:

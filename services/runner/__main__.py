@@ -22,7 +22,7 @@ async def serve(settings: RunnerSettings, storage_settings: StorageSettings) -> 
         await runner.close()
         await catalog.close()
 
-    await run_until_signal(server, on_start=runner.start, on_stop=stop)
+    await run_until_signal(server, on_start=runner.start, on_stop=stop, on_signal=runner.drain)
 
 
 def main() -> None:

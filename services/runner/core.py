@@ -123,6 +123,7 @@ class Runner:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._heartbeat_interval = 2.0
+        self.draining = False
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -130,6 +131,29 @@ class Runner:
         metrics.watch(self)
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="runner-heartbeat"))
         self._tasks.append(asyncio.create_task(self._reaper_loop(), name="runner-keep-alive"))
+
+    async def drain(self) -> None:
+        """Takes no new requests (the catalog hears it at once and places elsewhere) and waits, up to
+        `drain_timeout_s`, for those in flight to finish."""
+        self.draining = True
+        busy = sum(h.active for h in self.loaded.values())
+        log.info("draining: %d requests in flight, up to %.0f s", busy, self.settings.drain_timeout_s)
+        with contextlib.suppress(Exception):
+            await self.heartbeat()
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while (busy := sum(h.active for h in self.loaded.values())) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if busy:
+            log.warning("drain timeout: %d requests still in flight are cut off", busy)
+        else:
+            log.info("drained: no request in flight")
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise Unavailable(
+                f"runner {self.settings.name} is shutting down and takes no new requests",
+                code="runner_draining",
+            )
 
     async def close(self) -> None:
         self._stop.set()
@@ -156,6 +180,7 @@ class Runner:
             memory_used_bytes=self.memory_used,
             model_ids=sorted(self.loaded),
             engines=sorted(self.engines),
+            draining=self.draining,
         )
 
     async def heartbeat(self) -> None:
@@ -191,6 +216,7 @@ class Runner:
     async def load(
         self, model_id: str, overrides: dict[str, Any] | None = None, keep_alive_s: float = 0.0
     ) -> Hosted:
+        self._refuse_if_draining()
         overrides = overrides or {}
         keep = keep_alive_s or self.settings.keep_alive_s
         lock = self._loading.setdefault(model_id, asyncio.Lock())
@@ -365,6 +391,7 @@ class Runner:
     # --- serving ------------------------------------------------------------------------------------------
 
     def _hosted(self, model_id: str) -> Hosted:
+        self._refuse_if_draining()
         hosted = self.loaded.get(model_id)
         if hosted is None:
             raise FailedPrecondition(f"{model_id} is not loaded on this runner", code="model_not_loaded")

@@ -72,6 +72,13 @@ class RunnerSettings(BaseSettings):
     memory_budget_bytes: int = Field(
         default_factory=_default_budget, ge=64 * 1024**2, description="Memory the loaded models may use."
     )
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM: how long requests in flight may take to finish (no new ones are taken) "
+        "before the runner exits anyway.",
+    )
     keep_alive_s: float = Field(
         default=300.0, ge=-1, description="An idle model is unloaded after this long (-1 = never)."
     )

@@ -697,6 +697,7 @@ class Runner(_message.Message):
     MODEL_IDS_FIELD_NUMBER: _builtins.int
     ENGINES_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name (e.g. the pod name)."""
     address: _builtins.str
@@ -705,6 +706,8 @@ class Runner(_message.Message):
     memory_used_bytes: _builtins.int
     last_seen: _builtins.float
     """Unix seconds of the last heartbeat."""
+    draining: _builtins.bool
+    """Shutting down (SIGTERM): it finishes the requests it has and takes no new ones; placement skips it."""
     @_builtins.property
     def model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Models loaded now."""
@@ -723,10 +726,11 @@ class Runner(_message.Message):
         model_ids: _abc.Iterable[_builtins.str] | None = ...,
         engines: _abc.Iterable[_builtins.str] | None = ...,
         last_seen: _builtins.float = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "engines", b"engines", "last_seen", b"last_seen", "memory_budget_bytes", b"memory_budget_bytes", "memory_used_bytes", b"memory_used_bytes", "model_ids", b"model_ids", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "draining", b"draining", "engines", b"engines", "last_seen", b"last_seen", "memory_budget_bytes", b"memory_budget_bytes", "memory_used_bytes", b"memory_used_bytes", "model_ids", b"model_ids", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
