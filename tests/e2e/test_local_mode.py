@@ -1,0 +1,177 @@
+"""Local mode as `make up` runs it (`python -m cli.stack up`): several runners, a supervisor that brings a
+crashed service back, ports recorded in JAN_ROOT/run/stack.json so stacks of different JAN_ROOTs run side
+by side, one clear line when the gateway's port is taken, and `down` leaving no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from cli.stack import free_port
+from cli.supervisor import Backoff
+from jan.catalog.v1 import catalog_service_pb2 as pb
+from jan.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.e2e
+
+PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def wait_for(check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+    return value
+
+
+def stack_env(root: Path, **more: str) -> dict[str, str]:
+    """The caller's environment without anything that would choose ports or runners for the stack."""
+    env = {k: v for k, v in os.environ.items() if k not in PROXIES and not k.endswith("_PORT")}
+    env.pop("JAN_LOCAL_RUNNERS", None)
+    env.update(
+        JAN_ROOT=str(root),
+        JAN_GATEWAY_PORT=str(free_port()),
+        JAN_CATALOG_SEED_MODELS_DIR="",
+        JAN_RUNNER_THREADS="1",
+        JAN_CATALOG_REPORT_TTL_S="3",  # heartbeats every 0.75 s
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    env.update(more)
+    return env
+
+
+def stack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.stack", command], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def record(env: dict[str, str]) -> dict[str, Any]:
+    return json.loads((Path(env["JAN_ROOT"]) / "run" / "stack.json").read_text())  # type: ignore[no-any-return]
+
+
+def pid(env: dict[str, str], name: str) -> int:
+    return int((Path(env["JAN_ROOT"]) / "run" / f"{name}.pid").read_text())
+
+
+def runners(env: dict[str, str]) -> dict[str, pb.Runner]:
+    address = f"127.0.0.1:{record(env)['services']['catalog']['port']}"
+    with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        reply = pb_grpc.CatalogServiceStub(channel).ListRunners(pb.ListRunnersRequest(), timeout=5)
+    return {r.name: r for r in reply.runners}
+
+
+def processes_of(root: Path) -> list[int]:
+    """Every live process started with this JAN_ROOT in its environment (the supervisor and its services)."""
+    mark = f"JAN_ROOT={root}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "status").read_text().split("State:")[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if mark in environ and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    env = stack_env(tmp_path_factory.mktemp("jan3"), JAN_LOCAL_RUNNERS="3")
+    up = stack("up", env)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"http://127.0.0.1:{env['JAN_GATEWAY_PORT']}" in up.stdout
+        yield env
+    finally:
+        down = stack("down", env)
+    assert down.returncode == 0, down.stderr
+    assert processes_of(Path(env["JAN_ROOT"])) == []  # the restarted runner included
+
+
+def test_three_runners_register_each_on_its_own_ports(three: dict[str, str]) -> None:
+    url = f"http://127.0.0.1:{three['JAN_GATEWAY_PORT']}"
+    assert httpx.get(f"{url}/healthz", trust_env=False).json()["runners"] == 3
+    services = record(three)["services"]
+    assert list(services) == ["catalog", "downloader", "runner-1", "runner-2", "runner-3", "gateway"]
+    ports = [s["port"] for s in services.values()] + [
+        s["metrics_port"] for s in services.values() if "metrics_port" in s
+    ]
+    assert len(set(ports)) == len(ports) == 11
+    registered = runners(three)
+    assert {name: r.address for name, r in registered.items()} == {
+        name: f"127.0.0.1:{services[name]['port']}" for name in ("runner-1", "runner-2", "runner-3")
+    }
+    metrics = httpx.get(f"http://127.0.0.1:{services['runner-3']['metrics_port']}/metrics", trust_env=False)
+    assert metrics.status_code == 200
+
+
+def test_a_killed_runner_comes_back_and_registers_again(three: dict[str, str]) -> None:
+    before = pid(three, "runner-2")
+    os.kill(before, signal.SIGKILL)
+    killed_at = time.time()
+    after = wait_for(lambda: pid(three, "runner-2") != before and pid(three, "runner-2"), timeout=15)
+    log = (Path(three["JAN_ROOT"]) / "logs" / "supervisor.log").read_text()
+    assert "runner-2 exited with status -9 (SIGKILL); restarting in 0.5 s" in log
+    assert f"runner-2 restarted (pid {after})" in log
+    # A heartbeat after the kill can only come from the new process.
+    wait_for(lambda: runners(three)["runner-2"].last_seen > killed_at + 0.5, timeout=15)
+    assert Path(f"/proc/{after}").exists()
+    assert set(runners(three)) == {"runner-1", "runner-2", "runner-3"}
+
+
+def test_a_taken_port_stops_up_with_one_line_naming_its_variable(
+    three: dict[str, str], tmp_path: Path
+) -> None:
+    taken = {
+        "JAN_GATEWAY_PORT": three["JAN_GATEWAY_PORT"],
+        "JAN_CATALOG_PORT": str(record(three)["services"]["catalog"]["port"]),
+    }
+    for variable, port in taken.items():
+        env = stack_env(tmp_path / variable, **{variable: port})
+        up = stack("up", env)
+        assert up.returncode != 0
+        assert up.stderr.strip() == f"port {port} ({variable}) is in use: set {variable} to a free port"
+        assert processes_of(tmp_path / variable) == []
+
+
+def test_a_second_root_runs_beside_and_down_leaves_no_process(three: dict[str, str], tmp_path: Path) -> None:
+    env = stack_env(tmp_path / "other")
+    up = stack("up", env)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        first = {s["port"] for s in record(three)["services"].values()}
+        second = record(env)
+        assert first.isdisjoint(s["port"] for s in second["services"].values())
+        assert set(runners(env)) == {"local"}  # one runner keeps the name it always had
+        started = processes_of(tmp_path / "other")
+        assert second["supervisor"] in started and len(started) == 5  # the supervisor and four services
+    finally:
+        down = stack("down", env)
+    assert down.returncode == 0, down.stderr
+    time.sleep(1.0)  # long enough for a (wrong) restart after down to show
+    assert processes_of(tmp_path / "other") == []
+    assert not (tmp_path / "other" / "run" / "stack.json").exists()
+    assert (
+        httpx.get(f"http://127.0.0.1:{three['JAN_GATEWAY_PORT']}/healthz", trust_env=False).status_code == 200
+    )
+
+
+def test_backoff_doubles_to_its_cap_and_resets_after_a_stable_run() -> None:
+    backoff = Backoff(initial=0.5, cap=4.0, stable_s=60.0)
+    assert [backoff.delay("runner-1", 1.0) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert backoff.delay("runner-2", 1.0) == 0.5  # per service
+    assert backoff.delay("runner-1", 61.0) == 0.5
