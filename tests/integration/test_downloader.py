@@ -13,15 +13,11 @@ import httpx
 import orjson
 import pytest
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
-from services.catalog.settings import CatalogSettings
 from services.common.storage import Storage, StorageSettings, make_storage
 from services.downloader.core import Downloader
-from services.downloader.settings import DownloaderSettings
 from tests.fakes.hub import FakeHub, Faults
-from tests.harness import serving_catalog, serving_downloader
+from tests.harness import hub_stack
 
 MiB = 1024 * 1024
 
@@ -60,37 +56,9 @@ def make_env(tmp_path: Path, hub: FakeHub) -> Callable[..., AsyncIterator[Env]]:
     ) -> AsyncIterator[Env]:
         root = tmp_path / "jan"
         storage = make_storage(storage_settings or StorageSettings(), root)
-        catalog = Catalog(
-            CatalogSettings(
-                root=root, port=0, seed_models_dir=None, watch_debounce_ms=10, allow_private_networks=True
-            ),
-            storage=storage,
-        )
-        async with serving_catalog(catalog) as cat_address:
-            values: dict[str, object] = {
-                "root": root,
-                "port": 0,
-                "catalog_address": cat_address,
-                "allow_private_networks": True,
-                "hf_endpoint": hub.url,
-                "hf_token": hub.token,
-                "stall_timeout_s": 1.0,
-                "backoff_initial_s": 0.05,
-                "backoff_max_s": 0.2,
-                "min_split_bytes": MiB,
-                "reserve_bytes": 0,
-                "progress_interval_s": 0.05,
-            }
-            values.update(downloader_kw)
-            settings = DownloaderSettings(**values)  # type: ignore[arg-type]
-            async with serving_downloader(settings, storage, stub_resolver) as (downloader, dl_address):
-                app = create_app(GatewaySettings(catalog_address=cat_address, downloader_address=dl_address))
-                async with app.router.lifespan_context(app):
-                    transport = httpx.ASGITransport(app=app)
-                    async with httpx.AsyncClient(
-                        transport=transport, base_url="http://gw", timeout=30
-                    ) as http:
-                        yield Env(http, hub, root, catalog, downloader, storage)
+        values: dict[str, object] = {"hf_token": hub.token, "min_split_bytes": MiB, **downloader_kw}
+        async with hub_stack(root, hub.url, storage=storage, resolver=stub_resolver, **values) as s:
+            yield Env(s.http, hub, root, s.catalog, s.downloader, s.storage)
 
     return make
 
