@@ -75,6 +75,7 @@ from services.common.errors import (
     Unimplemented,
 )
 from services.common.storage import LocalStorage, Storage, StorageError, StorageUsage
+from services.common.storage.fileops import hash_file
 
 log = logging.getLogger(__name__)
 
@@ -856,11 +857,8 @@ class Catalog:
         for path in sorted(staging.iterdir()):
             if path.name.startswith(".") or path.suffix == ".json" or path.is_symlink() or not path.is_file():
                 continue
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(4 * 1024 * 1024):
-                    digest.update(chunk)
-            self.backend.content.adopt(path, digest.hexdigest())
+            hasher, _ = hash_file(path)
+            self.backend.content.adopt(path, hasher.hexdigest())
 
     def _check_local(self, source: str) -> Path:
         path = self._local_path(source)

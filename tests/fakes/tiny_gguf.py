@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf
 import numpy as np
 from gguf import (
     MODEL_ARCH,
@@ -174,6 +175,43 @@ def write_tiny_gguf(path: Path, *, chat_template: str | None = None, seed: int =
             writer.add_tensor(f"blk.{i}.ffn_up.weight", rand(N_FF, N_EMBD))
             writer.add_tensor(f"blk.{i}.ffn_down.weight", rand(N_EMBD, N_FF))
 
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return path
+
+
+def write_header_gguf(
+    path: Path,
+    *,
+    name: str | None = None,
+    file_type: gguf.LlamaFileType | None = None,
+    arch: str = "llama",
+    tensors: int = 1,
+    vocab: int = 3,
+    context_length: int | None = None,
+    chat_template: str | None = None,
+) -> Path:
+    """A small valid GGUF for header and planning tests (not a model llama.cpp can run): general.* keys,
+    a vocabulary of `vocab` tokens with scores, and `tensors` tiny tensors (0 makes a vocabulary-only
+    file). general.file_type is written last, after the vocabulary, as llama.cpp's quantize does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(path, arch)
+    try:
+        if name is not None:
+            writer.add_name(name)
+        if context_length is not None:
+            writer.add_context_length(context_length)
+        if chat_template is not None:
+            writer.add_chat_template(chat_template)
+        writer.add_token_list([f"token-{i}" for i in range(vocab)])
+        writer.add_token_scores([-float(i) for i in range(vocab)])
+        if file_type is not None:
+            writer.add_file_type(file_type)
+        for i in range(tensors):
+            writer.add_tensor(f"t{i}.weight", np.zeros(4, dtype=np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -8,35 +8,26 @@ import time
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 
 from services.common import gguf as header_reader
 from services.common.gguf import gguf_facts, quantization_name, read_gguf_header
 from services.common.gguf_plan import ListedFile, find_candidates, hub_file_url, plan_models
+from tests.fakes.tiny_gguf import write_header_gguf
 
 # ---------------------------------------------------------------------------------------------------------
 # Header reader
 
 
 def _write(path: Path, *, tensors: int = 1, file_type: gguf.LlamaFileType | None = None) -> Path:
-    writer = gguf.GGUFWriter(path, "llama")
-    try:
-        writer.add_name("Tiny")
-        if file_type is not None:
-            writer.add_file_type(file_type)
-        writer.add_context_length(512)
-        writer.add_token_list(["<unk>", "a", "b"])
-        writer.add_token_scores([0.0, -1.0, -2.0])
-        writer.add_chat_template("{{ messages }}")
-        for i in range(tensors):
-            writer.add_tensor(f"t{i}", np.zeros(4, dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    return path
+    return write_header_gguf(
+        path,
+        name="Tiny",
+        file_type=file_type,
+        tensors=tensors,
+        context_length=512,
+        chat_template="{{ messages }}",
+    )
 
 
 def _fixed(*, magic: bytes = b"GGUF", version: int = 3, tensors: int = 1, keys: int = 1) -> bytes:

@@ -9,43 +9,14 @@ import time
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 
 from services.catalog.local_scan import DirectoryPlan, LocalFolder, LocalModel, plan_directory
+from tests.fakes.tiny_gguf import write_header_gguf as write_gguf
 
 HUB = "https://huggingface.co"
 COMMIT = "c" * 40
 OLD_COMMIT = "0" * 40
-
-
-def write_gguf(
-    path: Path,
-    *,
-    name: str | None = None,
-    file_type: gguf.LlamaFileType | None = None,
-    arch: str = "llama",
-    tensors: int = 1,
-    vocab: int = 3,
-) -> Path:
-    """A small valid GGUF: general.* keys, and `tensors` tiny tensors (0 makes a vocabulary-only file).
-    general.file_type is written last, after the vocabulary, as llama.cpp's quantize does."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, arch)
-    try:
-        if name is not None:
-            writer.add_name(name)
-        writer.add_token_list([f"token-{i}" for i in range(vocab)])
-        if file_type is not None:
-            writer.add_file_type(file_type)
-        for i in range(tensors):
-            writer.add_tensor(f"t{i}.weight", np.zeros(4, dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    return path
 
 
 def gguf_bytes(tmp_path: Path, *, name: str | None = None, tensors: int = 1) -> bytes:

@@ -91,23 +91,13 @@ class ContentStore:
             except FileNotFoundError:
                 st = None
             if st is not None and st.st_size == size:
-                if os.path.samestat(st, path.stat()):
-                    return True
-                if self._link(stored, path):
-                    return True
-                return False
+                return os.path.samestat(st, path.stat()) or self._link(stored, path)
             if st is not None:
                 # A stored file of another size under this name was not written by us: set it aside.
                 log.warning("content store: %s has %d bytes, not %d; replacing it", stored, st.st_size, size)
                 stored.unlink()
-            try:
-                os.link(path, stored)
-            except OSError as exc:
-                if exc.errno not in _NO_LINKS:
-                    raise
-                self._warn(exc)
-                return False
-            fsync_dir(self._dir)
+            if self._hard_link(path, stored):
+                fsync_dir(self._dir)
             return False
 
     def link_into(self, sha256: str, dst: Path) -> bool:
@@ -124,12 +114,7 @@ class ContentStore:
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".link", dir=dst.parent)
         os.close(fd)
         os.unlink(tmp)
-        try:
-            os.link(stored, tmp)
-        except OSError as exc:
-            if exc.errno not in _NO_LINKS:
-                raise
-            self._warn(exc)
+        if not self._hard_link(stored, Path(tmp)):
             return False
         try:
             os.replace(tmp, dst)
@@ -137,6 +122,19 @@ class ContentStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         fsync_dir(dst.parent)
+        return True
+
+    def _hard_link(self, src: Path, dst: Path) -> bool:
+        """os.link, or False (warned about once) where this filesystem will not share the inode."""
+        try:
+            os.link(src, dst)
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            if not self._warned:
+                self._warned = True
+                log.warning("content store: no hard links here (%s); identical files stay copies", exc)
+            return False
         return True
 
     def sweep(self) -> int:
@@ -167,8 +165,3 @@ class ContentStore:
                 return [e for e in it if len(e.name) == 64 and not e.name.startswith(".")]
         except FileNotFoundError:
             return []
-
-    def _warn(self, exc: OSError) -> None:
-        if not self._warned:
-            self._warned = True
-            log.warning("content store: no hard links here (%s); identical files stay copies", exc)
