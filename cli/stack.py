@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from cli.supervisor import Supervisor
+from services.runner.settings import RunnerSettings
 
 # Start order: the catalog first (everyone reports to it), the gateway last (it fronts the others).
 SERVICES = ("catalog", "downloader", "runner", "gateway")
@@ -40,6 +41,8 @@ MODULES = {
 GATEWAY_DEFAULT_PORT = 1337
 MAX_LOCAL_RUNNERS = 64
 RECORD = "stack.json"
+# The runner's own default of JAN_RUNNER_DRAIN_TIMEOUT_S.
+DRAIN_TIMEOUT_S: float = RunnerSettings.model_fields["drain_timeout_s"].default
 
 
 class StackError(Exception):
@@ -224,10 +227,15 @@ class Stack:
             return ""
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Runners first, all at once and given their drain (the requests they are serving finish through
+        the gateway, still up), then the others in reverse start order, each within `timeout`."""
+        runners = [n for n in self.names if kind(n) == "runner"]
+        pids = [pid for pid in map(self._pid, runners) if pid is not None]
+        _terminate_all(pids, drain_timeout_s(self.extra_env) + timeout)
         for name in reversed(self.names):
             pid = self._pid(name)
             if pid is not None:
-                _terminate(pid, timeout)
+                _terminate_all([pid], timeout)
             (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
         self.procs.clear()
 
@@ -270,28 +278,47 @@ def _exists(pid: int) -> bool:
         return True
 
 
+def drain_timeout_s(extra_env: Mapping[str, str]) -> float:
+    """How long a runner told to stop may take to finish its requests (JAN_RUNNER_DRAIN_TIMEOUT_S)."""
+    value = extra_env.get("JAN_RUNNER_DRAIN_TIMEOUT_S") or os.environ.get("JAN_RUNNER_DRAIN_TIMEOUT_S")
+    try:
+        return max(0.0, float(value)) if value else DRAIN_TIMEOUT_S
+    except ValueError:
+        return DRAIN_TIMEOUT_S
+
+
 def _terminate(pid: int, timeout: float) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+    _terminate_all([pid], timeout)
+
+
+def _terminate_all(pids: list[int], timeout: float) -> None:
+    """SIGTERM to each, then SIGKILL to those still running after `timeout`; every one reaped."""
+    waiting = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            waiting.append(pid)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while waiting and time.monotonic() < deadline:
+        waiting = [pid for pid in waiting if not _ended(pid)]
+        if waiting:
+            time.sleep(0.05)
+    for pid in waiting:
         try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return
-        except ChildProcessError:  # not our child (started by an earlier `up`)
-            if not _exists(pid):
-                return
-        time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        # Reaped before returning, so its ports are free for whatever starts next.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _ended(pid: int) -> bool:
     try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    # Reaped before returning, so its ports are free for whatever starts next.
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return bool(done)
+    except ChildProcessError:  # not our child (started by an earlier `up`)
+        return not _exists(pid)
 
 
 # --- local mode: the plan of ports, its record, up and down --------------------------------------------
@@ -413,8 +440,8 @@ def down(root: Path) -> None:
     record = read_record(root)
     supervisor = record.get("supervisor")
     if isinstance(supervisor, int) and _running(supervisor, "cli.stack"):
-        # It stops its services one by one, each within Stack.stop's 10 s.
-        _terminate(supervisor, 10.0 * (len(record.get("services", {})) + 1))
+        # It stops its runners (within their drain), then its other services one by one (each within 10 s).
+        _terminate(supervisor, drain_timeout_s({}) + 10.0 * (len(record.get("services", {})) + 2))
     leftovers = [p.stem for p in (root / "run").glob("*.pid") if kind(p.stem) in MODULES]
     Stack(root=root, ports=dict.fromkeys(leftovers, 0)).stop()
     (root / "run" / RECORD).unlink(missing_ok=True)

@@ -135,9 +135,13 @@ class CatalogClient(ServiceClient):
         finally:
             self.after_write()
 
-    async def place(self, model_id: str) -> catalog_pb.PlaceModelResponse:
-        """Where the model runs, or the runner that should load it (the catalog decides)."""
-        return await self._unary(self.stub.PlaceModel, catalog_pb.PlaceModelRequest(model_id=model_id))
+    async def place(self, request: catalog_pb.PlaceModelRequest) -> catalog_pb.PlaceModelResponse:
+        """Where the model's replicas run, and where more go (the catalog decides)."""
+        return await self._unary(self.stub.PlaceModel, request)
+
+    async def release(self, model_id: str) -> None:
+        """Forgets the replicas the model was started with (before an explicit stop)."""
+        await self._unary(self.stub.ReleaseModel, catalog_pb.ReleaseModelRequest(model_id=model_id))
 
     async def get_model(self, model_id: str) -> model_pb2.Model:
         reply = await self._unary(self.stub.GetModel, catalog_pb.GetModelRequest(id=model_id))

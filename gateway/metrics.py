@@ -1,11 +1,14 @@
 """Per request on the gateway: the request id (from the client's `X-Request-Id`, else a new one; in the
-response, in every log line, and passed on to the services as gRPC metadata) and the Prometheus metrics
-served at `/metrics`: requests by route template, method and status, their durations, errors by code.
+response, in every log line, and passed on to the services as gRPC metadata), the runner that served it
+(`X-Jan-Runner`, set by the serving layer) and the Prometheus metrics served at `/metrics`: requests by
+route template, method and status, their durations, errors by code; outstanding inference requests by
+model and by runner, and each model's replicas (gateway/routing.py, gateway/serving.py).
 """
 
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
@@ -28,6 +31,24 @@ HTTP_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 HTTP_IN_PROGRESS = Gauge("jan_http_requests_in_progress", "HTTP requests being served by the gateway.")
+MODEL_OUTSTANDING = Gauge(
+    "jan_gateway_model_outstanding_requests",
+    "Inference requests this gateway has sent to a model's replicas and not seen finish, by model.",
+    ["model"],
+)
+RUNNER_OUTSTANDING = Gauge(
+    "jan_gateway_runner_outstanding_requests",
+    "Inference requests this gateway has sent to a runner and not seen finish, by runner.",
+    ["runner"],
+)
+MODEL_REPLICAS = Gauge(
+    "jan_gateway_model_replicas",
+    "Replicas of a model running, as the catalog last placed it for this gateway, by model.",
+    ["model"],
+)
+# The runner that served the current request (the serving layer appends its name): the X-Jan-Runner header.
+served_by: ContextVar[list[str] | None] = ContextVar("served_by", default=None)
+RUNNER_HEADER = b"x-jan-runner"
 # Paths that match no route share one label, so that scanners cannot grow the label set without bound.
 UNMATCHED = "<unmatched>"
 _HEADER = REQUEST_ID_HEADER.lower().encode()
@@ -51,6 +72,8 @@ class RequestMiddleware:
         sent = next((v for k, v in scope["headers"] if k == _HEADER), b"")
         rid = valid_request_id(sent.decode("latin-1"))
         token = request_id.set(rid)
+        runner: list[str] = []
+        served_token = served_by.set(runner)
         status = 500
         started = time.perf_counter()
 
@@ -58,7 +81,10 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (_HEADER, rid.encode())]
+                headers = [*message.get("headers", []), (_HEADER, rid.encode())]
+                if runner:
+                    headers.append((RUNNER_HEADER, runner[-1].encode()))
+                message["headers"] = headers
             await send(message)
 
         HTTP_IN_PROGRESS.inc()
@@ -71,6 +97,7 @@ class RequestMiddleware:
             method = scope["method"]
             HTTP_REQUESTS.labels(method, template, str(status)).inc()
             HTTP_SECONDS.labels(method, template).observe(time.perf_counter() - started)
+            served_by.reset(served_token)
             request_id.reset(token)
 
 

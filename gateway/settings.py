@@ -45,6 +45,20 @@ class GatewaySettings(BaseSettings):
         description="How long an inference request may reuse the catalog's answer of which runner hosts a "
         "running model instead of asking again (0: ask on every request).",
     )
+    routing: str = Field(
+        default="affinity",
+        pattern="^(affinity|least_loaded)$",
+        description="How a request picks among a model's replicas: 'affinity' (a conversation goes back to "
+        "the replica holding its prefix cache unless that one is overloaded, else fewest outstanding) or "
+        "'least_loaded' (fewest outstanding requests only).",
+    )
+    affinity_load_factor: float = Field(
+        default=1.25,
+        ge=1.0,
+        le=10.0,
+        description="Bounded-load affinity: a replica takes a conversation back only while it holds at "
+        "most this many times its fair share of the outstanding requests.",
+    )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest JSON request body.")
     rpc_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Deadline of one catalog call.")
     transfer_timeout_s: float = Field(

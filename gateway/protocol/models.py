@@ -66,7 +66,12 @@ class StateOut(BaseModel):
     reason: str = Field(description="Why the model is in this state (e.g. which binary is missing).")
     bytes_done: int
     bytes_total: int
-    runner: str
+    runner: str = Field(description="The runner hosting the model (the first replica's), when running.")
+    runners: list[str] = Field(description="Every runner hosting a replica, when running.")
+    replicas_wanted: int = Field(
+        description="Replicas the model was started with (parameters.replicas or the start's); 0 when not "
+        "started through this catalog. A reason says so when fewer run."
+    )
 
 
 class BinaryOut(BaseModel):
@@ -351,6 +356,8 @@ def state_dict(m: model_pb2.Model) -> dict[str, Any]:
         "bytes_done": d.bytes_done,
         "bytes_total": d.bytes_total,
         "runner": d.runner,
+        "runners": list(d.runners),
+        "replicas_wanted": d.replicas_wanted,
     }
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The compose stack for real, as CI runs it: installs the Docker engine when missing, starts dockerd
 # (unless one already answers), builds the local base image with debootstrap (once: it is kept), builds
-# the images, `docker-compose up`, then through the gateway on localhost:1337 imports the Gemma 3 270M
-# model by URL, downloads it into the S3 stand-in, starts it, streams a chat with the openai SDK, stops
-# it, and tears everything down (`down -v`, dockerd stopped if this script started it).
+# the images, `docker-compose up` with two runners (`--scale runner=2`), then through the gateway on
+# localhost:1337 imports the Gemma 3 270M model by URL with `replicas: 2`, downloads it into the S3
+# stand-in, starts it (a replica on each runner), streams a chat with the openai SDK, spreads concurrent
+# chats over both, stops it, and tears everything down (`down -v`, dockerd stopped if this script started
+# it).
 #
 #   scripts/ci/compose-e2e.sh            # from the repository root, as root, after `make venv`
 #
@@ -113,9 +115,9 @@ fi
 chmod -R a+rX build/compose-e2e/files
 
 # 7. Up, ordered by health checks; then the scenario through the gateway.
-log "docker-compose up"
-"${COMPOSE[@]}" up -d
-"$VENV/bin/python" scripts/ci/compose_e2e.py --url http://127.0.0.1:1337 \
+log "docker-compose up (2 runners)"
+"${COMPOSE[@]}" up -d --scale runner=2
+"$VENV/bin/python" scripts/ci/compose_e2e.py --url http://127.0.0.1:1337 --runners 2 \
 	--source-url http://files:8000/gemma-3-270m-Q4_K_M.gguf \
 	--local-file build/compose-e2e/files/gemma-3-270m-Q4_K_M.gguf
 log "scenario passed"

@@ -1,13 +1,15 @@
 """The compose stack's scenario, driven from the host through the gateway only (scripts/ci/compose-e2e.sh):
-waits for /healthz with a runner, lists models, imports a GGUF by URL, downloads it (into the bucket),
-starts it, streams a chat with the official openai SDK, stops it. Then, with `--local-file`, the same
-GGUF from the host's disk through `jan models import` (the containers cannot read the path: the CLI
-uploads it, the catalog puts it into the bucket), started and asked once. Exits non-zero on the first
-failure."""
+waits for /healthz with `--runners` runners, lists models, imports a GGUF by URL with that many replicas,
+downloads it (into the bucket), starts it (a replica on each runner), streams a chat with the official
+openai SDK, sends concurrent chats that the gateway spreads over the replicas (X-Jan-Runner), stops it.
+Then, with `--local-file`, the same GGUF from the host's disk through `jan models import` (the containers
+cannot read the path: the CLI uploads it, the catalog puts it into the bucket), started and asked once.
+Exits non-zero on the first failure."""
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import subprocess
 import sys
 import time
@@ -24,20 +26,20 @@ def step(message: str) -> None:
     print(f"[compose-e2e] {message}", flush=True)
 
 
-def wait_healthy(http: httpx.Client, timeout: float) -> dict:
+def wait_healthy(http: httpx.Client, timeout: float, runners: int) -> dict:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         try:
             resp = http.get("/healthz")
             body = resp.json()
-            if resp.status_code == 200 and body.get("runners", 0) >= 1:
+            if resp.status_code == 200 and body.get("runners", 0) >= runners:
                 return body
             last = f"{resp.status_code} {body}"
         except (httpx.HTTPError, ValueError) as exc:
             last = repr(exc)
         time.sleep(0.5)
-    raise SystemExit(f"the gateway did not become healthy with a runner in {timeout:.0f} s: {last}")
+    raise SystemExit(f"the gateway did not become healthy with {runners} runners in {timeout:.0f} s: {last}")
 
 
 def wait_download(http: httpx.Client, model_id: str, timeout: float) -> dict:
@@ -76,12 +78,13 @@ def main() -> None:
     parser.add_argument("--source-url", required=True, help="where the containers can fetch the GGUF")
     parser.add_argument("--local-file", type=Path, help="a GGUF on the host, imported through the CLI")
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--runners", type=int, default=1, help="runners the stack has; replicas of the model")
     args = parser.parse_args()
     t0 = time.monotonic()
     http = httpx.Client(base_url=args.url, timeout=60.0)
     client = OpenAI(base_url=f"{args.url}/v1", api_key="unused")
 
-    health = wait_healthy(http, args.timeout)
+    health = wait_healthy(http, args.timeout, args.runners)
     step(f"healthy after {time.monotonic() - t0:.1f} s: {health}")
 
     page = http.get("/", headers={"Accept": "text/html"})
@@ -100,7 +103,11 @@ def main() -> None:
         http.delete(f"/v1/models/{MODEL_ID}").raise_for_status()
     resp = http.post(
         "/v1/models",
-        json={"source_url": args.source_url, "id": MODEL_ID, "parameters": {"ctx_len": 2048}},
+        json={
+            "source_url": args.source_url,
+            "id": MODEL_ID,
+            "parameters": {"ctx_len": 2048, "replicas": args.runners},
+        },
     )
     if resp.status_code != 201:
         raise SystemExit(f"import failed: {resp.status_code} {resp.text}")
@@ -114,8 +121,10 @@ def main() -> None:
     resp = http.post(f"/v1/models/{MODEL_ID}/start", timeout=args.timeout)
     if resp.status_code != 200 or resp.json().get("state") != "running":
         raise SystemExit(f"start failed: {resp.status_code} {resp.text}")
-    runner = http.get(f"/v1/models/{MODEL_ID}/state").json().get("runner")
-    step(f"running on {runner}")
+    state = http.get(f"/v1/models/{MODEL_ID}/state").json()
+    if len(state["runners"]) != args.runners or state["replicas_wanted"] != args.runners:
+        raise SystemExit(f"{args.runners} replicas wanted, on distinct runners: {state}")
+    step(f"running on {', '.join(state['runners'])}")
 
     pieces: list[str] = []
     stream = client.chat.completions.create(
@@ -133,6 +142,9 @@ def main() -> None:
         raise SystemExit(f"the stream produced no text ({len(pieces)} chunks)")
     step(f"streamed {len(pieces)} chunks: {text.strip()[:80]!r}")
 
+    if args.runners > 1:
+        spread(http, args.runners)
+
     http.post(f"/v1/models/{MODEL_ID}/stop").raise_for_status()
     wait_state(http, MODEL_ID, "stopped", 30)
     step(f"stopped after {time.monotonic() - t0:.1f} s")
@@ -140,6 +152,27 @@ def main() -> None:
     if args.local_file is not None:
         upload(http, client, args.url, args.local_file, args.timeout)
     step(f"scenario done in {time.monotonic() - t0:.1f} s")
+
+
+def spread(http: httpx.Client, runners: int) -> None:
+    """Concurrent chats, each answered by one of the replicas: together by all of them."""
+
+    def chat(i: int) -> str:
+        body = {
+            "model": MODEL_ID,
+            "messages": [{"role": "user", "content": f"Count to {i}."}],
+            "max_tokens": 16,
+        }
+        resp = http.post("/v1/chat/completions", json=body)
+        if resp.status_code != 200:
+            raise SystemExit(f"chat {i} failed: {resp.status_code} {resp.text}")
+        return resp.headers["x-jan-runner"]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2 * runners) as pool:
+        served = list(pool.map(chat, range(2 * runners)))
+    if len(set(served)) != runners:
+        raise SystemExit(f"{2 * runners} concurrent chats were not spread over {runners} replicas: {served}")
+    step(f"{len(served)} concurrent chats served by {sorted(set(served))}")
 
 
 def upload(http: httpx.Client, client: OpenAI, url: str, file: Path, timeout: float) -> None:

@@ -60,6 +60,7 @@ from services.catalog.model import (
     split_id,
     to_pb,
 )
+from services.catalog.placement import Placed, Placement
 from services.catalog.settings import CatalogSettings
 from services.catalog.watched import WatchedDirs
 from services.common import netsafety
@@ -67,7 +68,6 @@ from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    JanError,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -117,7 +117,6 @@ class Catalog:
         self._locks: dict[str, asyncio.Lock] = {}
         self._runtime: dict[str, Runtime] = {}
         self._reported_at: dict[str, float] = {}
-        self._runners: dict[str, catalog_pb.Runner] = {}
         self._sorted: list[str] | None = None
         self._by_id: dict[str, model_pb2.Model] = {}
         # Serialised form of each model as a `repeated Model models = 1` element, made once per change.
@@ -127,6 +126,7 @@ class Catalog:
         self._stop = asyncio.Event()
         self.links = LinkRegistry(settings.state_dir / "links.json", self.models_dir)
         self.watched = WatchedDirs(self, settings.watch_dirs, settings.state_dir / "watched.json")
+        self.placement = Placement(settings.report_ttl_s, self.get, self.report_runtime)
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -405,57 +405,38 @@ class Catalog:
             self._publish(Change("updated", model_id, model=pb))
         return entry.pb
 
-    # --- runners and placement ----------------------------------------------------------------------------
+    # --- runners and placement (services/catalog/placement.py) ------------------------------------------
 
-    async def register_runner(self, runner: catalog_pb.Runner) -> float:
-        """A runner's heartbeat: remembers it and marks the models it hosts running (or no longer)."""
-        if not runner.name or not runner.address:
-            raise InvalidArgument("a runner needs a name and an address", param="runner")
-        previous = self._runners.get(runner.name)
-        stored = catalog_pb.Runner()
-        stored.CopyFrom(runner)
-        stored.last_seen = time.time()
-        self._runners[runner.name] = stored
-        now = time.monotonic()
-        hosted = set(runner.model_ids)
-        for model_id in hosted:
-            current = self._runtime.get(model_id)
-            self._reported_at[model_id] = now
-            if (
-                current is None
-                or current.state != model_pb2.MODEL_STATE_RUNNING
-                or current.runner != runner.name
-            ):
-                with contextlib.suppress(JanError):
-                    await self.report_runtime(
-                        model_id, Runtime(state=model_pb2.MODEL_STATE_RUNNING, runner=runner.name)
-                    )
-        for model_id in set(previous.model_ids if previous else ()) - hosted:
-            current = self._runtime.get(model_id)
-            if current is not None and current.runner == runner.name:
-                with contextlib.suppress(JanError):
-                    await self.report_runtime(model_id, Runtime())
-        return self.settings.report_ttl_s / 4
+    async def register_runner(self, runner: catalog_pb.Runner) -> tuple[float, list[catalog_pb.Assignment]]:
+        """A runner's heartbeat: where its models run now, and the replicas it should load."""
+        return await self.placement.register(runner)
 
     def live_runners(self) -> list[catalog_pb.Runner]:
-        cutoff = time.time() - self.settings.report_ttl_s
-        return sorted((r for r in self._runners.values() if r.last_seen >= cutoff), key=lambda r: r.name)
+        return self.placement.live()
 
-    async def place(self, model_id: str) -> tuple[catalog_pb.Runner, bool]:
-        model = await self.get(model_id)
-        live = self.live_runners()
-        runners = [r for r in live if not r.draining]  # shutting down: finishing what it has, no more
-        for runner in runners:
-            if model_id in runner.model_ids:
-                return runner, True
-        able = [r for r in runners if not r.engines or model.engine in r.engines]
-        if not able:
-            why = " (none has registered with the catalog)" if not live else ""
-            if live and not runners:
-                why = " (every runner is shutting down)"
-            raise Unavailable(f"no runner is available for {model.engine} models{why}", code="no_runner")
-        best = max(able, key=lambda r: (r.memory_budget_bytes - r.memory_used_bytes, r.name))
-        return best, False
+    async def place(
+        self,
+        model_id: str,
+        *,
+        start: bool = False,
+        replicas: int = 0,
+        overrides_json: str = "",
+        keep_alive_s: float = 0.0,
+        avoid: frozenset[str] = frozenset(),
+    ) -> Placed:
+        if overrides_json:
+            parse_json_object(overrides_json, "overrides_json")
+        return await self.placement.place(
+            model_id,
+            start=start,
+            replicas=replicas,
+            overrides_json=overrides_json,
+            keep_alive_s=keep_alive_s,
+            avoid=avoid,
+        )
+
+    def release(self, model_id: str) -> None:
+        self.placement.release(model_id)
 
     async def _expire_reports_loop(self) -> None:
         """A download or a runner that stops reporting (its process died) no longer makes a model
@@ -465,8 +446,11 @@ class Catalog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), ttl / 3)
                 return
+            await self.placement.expire()
             now = time.monotonic()
             for model_id, runtime in list(self._runtime.items()):
+                if runtime.runners:
+                    continue  # where replicas run: the runners' heartbeats decide (placement.expire)
                 live = runtime.state in (model_pb2.MODEL_STATE_DOWNLOADING, model_pb2.MODEL_STATE_RUNNING)
                 if live and now - self._reported_at.get(model_id, now) > ttl:
                     what = "download" if runtime.state == model_pb2.MODEL_STATE_DOWNLOADING else "runner"
@@ -957,6 +941,7 @@ class Catalog:
                     if not b.spec.external_path and b.spec.name not in shared
                 ]
             removed = await asyncio.to_thread(self._delete_files, folder, stem, owned)
+        self.placement.forget(model_id)
         await self.refresh_folder(folder)
         return removed
 

@@ -373,6 +373,9 @@ class Runtime:
     runner: str = ""
     bytes_done: int = 0
     bytes_total: int = 0
+    # Every runner hosting a replica (runner is the first), and the replicas the model was started with.
+    runners: tuple[str, ...] = ()
+    replicas_wanted: int = 0
 
 
 def derive_state(obj: ModelObject, binaries: list[BinaryState], runtime: Runtime) -> int:
@@ -409,7 +412,12 @@ def to_pb(obj: ModelObject, binaries: list[BinaryState], runtime: Runtime, root:
         owned_by=obj.owned_by,
         state=state,  # type: ignore[arg-type]
         state_detail=model_pb2.StateDetail(
-            reason=reason, bytes_done=done, bytes_total=total, runner=runtime.runner
+            reason=reason,
+            bytes_done=done,
+            bytes_total=total,
+            runner=runtime.runner,
+            runners=runtime.runners or ([runtime.runner] if runtime.runner else []),
+            replicas_wanted=runtime.replicas_wanted,
         ),
         engine=obj.engine,
         parameters_json=orjson.dumps(obj.parameters).decode(),

@@ -168,14 +168,35 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     async def RegisterRunner(
         self, request: pb.RegisterRunnerRequest, context: aio.ServicerContext
     ) -> pb.RegisterRunnerResponse:
-        interval = await self.catalog.register_runner(request.runner)
-        return pb.RegisterRunnerResponse(heartbeat_interval_s=interval)
+        interval, assignments = await self.catalog.register_runner(request.runner)
+        return pb.RegisterRunnerResponse(heartbeat_interval_s=interval, assignments=assignments)
 
     async def PlaceModel(
         self, request: pb.PlaceModelRequest, context: aio.ServicerContext
     ) -> pb.PlaceModelResponse:
-        runner, loaded = await self.catalog.place(request.model_id)
-        return pb.PlaceModelResponse(runner=runner, loaded=loaded)
+        placed = await self.catalog.place(
+            request.model_id,
+            start=request.start,
+            replicas=request.replicas,
+            overrides_json=request.overrides_json,
+            keep_alive_s=request.keep_alive_s,
+            avoid=frozenset(request.avoid),
+        )
+        return pb.PlaceModelResponse(
+            runner=placed.runner,
+            loaded=placed.loaded,
+            replicas=placed.replicas,
+            targets=placed.targets,
+            wanted=placed.wanted,
+            overrides_json=placed.overrides_json,
+            keep_alive_s=placed.keep_alive_s,
+        )
+
+    async def ReleaseModel(
+        self, request: pb.ReleaseModelRequest, context: aio.ServicerContext
+    ) -> pb.ReleaseModelResponse:
+        self.catalog.release(request.model_id)
+        return pb.ReleaseModelResponse()
 
     async def ListRunners(
         self, request: pb.ListRunnersRequest, context: aio.ServicerContext

@@ -95,7 +95,9 @@ class CatalogClient:
         )
         await self._call("ReportModelRuntime", request)
 
-    async def register_runner(self, runner: pb.Runner) -> float:
-        return float(
-            (await self._call("RegisterRunner", pb.RegisterRunnerRequest(runner=runner))).heartbeat_interval_s
+    async def register_runner(self, runner: pb.Runner) -> pb.RegisterRunnerResponse:
+        """The heartbeat: how often to call again, and the replicas this runner should load."""
+        response: pb.RegisterRunnerResponse = await self._call(
+            "RegisterRunner", pb.RegisterRunnerRequest(runner=runner)
         )
+        return response

@@ -124,6 +124,9 @@ class Runner:
         self._stop = asyncio.Event()
         self._heartbeat_interval = 2.0
         self.draining = False
+        # Models unloaded on purpose (idle, or asked) not yet told to the catalog: it does not replace them.
+        self._released: set[str] = set()
+        self._assigned: set[asyncio.Task[None]] = set()
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -157,9 +160,9 @@ class Runner:
 
     async def close(self) -> None:
         self._stop.set()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._assigned]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._assigned]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for model_id in list(self.loaded):
@@ -181,10 +184,36 @@ class Runner:
             model_ids=sorted(self.loaded),
             engines=sorted(self.engines),
             draining=self.draining,
+            released_model_ids=sorted(self._released),
         )
 
     async def heartbeat(self) -> None:
-        self._heartbeat_interval = await self.catalog.register_runner(self.describe())
+        told = self.describe()
+        answer = await self.catalog.register_runner(told)
+        self._released -= set(told.released_model_ids)
+        self._heartbeat_interval = answer.heartbeat_interval_s
+        for assignment in answer.assignments:
+            self._take(assignment)
+
+    def _take(self, assignment: catalog_pb.Assignment) -> None:
+        """Loads a replica the catalog handed to this runner (a model short of the replicas it was started
+        with), in the background; a load of it already on its way is left to finish."""
+        model_id = assignment.model_id
+        lock = self._loading.get(model_id)
+        if model_id in self.loaded or (lock is not None and lock.locked()) or self.draining:
+            return
+
+        async def load() -> None:
+            try:
+                overrides = orjson.loads(assignment.overrides_json or "{}")
+                await self.load(model_id, overrides, assignment.keep_alive_s)
+                log.info("took a replica of %s, as the catalog asked", model_id)
+            except Exception as exc:
+                log.warning("cannot take the replica of %s the catalog handed here: %s", model_id, exc)
+
+        task = asyncio.create_task(load(), name=f"replica-{model_id}")
+        self._assigned.add(task)
+        task.add_done_callback(self._assigned.discard)
 
     async def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
@@ -209,7 +238,7 @@ class Runner:
                         "unloading %s: idle for its keep-alive (%.0f s)", hosted.model_id, hosted.keep_alive_s
                     )
                     with contextlib.suppress(Exception):
-                        await self.unload(hosted.model_id)
+                        await self.unload(hosted.model_id, release=True)
 
     # --- loading ------------------------------------------------------------------------------------------
 
@@ -247,6 +276,7 @@ class Runner:
                 raise
             hosted = Hosted(model_id=model_id, engine=engine, overrides=overrides, keep_alive_s=keep)
             self.loaded[model_id] = hosted
+            self._released.discard(model_id)
             log.info(
                 "loaded %s in %.2f s (%s, ~%d MiB)",
                 model_id,
@@ -342,12 +372,15 @@ class Runner:
                     code="insufficient_memory",
                 )
 
-    async def unload(self, model_id: str, *, report: bool = True) -> None:
+    async def unload(self, model_id: str, *, report: bool = True, release: bool = False) -> None:
+        """`release`: on purpose (idle, or asked), so that the catalog does not place a replacement."""
         hosted = self.loaded.pop(model_id, None)
         if hosted is None:
             raise NotFound(
                 f"{model_id} is not loaded on this runner", code="model_not_loaded", param="model_id"
             )
+        if release:
+            self._released.add(model_id)
         await hosted.engine.unload()
         log.info("unloaded %s", model_id)
         if report:

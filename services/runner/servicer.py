@@ -221,7 +221,7 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
     async def UnloadModel(
         self, request: pb.UnloadModelRequest, context: aio.ServicerContext
     ) -> pb.UnloadModelResponse:
-        await self.runner.unload(request.model_id)
+        await self.runner.unload(request.model_id, release=True)
         return pb.UnloadModelResponse()
 
     async def ListLoaded(

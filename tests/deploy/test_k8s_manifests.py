@@ -1,9 +1,11 @@
 """The deployment files, checked without a cluster or a Docker engine: every kustomize overlay renders
-and passes kubernetes-validate --strict, carries what the cluster needs (probes, limits, GPUs), and
-compose.yaml (plus the CI override) names every service with the wiring the stack depends on."""
+and passes kubernetes-validate --strict (also with each autoscaling component), carries what the cluster
+needs (probes, limits, GPUs, an autoscaler that fits the runners' drain), and compose.yaml (plus the CI
+override) names every service with the wiring the stack depends on."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,10 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-OVERLAYS = sorted(p.name for p in (ROOT / "deploy" / "k8s" / "overlays").iterdir() if p.is_dir())
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
+AUTOSCALERS = ("autoscale-hpa", "autoscale-keda")
+K8S_VERSIONS = ("1.29.0", "1.37.0")
 SERVICES = ("catalog", "downloader", "runner", "gateway")
 GRPC_PORTS = {"catalog": 13370, "downloader": 13371, "runner": 13372}
 KUBECTL = shutil.which("kubectl")
@@ -23,20 +28,49 @@ VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (kustomize renders)")
 
 
-def render(overlay: str) -> str:
+def kustomize(directory: Path) -> str:
     assert KUBECTL is not None
-    out = subprocess.run(
-        [KUBECTL, "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
 
+def render(overlay: str) -> str:
+    return kustomize(K8S / "overlays" / overlay)
+
+
+def render_with(tmp_path: Path, overlay: str, component: str) -> str:
+    """What an operator's overlay renders that takes `overlay` and adds `component` (kustomize wants the
+    paths relative)."""
+    here = Path(os.path.relpath(K8S, tmp_path))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [str(here / "overlays" / overlay)],
+        "components": [str(here / "components" / component)],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return kustomize(tmp_path)
+
+
+def by_key(rendered: str) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered) if d}
+
+
 def objects(overlay: str) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(render(overlay)) if d}
+    return by_key(render(overlay))
+
+
+def validate_strictly(rendered: str, k8s_version: str) -> None:
+    assert VALIDATE.exists(), f"{VALIDATE} missing: install the dev extra"
+    out = subprocess.run(
+        [str(VALIDATE), "--strict", "--quiet", "-k", k8s_version, "-"],
+        input=rendered,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def container(obj: dict[str, Any]) -> dict[str, Any]:
@@ -51,17 +85,9 @@ def test_there_are_cpu_and_gpu_overlays() -> None:
 
 @needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
-@pytest.mark.parametrize("k8s_version", ["1.29.0", "1.37.0"])
+@pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
 def test_overlay_passes_strict_validation(overlay: str, k8s_version: str) -> None:
-    assert VALIDATE.exists(), f"{VALIDATE} missing: install the dev extra"
-    out = subprocess.run(
-        [str(VALIDATE), "--strict", "--quiet", "-k", k8s_version, "-"],
-        input=render(overlay),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    validate_strictly(render(overlay), k8s_version)
 
 
 @needs_kubectl
@@ -134,6 +160,83 @@ def test_only_the_gateway_is_open_to_the_outside(overlay: str) -> None:
     assert [p["spec"]["podSelector"] for p in open_to_all] == [
         {"matchLabels": {"app.kubernetes.io/name": "gateway"}}
     ]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_runners_expose_metrics_to_prometheus(overlay: str) -> None:
+    objs = objects(overlay)
+    runner = objs[("StatefulSet", "runner")]
+    c = container(runner)
+    port = {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["JAN_RUNNER_METRICS_PORT"] == str(port)  # 0 would turn the metrics off
+    assert runner["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    scrape = objs[("NetworkPolicy", "runner-metrics-from-monitoring")]["spec"]["ingress"]
+    assert [p["port"] for rule in scrape for p in rule["ports"]] == ["metrics"]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("component", AUTOSCALERS)
+@pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
+def test_overlay_with_an_autoscaler_passes_strict_validation(
+    tmp_path: Path, component: str, k8s_version: str
+) -> None:
+    # KEDA's ScaledObject is a custom resource kubernetes-validate has no schema for: the next test
+    # checks its fields; everything else is validated as usual.
+    docs = [d for d in yaml.safe_load_all(render_with(tmp_path, "cpu", component)) if d]
+    core = [d for d in docs if not d["apiVersion"].startswith("keda.sh/")]
+    assert len(core) >= len(docs) - 1
+    validate_strictly(yaml.safe_dump_all(core), k8s_version)
+
+
+def scale_down_window(behavior: dict[str, Any]) -> int:
+    return int(behavior["scaleDown"]["stabilizationWindowSeconds"])
+
+
+@needs_kubectl
+def test_hpa_scales_runners_by_queue_depth_slower_than_they_drain(tmp_path: Path) -> None:
+    objs = by_key(render_with(tmp_path, "cpu", "autoscale-hpa"))
+    runner = objs[("StatefulSet", "runner")]
+    hpa = objs[("HorizontalPodAutoscaler", "runner")]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["metadata"]["namespace"] == runner["metadata"]["namespace"] == "jan-models"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "runner"}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["target"]["type"] == "AverageValue"
+    grace = runner["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert scale_down_window(hpa["spec"]["behavior"]) >= grace
+    assert "replicas" not in runner["spec"]  # or every `kubectl apply` would reset what the HPA chose
+
+    # The adapter's rule makes the HPA's metric out of the runners' per-model queue depth, per pod.
+    rules = yaml.safe_load(objs[("ConfigMap", "jan-models-adapter-rules")]["data"]["config.yaml"])["rules"]
+    [rule] = [r for r in rules if r["name"]["as"] == metric["pods"]["metric"]["name"]]
+    assert "jan_runner_model_queue_depth" in rule["seriesQuery"]
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    assert rule["metricsQuery"].startswith("sum(")
+
+
+@needs_kubectl
+def test_keda_scales_runners_by_queue_depth_slower_than_they_drain(tmp_path: Path) -> None:
+    objs = by_key(render_with(tmp_path, "cpu", "autoscale-keda"))
+    runner = objs[("StatefulSet", "runner")]
+    scaled = objs[("ScaledObject", "runner")]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["metadata"]["namespace"] == "jan-models"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "runner"}
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert "jan_runner_model_queue_depth" in trigger["metadata"]["query"]
+    assert trigger["metadata"]["serverAddress"].startswith("http")
+    assert float(trigger["metadata"]["threshold"]) > 0  # KEDA takes it as a string
+    grace = runner["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert scale_down_window(spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]) >= grace
+    assert "replicas" not in runner["spec"]
+    assert not [key for key in objs if key[0] == "HorizontalPodAutoscaler"]  # KEDA makes its own
 
 
 def load_compose(*names: str) -> dict[str, Any]:

@@ -1,9 +1,13 @@
 """Local mode as `make up` runs it (`python -m cli.stack up`): several runners, a supervisor that brings a
 crashed service back, ports recorded in JAN_ROOT/run/stack.json so stacks of different JAN_ROOTs run side
-by side, one clear line when the gateway's port is taken, and `down` leaving no process behind."""
+by side, one clear line when the gateway's port is taken, and `down` leaving no process behind. With three
+runners, a model of three replicas (the tiny GGUF on llama.cpp): one on each runner, requests spread,
+conversations kept on their replica, a killed runner taking its replica again, and a kill -9 under load
+failing no request that had not begun to answer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,6 +26,7 @@ from cli.stack import free_port
 from cli.supervisor import Backoff
 from jan.catalog.v1 import catalog_service_pb2 as pb
 from jan.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+from tests.harness import TINY_CHAT, write_tiny_chat_model
 
 pytestmark = pytest.mark.e2e
 
@@ -88,9 +93,19 @@ def processes_of(root: Path) -> list[int]:
     return found
 
 
+def url(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['JAN_GATEWAY_PORT']}"
+
+
 @pytest.fixture(scope="module")
 def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     env = stack_env(tmp_path_factory.mktemp("jan3"), JAN_LOCAL_RUNNERS="3")
+    root = Path(env["JAN_ROOT"])
+    write_tiny_chat_model(root)
+    model_file = root / "models" / "tiny" / "chat.json"
+    model = json.loads(model_file.read_text())
+    model["parameters"]["replicas"] = 3
+    model_file.write_text(json.dumps(model))
     up = stack("up", env)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -117,6 +132,104 @@ def test_three_runners_register_each_on_its_own_ports(three: dict[str, str]) -> 
     }
     metrics = httpx.get(f"http://127.0.0.1:{services['runner-3']['metrics_port']}/metrics", trust_env=False)
     assert metrics.status_code == 200
+
+
+def replicas_of(env: dict[str, str]) -> list[str]:
+    running = httpx.get(f"{url(env)}/v1/running", trust_env=False).json()["data"]
+    return sorted(r["runner"] for r in running if r["model_id"] == TINY_CHAT)
+
+
+def test_replicas_are_placed_on_three_runners(three: dict[str, str]) -> None:
+    started = httpx.post(f"{url(three)}/v1/models/{TINY_CHAT}/start", trust_env=False, timeout=120)
+    assert started.status_code == 200, started.text
+    assert started.json()["state"] == "running"
+    assert replicas_of(three) == ["runner-1", "runner-2", "runner-3"]
+    state = httpx.get(f"{url(three)}/v1/models/{TINY_CHAT}/state", trust_env=False).json()
+    assert state["runners"] == ["runner-1", "runner-2", "runner-3"]
+    assert (state["replicas_wanted"], state["reason"]) == (3, "")
+    chat = {"model": TINY_CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    answer = httpx.post(f"{url(three)}/v1/chat/completions", json=chat, trust_env=False, timeout=60)
+    assert answer.status_code == 200 and answer.headers["x-jan-runner"] in state["runners"]
+    metrics = httpx.get(f"{url(three)}/metrics", trust_env=False).text
+    assert f'jan_gateway_model_replicas{{model="{TINY_CHAT}"}} 3.0' in metrics
+    assert f'jan_gateway_model_outstanding_requests{{model="{TINY_CHAT}"}} 0.0' in metrics
+
+
+async def test_requests_spread_and_conversations_stay_on_their_replica(three: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=url(three), trust_env=False, timeout=120) as http:
+
+        async def conversation(i: int) -> list[str]:
+            messages = [{"role": "user", "content": f"conversation {i}"}]
+            served = []
+            for turn in range(3):
+                body = {"model": TINY_CHAT, "messages": messages, "max_tokens": 6}
+                answer = await http.post("/v1/chat/completions", json=body)
+                assert answer.status_code == 200, answer.text
+                served.append(answer.headers["x-jan-runner"])
+                reply = answer.json()["choices"][0]["message"]["content"]
+                messages += [
+                    {"role": "assistant", "content": reply},
+                    {"role": "user", "content": f"turn {turn}"},
+                ]
+            return served
+
+        served = await asyncio.gather(*(conversation(i) for i in range(6)))
+    assert all(len(set(s)) == 1 for s in served), served  # every turn on the replica of the first
+    assert {s[0] for s in served} == {"runner-1", "runner-2", "runner-3"}, served  # spread
+
+
+async def test_a_kill_9_under_load_fails_no_request_that_had_not_begun(three: dict[str, str]) -> None:
+    outcomes: list[tuple[bool, bool, str]] = []  # (began answering before the kill, ended well, runner)
+    killed = asyncio.Event()
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=url(three), trust_env=False, timeout=120) as http:
+
+        async def request(i: int) -> None:
+            body = {
+                "model": TINY_CHAT,
+                "messages": [{"role": "user", "content": f"load {i}"}],
+                "max_tokens": 64,
+                "stream": True,
+            }
+            began_before_kill, ok, runner = False, False, ""
+            try:
+                async with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+                    runner = resp.headers.get("x-jan-runner", "")
+                    began_before_kill = resp.status_code == 200 and not killed.is_set()
+                    lines = [line async for line in resp.aiter_lines() if line]
+                    ok = resp.status_code == 200 and lines[-1] == "data: [DONE]"
+                    ok = ok and not any('"error"' in line for line in lines)
+            except httpx.HTTPError:
+                pass
+            outcomes.append((began_before_kill, ok, runner))
+
+        async def client(c: int) -> None:
+            i = 0
+            while not stop.is_set():
+                await request(100 * c + i)
+                i += 1
+
+        clients = [asyncio.create_task(client(c)) for c in range(9)]
+        await asyncio.sleep(1.5)
+        os.kill(pid(three, "runner-3"), signal.SIGKILL)
+        killed.set()
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.gather(*clients)
+    before = [o for o in outcomes if o[0]]
+    assert sum(1 for o in before if o[2] == "runner-3") >= 3, outcomes  # it did serve, before the kill
+    after = [o for o in outcomes if not o[0]]
+    assert after and all(ok for _, ok, _ in after), outcomes  # retried on a live replica when need be
+    failed = [o for o in outcomes if not o[1]]
+    assert all(runner == "runner-3" for _, _, runner in failed), outcomes  # only streams it had begun
+
+
+def test_a_killed_runner_comes_back_and_takes_its_replica_again(three: dict[str, str]) -> None:
+    # Killed by the test before (or now, when run alone): the supervisor restarts it, and the catalog hands
+    # it the replica the model is short of in the answer to its first heartbeat.
+    wait_for(lambda: replicas_of(three) == ["runner-1", "runner-2", "runner-3"], timeout=60)
+    state = httpx.get(f"{url(three)}/v1/models/{TINY_CHAT}/state", trust_env=False).json()
+    assert state["runners"] == ["runner-1", "runner-2", "runner-3"] and state["reason"] == ""
 
 
 def test_a_killed_runner_comes_back_and_registers_again(three: dict[str, str]) -> None:

@@ -91,9 +91,9 @@ def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
         placed: list[str] = []
         place = catalog.place
 
-        async def counting_place(model_id: str) -> Any:
+        async def counting_place(model_id: str, **how: Any) -> Any:
             placed.append(model_id)
-            return await place(model_id)
+            return await place(model_id, **how)
 
         catalog.place = counting_place  # type: ignore[method-assign]
         async with serving_catalog(catalog) as address:
@@ -136,7 +136,8 @@ async def test_a_running_model_is_served_without_asking_the_catalog_again(make_e
     async for env in make_env():
         first = await env.chat()
         assert first.status_code == 200, first.text
-        assert env.placed == [MODEL]  # placed once, started just in time, remembered
+        # Placed (not running), started just in time (placed to start), remembered.
+        assert env.placed == [MODEL] * 2
         assert _hint(env) is not None
         assert (await env.chat()).status_code == 200
         async with env.http.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
@@ -145,30 +146,31 @@ async def test_a_running_model_is_served_without_asking_the_catalog_again(make_e
         done = await env.http.post("/v1/completions", json={"model": MODEL, "prompt": "a"})
         assert done.status_code == 200
         assert (await env.http.post("/v1/embeddings", json={"model": MODEL, "input": "a"})).status_code == 200
-        assert env.placed == [MODEL]
+        assert env.placed == [MODEL] * 2
 
-        # start always goes through the catalog (and renews the hint).
+        # start always goes through the catalog (and drops the hint).
         assert (await env.http.post(f"/v1/models/{MODEL}/start")).status_code == 200
-        assert env.placed == [MODEL] * 2
+        assert env.placed == [MODEL] * 3
         assert (await env.chat()).status_code == 200
-        assert env.placed == [MODEL] * 2
+        assert (await env.chat()).status_code == 200
+        assert env.placed == [MODEL] * 4
 
 
 async def test_a_hint_expires_after_its_ttl(make_env) -> None:
     async for env in make_env(placement_ttl_s=0.3):
         assert (await env.chat()).status_code == 200
         assert (await env.chat()).status_code == 200
-        assert env.placed == [MODEL]
+        assert env.placed == [MODEL] * 2  # placed, and placed to start
         await asyncio.sleep(0.4)
         assert (await env.chat()).status_code == 200
-        assert env.placed == [MODEL] * 2
+        assert env.placed == [MODEL] * 3
 
 
 async def test_no_hints_with_a_ttl_of_zero(make_env) -> None:
     async for env in make_env(placement_ttl_s=0):
         for _ in range(3):
             assert (await env.chat()).status_code == 200
-        assert env.placed == [MODEL] * 3 and _hint(env) is None
+        assert env.placed == [MODEL] * 4 and _hint(env) is None  # the first also placed to start
 
 
 async def test_stop_drops_the_hint(make_env) -> None:
@@ -198,7 +200,7 @@ async def test_a_runner_that_lost_the_model_still_answers(make_env) -> None:
         await _unload_on_the_runner(env)  # the runner tells the catalog at once
         resp = await env.chat()
         assert resp.status_code == 200, resp.text
-        assert env.placed == [MODEL] * 2  # the hint was wrong: placed (and started) again
+        assert env.placed == [MODEL] * 4  # the hint was wrong: placed, and placed to start, again
         assert (await env.catalog.get(MODEL)).state == 4  # running
 
         # The same when the catalog has not heard of it yet (it still says "loaded" there): the runner's

@@ -377,18 +377,19 @@ async def test_runner_heartbeats_drive_running_state_and_placement(make_catalog,
         name="small", address="127.0.0.1:1", memory_budget_bytes=100, engines=["llamacpp"]
     )
     big = catalog_pb.Runner(name="big", address="127.0.0.1:2", memory_budget_bytes=1000, engines=["llamacpp"])
-    assert await cat.register_runner(small) > 0
+    interval, assignments = await cat.register_runner(small)
+    assert interval > 0 and assignments == []
     await cat.register_runner(big)
-    runner, loaded = await cat.place("a/a")
-    assert (runner.name, loaded) == ("big", False)
+    placed = await cat.place("a/a")
+    assert (placed.runner.name, placed.loaded) == ("big", False)
     with pytest.raises(errors.Unavailable):
         await cat.place("r/r")  # nobody runs api models
     small.model_ids.append("a/a")
     await cat.register_runner(small)
     assert (await cat.get("a/a")).state == model_pb2.MODEL_STATE_RUNNING
     assert (await cat.get("a/a")).state_detail.runner == "small"
-    runner, loaded = await cat.place("a/a")
-    assert (runner.name, loaded) == ("small", True)
+    placed = await cat.place("a/a")
+    assert (placed.runner.name, placed.loaded) == ("small", True)
     # The runner unloads it: the files decide again.
     del small.model_ids[:]
     await cat.register_runner(small)

@@ -698,6 +698,7 @@ class Runner(_message.Message):
     ENGINES_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    RELEASED_MODEL_IDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name (e.g. the pod name)."""
     address: _builtins.str
@@ -716,6 +717,13 @@ class Runner(_message.Message):
     def engines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Engines it can run (llamacpp, api, tensorrt)."""
 
+    @_builtins.property
+    def released_model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Models this runner unloaded on purpose since its previous heartbeat (idle past their keep-alive,
+        or asked to): their replicas are not replaced. A model that vanishes otherwise (the runner restarted,
+        or evicted it to make room) is.
+        """
+
     def __init__(
         self,
         *,
@@ -727,10 +735,11 @@ class Runner(_message.Message):
         engines: _abc.Iterable[_builtins.str] | None = ...,
         last_seen: _builtins.float = ...,
         draining: _builtins.bool = ...,
+        released_model_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "draining", b"draining", "engines", b"engines", "last_seen", b"last_seen", "memory_budget_bytes", b"memory_budget_bytes", "memory_used_bytes", b"memory_used_bytes", "model_ids", b"model_ids", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "draining", b"draining", "engines", b"engines", "last_seen", b"last_seen", "memory_budget_bytes", b"memory_budget_bytes", "memory_used_bytes", b"memory_used_bytes", "model_ids", b"model_ids", "name", b"name", "released_model_ids", b"released_model_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -761,23 +770,153 @@ class RegisterRunnerResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     heartbeat_interval_s: _builtins.float
     """How often the runner should call again; missing a few heartbeats makes it dead."""
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]:
+        """Replicas this runner should load: models started with more replicas than run now."""
+
     def __init__(
         self,
         *,
         heartbeat_interval_s: _builtins.float = ...,
+        assignments: _abc.Iterable[Global___Assignment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "heartbeat_interval_s", b"heartbeat_interval_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterRunnerResponse: _TypeAlias = RegisterRunnerResponse  # noqa: Y015
 
 @_typing.final
+class Assignment(_message.Message):
+    """A replica to load, with what the model was started with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDES_JSON_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_S_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    overrides_json: _builtins.str
+    """Run-parameter overrides of the start (JSON object text; empty = none)."""
+    keep_alive_s: _builtins.float
+    """Keep-alive of the start (0 = the runner's default, negative = forever)."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        overrides_json: _builtins.str = ...,
+        keep_alive_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_alive_s", b"keep_alive_s", "model_id", b"model_id", "overrides_json", b"overrides_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Assignment: _TypeAlias = Assignment  # noqa: Y015
+
+@_typing.final
 class PlaceModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    OVERRIDES_JSON_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_S_FIELD_NUMBER: _builtins.int
+    AVOID_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    start: _builtins.bool
+    """The caller is about to load the model (a start, or a request starting it just in time): the
+    catalog records the replicas wanted, with these overrides and keep-alive.
+    """
+    replicas: _builtins.int
+    """Replicas wanted; 0 = the model's parameters.replicas (default 1)."""
+    overrides_json: _builtins.str
+    """Run-parameter overrides of the start (JSON object text; empty = none), without `replicas`."""
+    keep_alive_s: _builtins.float
+    @_builtins.property
+    def avoid(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Runners the caller could not reach (names): left out of this answer, as if they were gone."""
+
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        start: _builtins.bool = ...,
+        replicas: _builtins.int = ...,
+        overrides_json: _builtins.str = ...,
+        keep_alive_s: _builtins.float = ...,
+        avoid: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avoid", b"avoid", "keep_alive_s", b"keep_alive_s", "model_id", b"model_id", "overrides_json", b"overrides_json", "replicas", b"replicas", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceModelRequest: _TypeAlias = PlaceModelRequest  # noqa: Y015
+
+@_typing.final
+class PlaceModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNER_FIELD_NUMBER: _builtins.int
+    LOADED_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    WANTED_FIELD_NUMBER: _builtins.int
+    OVERRIDES_JSON_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_S_FIELD_NUMBER: _builtins.int
+    loaded: _builtins.bool
+    """True when that runner has the model loaded already."""
+    wanted: _builtins.int
+    """Replicas wanted (parameters.replicas, or the start's)."""
+    overrides_json: _builtins.str
+    """What the model was started with (a missing replica loads with the same): run-parameter overrides
+    (JSON object text; empty = none) and keep-alive (0 = the runner's default).
+    """
+    keep_alive_s: _builtins.float
+    @_builtins.property
+    def runner(self) -> Global___Runner:
+        """The runner to use now: the first of `replicas` when it runs, else the first of `targets`."""
+
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Runner]:
+        """Live runners hosting a replica now (draining ones left out), by name."""
+
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Runner]:
+        """Runners where missing replicas go (distinct, none of `replicas`), most free memory first; empty when
+        the model has the replicas it wants or no other runner can take one.
+        """
+
+    def __init__(
+        self,
+        *,
+        runner: Global___Runner | None = ...,
+        loaded: _builtins.bool = ...,
+        replicas: _abc.Iterable[Global___Runner] | None = ...,
+        targets: _abc.Iterable[Global___Runner] | None = ...,
+        wanted: _builtins.int = ...,
+        overrides_json: _builtins.str = ...,
+        keep_alive_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["runner", b"runner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_alive_s", b"keep_alive_s", "loaded", b"loaded", "overrides_json", b"overrides_json", "replicas", b"replicas", "runner", b"runner", "targets", b"targets", "wanted", b"wanted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceModelResponse: _TypeAlias = PlaceModelResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseModelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
@@ -793,31 +932,22 @@ class PlaceModelRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PlaceModelRequest: _TypeAlias = PlaceModelRequest  # noqa: Y015
+Global___ReleaseModelRequest: _TypeAlias = ReleaseModelRequest  # noqa: Y015
 
 @_typing.final
-class PlaceModelResponse(_message.Message):
+class ReleaseModelResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    RUNNER_FIELD_NUMBER: _builtins.int
-    LOADED_FIELD_NUMBER: _builtins.int
-    loaded: _builtins.bool
-    """True when that runner has the model loaded already."""
-    @_builtins.property
-    def runner(self) -> Global___Runner: ...
     def __init__(
         self,
-        *,
-        runner: Global___Runner | None = ...,
-        loaded: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["runner", b"runner"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loaded", b"loaded", "runner", b"runner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PlaceModelResponse: _TypeAlias = PlaceModelResponse  # noqa: Y015
+Global___ReleaseModelResponse: _TypeAlias = ReleaseModelResponse  # noqa: Y015
 
 @_typing.final
 class ListRunnersRequest(_message.Message):

@@ -94,6 +94,11 @@ class CatalogServiceStub:
                 request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelRequest.SerializeToString,
                 response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelResponse.FromString,
                 _registered_method=True)
+        self.ReleaseModel = channel.unary_unary(
+                '/jan.catalog.v1.CatalogService/ReleaseModel',
+                request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReleaseModelRequest.SerializeToString,
+                response_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReleaseModelResponse.FromString,
+                _registered_method=True)
         self.ListRunners = channel.unary_unary(
                 '/jan.catalog.v1.CatalogService/ListRunners',
                 request_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ListRunnersRequest.SerializeToString,
@@ -195,7 +200,16 @@ class CatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PlaceModel(self, request, context):
-        """Which runner serves a model: the one hosting it, else the live runner with the most free memory.
+        """Where a model runs: the live runners hosting its replicas, and where more replicas go (distinct live
+        runners, most free memory first) when it has fewer than it wants. A `start` records the replicas
+        wanted: the catalog then hands a missing replica to a runner with room in its heartbeat answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseModel(self, request, context):
+        """Forgets the replicas a model was started with (an explicit stop): no replacement is placed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -284,6 +298,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.PlaceModel,
                     request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelRequest.FromString,
                     response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelResponse.SerializeToString,
+            ),
+            'ReleaseModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseModel,
+                    request_deserializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReleaseModelRequest.FromString,
+                    response_serializer=jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReleaseModelResponse.SerializeToString,
             ),
             'ListRunners': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRunners,
@@ -625,6 +644,33 @@ class CatalogService:
             '/jan.catalog.v1.CatalogService/PlaceModel',
             jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelRequest.SerializeToString,
             jan_dot_catalog_dot_v1_dot_catalog__service__pb2.PlaceModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jan.catalog.v1.CatalogService/ReleaseModel',
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReleaseModelRequest.SerializeToString,
+            jan_dot_catalog_dot_v1_dot_catalog__service__pb2.ReleaseModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

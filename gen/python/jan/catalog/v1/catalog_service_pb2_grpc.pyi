@@ -62,7 +62,12 @@ class CatalogServiceStub:
     marks those models running, and stops doing so when the heartbeats stop.
     """
     PlaceModel: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.PlaceModelRequest, _catalog_service_pb2.PlaceModelResponse]
-    """Which runner serves a model: the one hosting it, else the live runner with the most free memory."""
+    """Where a model runs: the live runners hosting its replicas, and where more replicas go (distinct live
+    runners, most free memory first) when it has fewer than it wants. A `start` records the replicas
+    wanted: the catalog then hands a missing replica to a runner with room in its heartbeat answer.
+    """
+    ReleaseModel: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ReleaseModelRequest, _catalog_service_pb2.ReleaseModelResponse]
+    """Forgets the replicas a model was started with (an explicit stop): no replacement is placed."""
     ListRunners: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ListRunnersRequest, _catalog_service_pb2.ListRunnersResponse]
     ImportRemoteModels: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ImportRemoteModelsRequest, _catalog_service_pb2.ImportRemoteModelsResponse]
     """Model objects of the api engine for the models of a remote API (an OpenAI-compatible one, listed
@@ -103,7 +108,12 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     marks those models running, and stops doing so when the heartbeats stop.
     """
     PlaceModel: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.PlaceModelRequest, _catalog_service_pb2.PlaceModelResponse]  # type: ignore[assignment]
-    """Which runner serves a model: the one hosting it, else the live runner with the most free memory."""
+    """Where a model runs: the live runners hosting its replicas, and where more replicas go (distinct live
+    runners, most free memory first) when it has fewer than it wants. A `start` records the replicas
+    wanted: the catalog then hands a missing replica to a runner with room in its heartbeat answer.
+    """
+    ReleaseModel: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ReleaseModelRequest, _catalog_service_pb2.ReleaseModelResponse]  # type: ignore[assignment]
+    """Forgets the replicas a model was started with (an explicit stop): no replacement is placed."""
     ListRunners: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ListRunnersRequest, _catalog_service_pb2.ListRunnersResponse]  # type: ignore[assignment]
     ImportRemoteModels: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ImportRemoteModelsRequest, _catalog_service_pb2.ImportRemoteModelsResponse]  # type: ignore[assignment]
     """Model objects of the api engine for the models of a remote API (an OpenAI-compatible one, listed
@@ -213,7 +223,18 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_service_pb2.PlaceModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_service_pb2.PlaceModelResponse, _abc.Awaitable[_catalog_service_pb2.PlaceModelResponse]]:
-        """Which runner serves a model: the one hosting it, else the live runner with the most free memory."""
+        """Where a model runs: the live runners hosting its replicas, and where more replicas go (distinct live
+        runners, most free memory first) when it has fewer than it wants. A `start` records the replicas
+        wanted: the catalog then hands a missing replica to a runner with room in its heartbeat answer.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseModel(
+        self,
+        request: _catalog_service_pb2.ReleaseModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_service_pb2.ReleaseModelResponse, _abc.Awaitable[_catalog_service_pb2.ReleaseModelResponse]]:
+        """Forgets the replicas a model was started with (an explicit stop): no replacement is placed."""
 
     @_abc_1.abstractmethod
     def ListRunners(

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jan/model/v1/model.proto\x12\x0cjan.model.v1\"i\n\x06\x42inary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0f\n\x07present\x18\x05 \x01(\x08\x12\x15\n\rexternal_path\x18\x06 \x01(\t\"V\n\x0bStateDetail\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x12\n\nbytes_done\x18\x02 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x03\x12\x0e\n\x06runner\x18\x04 \x01(\t\"\xcd\x02\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x12\n\nsource_url\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x03\x12\x10\n\x08owned_by\x18\x07 \x01(\t\x12\'\n\x05state\x18\x08 \x01(\x0e\x32\x18.jan.model.v1.ModelState\x12/\n\x0cstate_detail\x18\t \x01(\x0b\x32\x19.jan.model.v1.StateDetail\x12\x0e\n\x06\x65ngine\x18\n \x01(\t\x12\x17\n\x0fparameters_json\x18\x0b \x01(\t\x12\x15\n\rmetadata_json\x18\x0c \x01(\t\x12&\n\x08\x62inaries\x18\r \x03(\x0b\x32\x14.jan.model.v1.Binary\x12\x0c\n\x04path\x18\x0e \x01(\t\"3\n\x07Problem\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t*\x98\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMODEL_STATE_NOT_DOWNLOADED\x10\x01\x12\x1b\n\x17MODEL_STATE_DOWNLOADING\x10\x02\x12\x17\n\x13MODEL_STATE_STOPPED\x10\x03\x12\x17\n\x13MODEL_STATE_RUNNING\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jan/model/v1/model.proto\x12\x0cjan.model.v1\"i\n\x06\x42inary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0f\n\x07present\x18\x05 \x01(\x08\x12\x15\n\rexternal_path\x18\x06 \x01(\t\"\x80\x01\n\x0bStateDetail\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x12\n\nbytes_done\x18\x02 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x03\x12\x0e\n\x06runner\x18\x04 \x01(\t\x12\x0f\n\x07runners\x18\x05 \x03(\t\x12\x17\n\x0freplicas_wanted\x18\x06 \x01(\x05\"\xcd\x02\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x12\n\nsource_url\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x03\x12\x10\n\x08owned_by\x18\x07 \x01(\t\x12\'\n\x05state\x18\x08 \x01(\x0e\x32\x18.jan.model.v1.ModelState\x12/\n\x0cstate_detail\x18\t \x01(\x0b\x32\x19.jan.model.v1.StateDetail\x12\x0e\n\x06\x65ngine\x18\n \x01(\t\x12\x17\n\x0fparameters_json\x18\x0b \x01(\t\x12\x15\n\rmetadata_json\x18\x0c \x01(\t\x12&\n\x08\x62inaries\x18\r \x03(\x0b\x32\x14.jan.model.v1.Binary\x12\x0c\n\x04path\x18\x0e \x01(\t\"3\n\x07Problem\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t*\x98\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMODEL_STATE_NOT_DOWNLOADED\x10\x01\x12\x1b\n\x17MODEL_STATE_DOWNLOADING\x10\x02\x12\x17\n\x13MODEL_STATE_STOPPED\x10\x03\x12\x17\n\x13MODEL_STATE_RUNNING\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jan.model.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSTATE']._serialized_start=627
-  _globals['_MODELSTATE']._serialized_end=779
+  _globals['_MODELSTATE']._serialized_start=670
+  _globals['_MODELSTATE']._serialized_end=822
   _globals['_BINARY']._serialized_start=42
   _globals['_BINARY']._serialized_end=147
-  _globals['_STATEDETAIL']._serialized_start=149
-  _globals['_STATEDETAIL']._serialized_end=235
-  _globals['_MODEL']._serialized_start=238
-  _globals['_MODEL']._serialized_end=571
-  _globals['_PROBLEM']._serialized_start=573
-  _globals['_PROBLEM']._serialized_end=624
+  _globals['_STATEDETAIL']._serialized_start=150
+  _globals['_STATEDETAIL']._serialized_end=278
+  _globals['_MODEL']._serialized_start=281
+  _globals['_MODEL']._serialized_end=614
+  _globals['_PROBLEM']._serialized_start=616
+  _globals['_PROBLEM']._serialized_end=667
 # @@protoc_insertion_point(module_scope)

@@ -106,13 +106,21 @@ class StateDetail(_message.Message):
     BYTES_DONE_FIELD_NUMBER: _builtins.int
     BYTES_TOTAL_FIELD_NUMBER: _builtins.int
     RUNNER_FIELD_NUMBER: _builtins.int
+    RUNNERS_FIELD_NUMBER: _builtins.int
+    REPLICAS_WANTED_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     """Human-readable reason (e.g. the error of the last failed download)."""
     bytes_done: _builtins.int
     """Bytes of the binaries present / expected, for not-downloaded and downloading models."""
     bytes_total: _builtins.int
     runner: _builtins.str
-    """The runner hosting the model, when running."""
+    """The runner hosting the model, when running (the first of `runners`)."""
+    replicas_wanted: _builtins.int
+    """Replicas the model was started with (parameters.replicas, or start's override); 0 when not started."""
+    @_builtins.property
+    def runners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every runner hosting a replica of the model, by name, when running."""
+
     def __init__(
         self,
         *,
@@ -120,10 +128,12 @@ class StateDetail(_message.Message):
         bytes_done: _builtins.int = ...,
         bytes_total: _builtins.int = ...,
         runner: _builtins.str = ...,
+        runners: _abc.Iterable[_builtins.str] | None = ...,
+        replicas_wanted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "reason", b"reason", "runner", b"runner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "reason", b"reason", "replicas_wanted", b"replicas_wanted", "runner", b"runner", "runners", b"runners"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
