@@ -15,6 +15,7 @@ from gateway.clients import CatalogClient, DownloaderClient, RunnerPool
 from gateway.errors import APIError, install_error_handlers
 from gateway.limits import install_body_limit
 from gateway.metrics import install_metrics
+from gateway.model_list import ModelList
 from gateway.routes import (
     anthropic,
     downloads,
@@ -42,6 +43,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.downloader = DownloaderClient(settings.downloader_address, *timeouts)
         app.state.runners = RunnerPool(*timeouts)
         app.state.serving = Serving(app.state.catalog, app.state.runners, settings)
+        app.state.model_list = ModelList(app.state.catalog)
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -120,6 +121,16 @@ class ServiceClient:
         return rest()
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A ListModels reading: every model, or (delta) those changed since a version and the ids gone."""
+
+    models: list[model_pb2.Model]
+    version: str
+    delta: bool = False
+    removed: list[str] = field(default_factory=list)
+
+
 class CatalogClient(ServiceClient):
     service = "catalog"
     stub_class = catalog_grpc.CatalogServiceStub
@@ -176,20 +187,45 @@ class CatalogClient(ServiceClient):
     async def list_all(
         self, states: Sequence[model_pb2.ModelState.ValueType], engines: Sequence[str]
     ) -> list[model_pb2.Model]:
+        listed = await self.list_since("", states, engines)
+        assert listed is not None
+        return listed.models
+
+    async def list_since(
+        self,
+        version: str,
+        states: Sequence[model_pb2.ModelState.ValueType] = (),
+        engines: Sequence[str] = (),
+    ) -> Listed | None:
+        """What changed since the catalog's `version` of the whole list (a delta), or every model (of these
+        states and engines) when the catalog cannot tell or no version is given; None while the catalog
+        is still at `version`. The version of a list read in pages is the first page's: a change while
+        later pages are read makes the next call read them all again."""
         models: list[model_pb2.Model] = []
-        token = ""
+        token, first = "", ""
         async with rpc_errors("catalog"):
             while True:
                 reply = await self.stub.ListModels(
                     catalog_pb.ListModelsRequest(
-                        page_size=10_000, page_token=token, states=states, engines=engines
+                        page_size=10_000,
+                        page_token=token,
+                        states=states,
+                        engines=engines,
+                        since_version="" if token else version,
                     ),
                     timeout=self.timeout,
                 )
+                if reply.unchanged:
+                    return None
+                if reply.delta:
+                    return Listed(
+                        list(reply.models), reply.version, delta=True, removed=list(reply.removed_ids)
+                    )
+                first = first or reply.version
                 models.extend(reply.models)
                 token = reply.next_page_token
                 if not token:
-                    return models
+                    return Listed(models, first)
 
     async def watch(self) -> AsyncGenerator[catalog_pb.WatchModelsResponse, None]:
         """Every change of the catalog from now on, as it happens (a quiet catalog sends nothing, so no

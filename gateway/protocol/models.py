@@ -51,6 +51,11 @@ class ModelOut(BaseModel):
 class ModelListOut(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelOut]
+    first_id: str | None = Field(default=None, description="With limit or after: the page's first id.")
+    last_id: str | None = Field(
+        default=None, description="With limit or after: the `after` of the next page."
+    )
+    has_more: bool | None = Field(default=None, description="With limit or after: more models follow.")
 
 
 class DeletedOut(BaseModel):
@@ -326,10 +331,10 @@ def model_json(m: model_pb2.Model) -> bytes:
     return orjson.dumps(model_dict(m))
 
 
-def model_list_json(models: list[model_pb2.Model]) -> bytes:
-    # model_dict inlined: this runs for every model of GET /v1/models (10,000 in bench/catalog).
+def model_list_entries(models: list[model_pb2.Model]) -> list[dict[str, Any]]:
+    """model_dict of each model (inlined: this runs for every model of the catalog when it changes)."""
     names, fragment, parameters = STATE_NAMES, orjson.Fragment, parameters_fragment
-    data = [
+    return [
         {
             "id": m.id,
             "object": "model",
@@ -343,7 +348,6 @@ def model_list_json(models: list[model_pb2.Model]) -> bytes:
         }
         for m in models
     ]
-    return orjson.dumps({"object": "list", "data": data})
 
 
 def state_dict(m: model_pb2.Model) -> dict[str, Any]:

@@ -35,15 +35,34 @@ def _json(body: bytes, status: int = 200) -> Response:
     return Response(content=body, status_code=status, media_type=JSON)
 
 
-@router.get("", response_model=ModelListOut, responses=error_responses(400, 503))
+@router.get("", response_model=ModelListOut, responses={**error_responses(400, 503), 304: {"model": None}})
 async def list_models(
     request: Request,
     state: Annotated[list[convert.State] | None, Query(description="Only models in these states.")] = None,
     engine: Annotated[list[str] | None, Query(description="Only models run by these engines.")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=100_000, description="At most this many models (then has_more says more).")
+    ] = None,
+    after: Annotated[
+        str | None, Query(description="The models after this id (the last_id of the previous page).")
+    ] = None,
 ) -> Response:
+    """Every model in id order. With `limit` or `after`, one page and `first_id`, `last_id`, `has_more`
+    as OpenAI's paged lists. The ETag changes with the catalog: sent back in If-None-Match, 304 until
+    then."""
+    listing = await request.app.state.model_list.current()
+    etag = listing.etag(request.url.query)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag in _etags(request.headers.get("if-none-match", "")):
+        return Response(status_code=304, headers=headers)
     states = [convert.STATE_VALUES[s] for s in state or []]
-    models = await _catalog(request).list_all(states, engine or [])
-    return _json(convert.model_list_json(models))
+    body = listing.select(states, engine or [], limit, after)
+    return Response(content=body, media_type=JSON, headers=headers)
+
+
+def _etags(header: str) -> set[str]:
+    """The entity tags of an If-None-Match header (weak ones compare as their strong form)."""
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
 @router.post(

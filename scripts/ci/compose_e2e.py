@@ -163,7 +163,7 @@ def spread(http: httpx.Client, runners: int) -> None:
             "messages": [{"role": "user", "content": f"Count to {i}."}],
             "max_tokens": 16,
         }
-        resp = http.post("/v1/chat/completions", json=body)
+        resp = http.post("/v1/chat/completions", json=body, timeout=300)
         if resp.status_code != 200:
             raise SystemExit(f"chat {i} failed: {resp.status_code} {resp.text}")
         return resp.headers["x-jan-runner"]

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
+import collections
 import contextlib
 import functools
 import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -60,7 +62,7 @@ from services.catalog.model import (
     split_id,
     to_pb,
 )
-from services.catalog.placement import Placed, Placement
+from services.catalog.placement import Placement
 from services.catalog.settings import CatalogSettings
 from services.catalog.watched import WatchedDirs
 from services.common import netsafety
@@ -80,6 +82,8 @@ from services.common.storage.fileops import hash_file
 log = logging.getLogger(__name__)
 
 IMPORT_MODES = ("link", "copy", "symlink")
+# Ids of the latest changes kept: a listing at most this many changes old is brought up to date by them.
+CHANGE_LOG = 4096
 # Where a model found in a Hugging Face cache can be fetched again: the Hub itself.
 HUB_URL = "https://huggingface.co"
 
@@ -122,6 +126,11 @@ class Catalog:
         # Serialised form of each model as a `repeated Model models = 1` element, made once per change.
         self._wire: dict[str, tuple[model_pb2.Model, bytes]] = {}
         self._subscribers: set[asyncio.Queue[Change | None]] = set()
+        # Changes published since start, under a name of this start: what a listing's version says; the
+        # ids of the latest ones (what changed since a recent version).
+        self._boot = secrets.token_hex(4)
+        self._changes = 0
+        self._changed: collections.deque[str] = collections.deque(maxlen=CHANGE_LOG)
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.links = LinkRegistry(settings.state_dir / "links.json", self.models_dir)
@@ -244,7 +253,27 @@ class Catalog:
         for change in changes:
             self._publish(change)
 
+    @property
+    def version(self) -> str:
+        """Changes with every change a watcher is told of, and with every start of the catalog."""
+        return f"{self._boot}-{self._changes}"
+
+    def changed_since(self, version: str) -> tuple[list[model_pb2.Model], list[str]] | None:
+        """The models changed or added since `version` (in id order) and the ids gone since; None when
+        this catalog cannot tell (another start's version, or more changes since than it keeps)."""
+        boot, _, count = version.partition("-")
+        if boot != self._boot or not count.isdigit() or int(count) > self._changes:
+            return None
+        behind = self._changes - int(count)
+        if behind > len(self._changed):
+            return None
+        ids = set(list(self._changed)[len(self._changed) - behind :]) if behind else set()
+        models = [self._by_id[i] for i in sorted(ids) if i in self._by_id]
+        return models, sorted(i for i in ids if i not in self._by_id)
+
     def _publish(self, change: Change) -> None:
+        self._changes += 1
+        self._changed.append(change.id)
         for q in list(self._subscribers):
             try:
                 q.put_nowait(change)
@@ -405,7 +434,7 @@ class Catalog:
             self._publish(Change("updated", model_id, model=pb))
         return entry.pb
 
-    # --- runners and placement (services/catalog/placement.py) ------------------------------------------
+    # --- runners and placement (services/catalog/placement.py; PlaceModel calls self.placement) ---------
 
     async def register_runner(self, runner: catalog_pb.Runner) -> tuple[float, list[catalog_pb.Assignment]]:
         """A runner's heartbeat: where its models run now, and the replicas it should load."""
@@ -413,27 +442,6 @@ class Catalog:
 
     def live_runners(self) -> list[catalog_pb.Runner]:
         return self.placement.live()
-
-    async def place(
-        self,
-        model_id: str,
-        *,
-        start: bool = False,
-        replicas: int = 0,
-        overrides_json: str = "",
-        keep_alive_s: float = 0.0,
-        avoid: frozenset[str] = frozenset(),
-    ) -> Placed:
-        if overrides_json:
-            parse_json_object(overrides_json, "overrides_json")
-        return await self.placement.place(
-            model_id,
-            start=start,
-            replicas=replicas,
-            overrides_json=overrides_json,
-            keep_alive_s=keep_alive_s,
-            avoid=avoid,
-        )
 
     def release(self, model_id: str) -> None:
         self.placement.release(model_id)

@@ -38,12 +38,20 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     async def ListModels(  # type: ignore[override]  # returns pre-serialised bytes, see GrpcServer.add_servicer
         self, request: pb.ListModelsRequest, context: aio.ServicerContext
     ) -> bytes:
+        version = self.catalog.version
+        if request.since_version == version:
+            return pb.ListModelsResponse(version=version, unchanged=True).SerializeToString()
+        delta = self.catalog.changed_since(request.since_version) if request.since_version else None
+        if delta is not None and not request.states and not request.engines:
+            changed, removed = delta
+            tail = pb.ListModelsResponse(version=version, delta=True, removed_ids=removed)
+            return self.catalog.encode_models(changed) + tail.SerializeToString()
         models, token, total = self.catalog.list_models(
             request.page_size, request.page_token, list(request.states), list(request.engines)
         )
         # Serialised protobuf messages concatenate into their merge: cached model bytes + the scalars.
-        tail = pb.ListModelsResponse(next_page_token=token, total_size=total).SerializeToString()
-        return self.catalog.encode_models(models) + tail
+        tail = pb.ListModelsResponse(next_page_token=token, total_size=total, version=version)
+        return self.catalog.encode_models(models) + tail.SerializeToString()
 
     async def GetModel(
         self, request: pb.GetModelRequest, context: aio.ServicerContext
@@ -174,7 +182,8 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     async def PlaceModel(
         self, request: pb.PlaceModelRequest, context: aio.ServicerContext
     ) -> pb.PlaceModelResponse:
-        placed = await self.catalog.place(
+        _object(request.overrides_json, "overrides_json")
+        placed = await self.catalog.placement.place(
             request.model_id,
             start=request.start,
             replicas=request.replicas,

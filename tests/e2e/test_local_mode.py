@@ -232,6 +232,31 @@ def test_a_killed_runner_comes_back_and_takes_its_replica_again(three: dict[str,
     assert state["runners"] == ["runner-1", "runner-2", "runner-3"] and state["reason"] == ""
 
 
+async def test_sigterm_lets_a_stream_finish_and_new_requests_go_elsewhere(three: dict[str, str]) -> None:
+    wait_for(lambda: replicas_of(three) == ["runner-1", "runner-2", "runner-3"], timeout=60)
+    body = {
+        "model": TINY_CHAT,
+        "messages": [{"role": "user", "content": "a long one"}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    async with httpx.AsyncClient(base_url=url(three), trust_env=False, timeout=120) as http:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+            draining = resp.headers["x-jan-runner"]
+            lines = resp.aiter_lines()
+            assert (await anext(lines)).startswith("data: ")
+            os.kill(pid(three, draining), signal.SIGTERM)
+            chat = {
+                "model": TINY_CHAT,
+                "messages": [{"role": "user", "content": "meanwhile"}],
+                "max_tokens": 2,
+            }
+            others = [await http.post("/v1/chat/completions", json=chat) for _ in range(3)]
+            rest = [line async for line in lines if line]
+        assert rest[-1] == "data: [DONE]" and not any('"error"' in line for line in rest), rest[-3:]
+    assert all(o.status_code == 200 and o.headers["x-jan-runner"] != draining for o in others)
+
+
 def test_a_killed_runner_comes_back_and_registers_again(three: dict[str, str]) -> None:
     before = pid(three, "runner-2")
     os.kill(before, signal.SIGKILL)

@@ -133,6 +133,51 @@ async def test_filters(env: Env) -> None:
     assert_error(await env.http.get("/v1/models", params={"state": "sleeping"}), 422)
 
 
+async def test_the_list_is_paged_as_openai_lists_are(env: Env) -> None:
+    for i in range(5):
+        write(
+            env.root / "models" / f"m{i}" / "m.json", {"metadata": {"engine": "api" if i % 2 else "llamacpp"}}
+        )
+    await env.catalog.rescan_all()
+    first = (await env.http.get("/v1/models", params={"limit": 2})).json()
+    assert [m["id"] for m in first["data"]] == ["m0/m", "m1/m"]
+    assert (first["first_id"], first["last_id"], first["has_more"]) == ("m0/m", "m1/m", True)
+    rest = (await env.http.get("/v1/models", params={"limit": 2, "after": first["last_id"]})).json()
+    assert [m["id"] for m in rest["data"]] == ["m2/m", "m3/m"] and rest["has_more"] is True
+    last = (await env.http.get("/v1/models", params={"after": "m3/m"})).json()
+    assert [m["id"] for m in last["data"]] == ["m4/m"] and last["has_more"] is False
+    api = (await env.http.get("/v1/models", params={"engine": "api", "limit": 1, "after": "m1/m"})).json()
+    assert [m["id"] for m in api["data"]] == ["m3/m"] and api["has_more"] is False
+    empty = (await env.http.get("/v1/models", params={"after": "zzz"})).json()
+    assert empty == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+    whole = (await env.http.get("/v1/models")).json()
+    assert set(whole) == {"object", "data"} and len(whole["data"]) == 5  # unpaged: OpenAI's shape
+    assert_error(await env.http.get("/v1/models", params={"limit": 0}), 422)
+
+
+async def test_the_list_answers_304_until_the_catalog_changes(env: Env) -> None:
+    write(env.root / "models" / "a" / "a.json", {"name": "A"})
+    await env.catalog.rescan_all()
+    first = await env.http.get("/v1/models")
+    etag = first.headers["etag"]
+    assert first.status_code == 200 and etag.startswith('"')
+    again = await env.http.get("/v1/models", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    assert (await env.http.get("/v1/models", headers={"If-None-Match": f'"x", W/{etag}'})).status_code == 304
+    paged = await env.http.get("/v1/models", params={"limit": 1}, headers={"If-None-Match": etag})
+    assert paged.status_code == 200 and paged.headers["etag"] != etag  # another query, another tag
+
+    # A change through the API, and one by hand on disk: each shows in the next answer, with a new tag.
+    assert (await env.http.patch("/v1/models/a/a", json={"name": "A2"})).status_code == 200
+    changed = await env.http.get("/v1/models", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["data"][0]["name"] == "A2"
+    assert changed.headers["etag"] != etag
+    write(env.root / "models" / "b" / "b.json", {"name": "B"})
+    await env.catalog.refresh_folder("b")
+    listed = await env.http.get("/v1/models", headers={"If-None-Match": changed.headers["etag"]})
+    assert [m["name"] for m in listed.json()["data"]] == ["A2", "B"]
+
+
 async def test_create_patch_delete_through_rest(env: Env) -> None:
     original = write(env.imports / "tiny.Q4_0.gguf", b"GGUF" * 10)
     resp = await env.http.post(

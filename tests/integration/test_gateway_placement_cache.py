@@ -89,13 +89,13 @@ def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
         write_tiny_chat_model(root)
         catalog = Catalog(CatalogSettings(root=root, port=0, seed_models_dir=None))
         placed: list[str] = []
-        place = catalog.place
+        place = catalog.placement.place
 
         async def counting_place(model_id: str, **how: Any) -> Any:
             placed.append(model_id)
             return await place(model_id, **how)
 
-        catalog.place = counting_place  # type: ignore[method-assign]
+        catalog.placement.place = counting_place  # type: ignore[method-assign]
         async with serving_catalog(catalog) as address:
             app = create_app(GatewaySettings(catalog_address=address, **gateway))
             env: Env | None = None

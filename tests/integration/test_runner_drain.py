@@ -94,6 +94,6 @@ async def test_a_draining_runner_finishes_its_stream_and_new_requests_go_elsewhe
                     assert deltas[-1].finish_reason == "length"
                     await asyncio.wait_for(drain, 5)
 
-                    placed = await catalog.place(MODEL)
+                    placed = await catalog.placement.place(MODEL)
                     assert placed.runner.name == other.settings.name and placed.loaded
                     assert any(r.name == hosting.settings.name and r.draining for r in catalog.live_runners())

@@ -371,7 +371,7 @@ async def test_runner_heartbeats_drive_running_state_and_placement(make_catalog,
     write(models / "r" / "r.json", {"metadata": {"engine": "api"}})
     cat = await make_catalog(report_ttl_s=0.6)
     with pytest.raises(errors.Unavailable) as exc:
-        await cat.place("a/a")
+        await cat.placement.place("a/a")
     assert exc.value.code == "no_runner"
     small = catalog_pb.Runner(
         name="small", address="127.0.0.1:1", memory_budget_bytes=100, engines=["llamacpp"]
@@ -380,15 +380,15 @@ async def test_runner_heartbeats_drive_running_state_and_placement(make_catalog,
     interval, assignments = await cat.register_runner(small)
     assert interval > 0 and assignments == []
     await cat.register_runner(big)
-    placed = await cat.place("a/a")
+    placed = await cat.placement.place("a/a")
     assert (placed.runner.name, placed.loaded) == ("big", False)
     with pytest.raises(errors.Unavailable):
-        await cat.place("r/r")  # nobody runs api models
+        await cat.placement.place("r/r")  # nobody runs api models
     small.model_ids.append("a/a")
     await cat.register_runner(small)
     assert (await cat.get("a/a")).state == model_pb2.MODEL_STATE_RUNNING
     assert (await cat.get("a/a")).state_detail.runner == "small"
-    placed = await cat.place("a/a")
+    placed = await cat.placement.place("a/a")
     assert (placed.runner.name, placed.loaded) == ("small", True)
     # The runner unloads it: the files decide again.
     del small.model_ids[:]
@@ -399,3 +399,19 @@ async def test_runner_heartbeats_drive_running_state_and_placement(make_catalog,
     await cat.register_runner(small)
     await eventually(lambda: cat._by_id["a/a"].state == STOPPED, timeout=3)
     assert cat.live_runners() == []
+
+
+async def test_what_changed_since_a_version(make_catalog, tmp_path: Path) -> None:
+    models = tmp_path / "jan" / "models"
+    write(models / "a" / "a.json", {})
+    write(models / "b" / "b.json", {})
+    cat = await make_catalog()
+    start = cat.version
+    assert cat.changed_since(start) == ([], [])
+    await cat.update("a/a", name="A")
+    await cat.delete("b/b")
+    changed, removed = cat.changed_since(start)  # type: ignore[misc]
+    assert [m.id for m in changed] == ["a/a"] and changed[0].name == "A" and removed == ["b/b"]
+    assert cat.version != start
+    assert cat.changed_since("another-start-0") is None
+    assert cat.changed_since(start.rsplit("-", 1)[0] + "-999999") is None  # a version it never had

@@ -79,10 +79,17 @@ class ListModelsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     ENGINES_FIELD_NUMBER: _builtins.int
+    SINCE_VERSION_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many models (0 = the server's default page size)."""
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
+    since_version: _builtins.str
+    """The `version` of a whole listing the caller holds (no filter): the answer is then only what changed
+    since (`delta`: the models changed or added, `removed_ids`), or only `unchanged`, so that a kept
+    listing stays true for the price of a small call; or the whole list (neither set) when the catalog
+    cannot tell (it restarted, or too much changed since).
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_model_pb2.ModelState.ValueType]:
         """Only models in one of these states (empty = any)."""
@@ -98,10 +105,11 @@ class ListModelsRequest(_message.Message):
         page_token: _builtins.str = ...,
         states: _abc.Iterable[_model_pb2.ModelState.ValueType] | None = ...,
         engines: _abc.Iterable[_builtins.str] | None = ...,
+        since_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engines", b"engines", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engines", b"engines", "page_size", b"page_size", "page_token", b"page_token", "since_version", b"since_version", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -114,22 +122,40 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    REMOVED_IDS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty on the last page."""
     total_size: _builtins.int
     """Models matching the filter, over all pages."""
+    version: _builtins.str
+    """The catalog's version: it changes with every change of a model or problem (and with a restart)."""
+    unchanged: _builtins.bool
+    """The catalog is still at `since_version`: nothing else is set but `version`."""
+    delta: _builtins.bool
+    """`models` are those changed or added since `since_version` (in id order, one page); `removed_ids`
+    those gone.
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Model]: ...
+    @_builtins.property
+    def removed_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         models: _abc.Iterable[_model_pb2.Model] | None = ...,
         next_page_token: _builtins.str = ...,
         total_size: _builtins.int = ...,
+        version: _builtins.str = ...,
+        unchanged: _builtins.bool = ...,
+        delta: _builtins.bool = ...,
+        removed_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "models", b"models", "next_page_token", b"next_page_token", "removed_ids", b"removed_ids", "total_size", b"total_size", "unchanged", b"unchanged", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
