@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -130,7 +130,7 @@ class Serving:
         overrides: dict[str, Any] | None = None,
         keep_alive: float = 0.0,
         avoid: frozenset[str] = frozenset(),
-        wait: str = "all",
+        wait: Literal["all", "first"] = "all",
         reload: bool = False,
     ) -> list[Replica]:
         """Loads the model where the catalog places its replicas. `like`: the catalog's answer whose
