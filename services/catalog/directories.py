@@ -1,14 +1,18 @@
-"""Directories imported in place: a planned folder of GGUF models (services/catalog/local_scan.py) made
-into model objects whose binaries are symbolic links to the user's files, so not a byte is copied.
+"""Directories imported in place: a local directory planned (services/catalog/local_scan.py) into folders
+of GGUF models, each made into model objects whose binaries are symbolic links to the user's files, so not
+a byte is copied.
 
-Synchronous (run it in a worker thread, under the folder's lock). A re-import adds only what is new: an
-object that exists is kept as the user may have edited it, and a link already pointing at the same file
-is reused.
+`DirectoryImporter` is the catalog's door (the request checked, the plan made, each folder placed under its
+lock, the index refreshed); `place_folder` is the synchronous disk work (run it in a worker thread). A
+re-import adds only what is new: an object that exists is kept as the user may have edited it, and a link
+already pointing at the same file is reused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,9 +21,20 @@ from typing import Any
 
 from jan.model.v1 import model_pb2
 from services.catalog.files import LinkRegistry
-from services.catalog.local_scan import LocalBinary, LocalFolder, LocalModel, Skipped
-from services.catalog.model import ModelFileError, dump_json, parse_model
-from services.common.errors import FailedPrecondition
+from services.catalog.index import Index
+from services.catalog.local_scan import (
+    DirectoryPlan,
+    LocalBinary,
+    LocalFolder,
+    LocalModel,
+    Skipped,
+    plan_directory,
+)
+from services.catalog.model import ModelFileError, check_name, dump_json, parse_model
+from services.catalog.sources import Sources
+from services.common.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,3 +168,88 @@ def _unlink(paths: list[Path], links: LinkRegistry) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
         links.remove(path)
+
+
+class DirectoryImporter:
+    def __init__(self, models_dir: Path, index: Index, sources: Sources, links: LinkRegistry) -> None:
+        self.models_dir = models_dir
+        self.index = index
+        self.sources = sources
+        self.links = links
+
+    async def import_directory(
+        self,
+        directory: Path,
+        folder: str = "",
+        *,
+        parameters: dict[str, Any] | None = None,
+        refused: list[str] | None = None,
+    ) -> DirectoryImport:
+        """Every GGUF model in a local directory (recursively; a Hugging Face cache is recognised),
+        imported in place: links to the user's files, one folder per model family or repository, one
+        object per quantization. `folder` puts them all into that folder (one family only); `parameters`
+        go into every new object. `refused`: fields of the request that only make sense for one file."""
+        _refuse_fields(refused or [], folder)
+        plan = await self._plan(directory)
+        if folder:
+            _check_single_folder(folder, plan, directory)
+        result = DirectoryImport(folders=[], models=[], created_ids=[], skipped=list(plan.skipped))
+        for planned in plan.folders:
+            await self._place(folder or planned.folder, planned, parameters or {}, result)
+        if result.created_ids:
+            log.info("imported %d models in place from %s", len(result.created_ids), directory)
+        return result
+
+    async def _plan(self, directory: Path) -> DirectoryPlan:
+        try:
+            return await asyncio.to_thread(plan_directory, directory, self.sources.roots())
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), code="source_not_found", param="source_url") from None
+
+    async def _place(
+        self, name: str, planned: LocalFolder, parameters: dict[str, Any], result: DirectoryImport
+    ) -> None:
+        async with self.index.lock(name):
+            placed = await asyncio.to_thread(
+                place_folder, self.models_dir, name, planned, self.links, parameters
+            )
+        index = await self.index.refresh_folder(name)
+        result.skipped.extend(placed.skipped)
+        result.created_ids.extend(f"{name}/{stem}" for stem in placed.created)
+        entries = index.entries if index else {}
+        models = [entries[s].pb for s in [*placed.created, *placed.existing] if s in entries]
+        if models:
+            result.folders.append(name)
+            result.models.extend(sorted(models, key=lambda m: m.id))
+
+
+def _refuse_fields(refused: list[str], folder: str) -> None:
+    if refused:
+        param = refused[0]
+        what = "copies" if param == "import_mode" else f"takes no {param}"
+        raise InvalidArgument(
+            f"a directory is imported in place, one object per model: it {what} "
+            f"({param} is for a single file)",
+            code="not_for_directories",
+            param=param,
+        )
+    if "/" in folder:
+        raise InvalidArgument(
+            "a directory's id is a folder name only: its objects are named after their files", param="id"
+        )
+
+
+def _check_single_folder(folder: str, plan: DirectoryPlan, directory: Path) -> None:
+    """All of a directory goes into one named folder only when it holds one model family."""
+    try:
+        check_name(folder, "folder")
+    except ValueError as exc:
+        raise InvalidArgument(str(exc), code="invalid_folder", param="id") from None
+    if len(plan.folders) > 1:
+        names = ", ".join(f.folder for f in plan.folders)
+        raise InvalidArgument(
+            f"{directory} holds {len(plan.folders)} model families ({names}): import it without an "
+            "id to get one folder each",
+            code="several_families",
+            param="id",
+        )

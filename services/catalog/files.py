@@ -1,4 +1,4 @@
-"""Disk side of the catalog: scanning a model folder, atomic writes, the registry of links the catalog
+"""Disk side of the catalog: scanning a model folder, placing files, the registry of links the catalog
 made, and seeding the shipped models. Everything here is synchronous (run it in a worker thread).
 """
 
@@ -26,11 +26,13 @@ from services.catalog.model import (
     ModelObject,
     Runtime,
     assign_binaries,
-    check_name,
     is_binary_name,
     parse_model,
     to_pb,
 )
+
+# write_atomic: re-exported until authoring.py and watched.py import it from services.common.filesafety.
+from services.common.filesafety import check_name, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -225,33 +227,6 @@ def list_folders(models_dir: Path) -> list[str]:
 
 
 # --- writing ----------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes a hidden temp file beside `path`, fsyncs it and renames it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def place_file(src: Path, dst: Path, mode: str) -> str:

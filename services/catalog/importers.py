@@ -12,20 +12,18 @@ used here for listing, so with one the models must be named.
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from services.common import netsafety
+from services.common.api_source import AZURE_DEFAULT_API_VERSION, parse_api_source
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.filesafety import sanitize_name
 
 IMPORTERS = ("openai", "azure_openai")
-AZURE_DEFAULT_API_VERSION = "2024-10-21"
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+\-]")
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ class RemoteObject:
 
 def safe_name(text: str) -> str:
     """A remote model id as a file or folder name ("meta-llama/Llama-3" -> "meta-llama_Llama-3")."""
-    return _UNSAFE_NAME.sub("_", text).strip("._")[:200] or "model"
+    return sanitize_name(text, tidy=True) or "model"
 
 
 def remote_model_name(source_url: str, engine: str, parameters: dict[str, Any]) -> str:
@@ -57,27 +55,7 @@ def remote_model_name(source_url: str, engine: str, parameters: dict[str, Any]) 
                 param="source_url",
             )
         return safe_name(path[0])
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidArgument(
-            "an api model's source_url must be the remote's http(s) URL: <base>/models/<model-id> "
-            "or an Azure OpenAI resource",
-            code="invalid_source_url",
-            param="source_url",
-        )
-    deployment = parameters.get("DEPLOYMENT-NAME")
-    if deployment:
-        return safe_name(str(deployment))
-    if "deployments" in path and path.index("deployments") + 1 < len(path):
-        return safe_name(path[path.index("deployments") + 1])
-    if "models" in path and path.index("models") + 1 < len(path):
-        return safe_name("/".join(path[path.index("models") + 1 :]))
-    if parameters.get("model"):
-        return safe_name(str(parameters["model"]))
-    raise InvalidArgument(
-        "an api model's source_url must name the remote model: <base>/models/<model-id>",
-        code="invalid_source_url",
-        param="source_url",
-    )
+    return safe_name(parse_api_source(source_url, parameters).model)
 
 
 def openai_objects(base_url: str, api_key: str, model_ids: list[str]) -> list[RemoteObject]:
@@ -116,6 +94,9 @@ async def list_openai_models(
     base_url: str, api_key: str, *, allow_private: bool, timeout_s: float = 15
 ) -> list[str]:
     """The ids a remote lists at `GET <base>/models` (OpenAI's `{"data": [{"id"}]}`), sorted."""
+    # Imported here: the HTTP client costs the catalog ~10 MB resident, and listing a remote is rare.
+    import aiohttp
+
     from services.common.safehttp import SafeResolver  # DNS-pinning, address rules at connect time
 
     url = base_url.rstrip("/") + "/models"

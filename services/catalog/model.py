@@ -18,33 +18,23 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from jan.model.v1 import model_pb2
-from services.common.gguf_plan import quantization_of
 
-ENGINES = ("llamacpp", "api", "tensorrt")
-DEFAULT_ENGINE = "llamacpp"
-# Engines whose models run elsewhere (a remote API, a Triton server): nothing to download.
-REMOTE_ENGINES = ("api", "tensorrt")
+# Re-exported until the catalog's other modules import them from services.common: check_name
+# (authoring, folders, directories, remote_imports) and REMOTE_ENGINES (authoring, placement).
+from services.common.engine_names import DEFAULT_ENGINE, ENGINES, REMOTE_ENGINES
+from services.common.filesafety import check_name, sanitize_name
+from services.common.gguf_plan import quantization_of
+from services.common.storage.base import SHA256_RE
+
 # Files in a model folder that are model binaries (anything else, e.g. README.md, is left alone).
 BINARY_SUFFIXES = (".gguf", ".ggml", ".bin", ".safetensors", ".onnx", ".engine", ".plan", ".proj")
 HF_HOSTS = ("huggingface.co", "hf.co", "www.huggingface.co")
 
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ModelFileError(Exception):
     """A json file that is not a valid model object; str() is the reason shown to users."""
-
-
-def check_name(name: str, what: str) -> str:
-    """A folder or file name that cannot leave its directory (no separators, no dot names, no hidden)."""
-    if not name or name in (".", "..") or name.startswith("."):
-        raise ValueError(f"{what} {name!r} must not be empty or start with '.'")
-    if "/" in name or "\\" in name or "\x00" in name or any(ord(c) < 32 for c in name):
-        raise ValueError(f"{what} {name!r} must not contain '/', '\\' or control characters")
-    if len(name.encode()) > 200:
-        raise ValueError(f"{what} is longer than 200 bytes")
-    return name
 
 
 def split_id(model_id: str) -> tuple[str, str]:
@@ -103,9 +93,7 @@ def is_remote_url(source_url: str) -> bool:
 
 def file_name_from_url(url: str) -> str:
     """The last path segment of a URL, decoded and made safe to use as a file name."""
-    segment = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
-    cleaned = re.sub(r"[^A-Za-z0-9._+\-]", "_", segment).lstrip(".")
-    return cleaned[:200]
+    return sanitize_name(unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]))
 
 
 @dataclass(frozen=True)
@@ -213,7 +201,7 @@ def parse_model(folder: str, stem: str, path: Path, raw: bytes, models_dir: Path
     if quant is not None and not isinstance(quant, str):
         raise ModelFileError("'metadata.quantization' must be a string")
     sha = metadata.get("sha256")
-    if sha is not None and not (isinstance(sha, str) and _SHA256_RE.match(sha.lower())):
+    if sha is not None and not (isinstance(sha, str) and SHA256_RE.match(sha.lower())):
         raise ModelFileError("'metadata.sha256' must be 64 hexadecimal digits")
 
     obj = ModelObject(folder=folder, stem=stem, path=path, data=data, file_created=file_birth_time(path))
@@ -248,7 +236,7 @@ def _parse_binaries(value: Any) -> list[BinarySpec]:
         except ValueError as exc:
             raise ModelFileError(f"{where}: {exc}") from None
         sha = item.get("sha256") or ""
-        if not isinstance(sha, str) or (sha and not _SHA256_RE.match(sha.lower())):
+        if not isinstance(sha, str) or (sha and not SHA256_RE.match(sha.lower())):
             raise ModelFileError(f"{where}.sha256 must be 64 hexadecimal digits")
         size = item.get("size") or 0
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 from grpc import aio
 
 from jan.catalog.v1 import catalog_service_pb2 as pb
 from jan.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
-from services.catalog.core import Catalog, parse_json_object
+from services.catalog.core import Catalog
 from services.catalog.model import Runtime
+from services.catalog.wire import WireCache
 from services.common.errors import InvalidArgument
 from services.common.grpcserver import GrpcServer
 
@@ -34,6 +37,8 @@ _CHANGE_TYPES = {
 class CatalogServicer(pb_grpc.CatalogServiceServicer):
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self.wire = WireCache()
+        catalog.changes.listen(self.wire.forget)
 
     async def ListModels(  # type: ignore[override]  # returns pre-serialised bytes, see GrpcServer.add_servicer
         self, request: pb.ListModelsRequest, context: aio.ServicerContext
@@ -45,13 +50,13 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         if delta is not None and not request.states and not request.engines:
             changed, removed = delta
             tail = pb.ListModelsResponse(version=version, delta=True, removed_ids=removed)
-            return self.catalog.encode_models(changed) + tail.SerializeToString()
+            return self.wire.encode(changed) + tail.SerializeToString()
         models, token, total = self.catalog.list_models(
             request.page_size, request.page_token, list(request.states), list(request.engines)
         )
         # Serialised protobuf messages concatenate into their merge: cached model bytes + the scalars.
         tail = pb.ListModelsResponse(next_page_token=token, total_size=total, version=version)
-        return self.catalog.encode_models(models) + tail.SerializeToString()
+        return self.wire.encode(models) + tail.SerializeToString()
 
     async def GetModel(
         self, request: pb.GetModelRequest, context: aio.ServicerContext
@@ -106,8 +111,8 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             request.id,
             name=request.name if request.HasField("name") else None,
             description=request.description if request.HasField("description") else None,
-            parameters_patch=parse_json_object(request.parameters_patch_json, "parameters"),
-            metadata_patch=parse_json_object(request.metadata_patch_json, "metadata"),
+            parameters_patch=_parse_json(request.parameters_patch_json, "parameters"),
+            metadata_patch=_parse_json(request.metadata_patch_json, "metadata"),
         )
         return pb.UpdateModelResponse(model=model)
 
@@ -217,7 +222,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     ) -> pb.GetStorageUsageResponse:
         usage, model_bytes, models = await self.catalog.storage_usage()
         return pb.GetStorageUsageResponse(
-            backend=self.catalog.backend.kind,
+            backend=self.catalog.binaries.backend.kind,
             stored_bytes=usage.stored_bytes,
             contents=usage.contents,
             binary_bytes=usage.binary_bytes,
@@ -248,8 +253,18 @@ def make_server(catalog: Catalog) -> GrpcServer:
     return server
 
 
+def _parse_json(text: str, param: str) -> Any:
+    """JSON text from a request (empty = None), or InvalidArgument naming the field."""
+    if not text:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"{param} is not valid JSON: {exc}", param=param) from None
+
+
 def _object(text: str, param: str) -> dict | None:
-    value = parse_json_object(text, param)
+    value = _parse_json(text, param)
     if value is not None and not isinstance(value, dict):
         raise InvalidArgument(f"{param} must be a JSON object", param=param)
     return value

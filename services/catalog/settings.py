@@ -2,41 +2,50 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from services.common.service_settings import (
+    GrpcHost,
+    GrpcPort,
+    LogLevel,
+    MetricsPort,
+    ServiceSettings,
+    none_if_empty,
+    root_field,
+    shared_alias,
+    split_list,
+)
+
+PREFIX = "JAN_CATALOG_"
 
 # The recommended models shipped with the project (json only), seeded into a new JAN_ROOT.
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-class CatalogSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="JAN_CATALOG_", extra="ignore", populate_by_name=True)
+class CatalogSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX)
 
-    root: Path = Field(
-        default=Path("~/jan"),
-        validation_alias=AliasChoices("JAN_CATALOG_ROOT", "JAN_ROOT"),
-        description="Jan's root folder; model objects live in <root>/models.",
-    )
-    host: str = Field(default="127.0.0.1", description="Address the gRPC server binds to.")
-    port: int = Field(default=13370, ge=0, le=65535, description="gRPC port (0 = any free port).")
+    root: Path = root_field(PREFIX, "Jan's root folder; model objects live in <root>/models.")
+    host: GrpcHost = "127.0.0.1"
+    port: GrpcPort = 13370
     import_allowed_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path.home()],
-        validation_alias=AliasChoices("JAN_CATALOG_IMPORT_ALLOWED_DIRS", "JAN_IMPORT_ALLOWED_DIRS"),
+        validation_alias=shared_alias(PREFIX, "import_allowed_dirs"),
         description="Directories (separated by ',' or ':') under which local files may be imported.",
     )
     watch_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
-        validation_alias=AliasChoices("JAN_CATALOG_WATCH_DIRS", "JAN_WATCH_DIRS"),
+        validation_alias=shared_alias(PREFIX, "watch_dirs"),
         description="Directories (separated by ',' or ':') whose GGUF models appear in the catalog by "
         "themselves, linked in place, and disappear when deleted there.",
     )
     allow_private_networks: bool = Field(
         default=False,
-        validation_alias=AliasChoices("JAN_CATALOG_ALLOW_PRIVATE_NETWORKS", "JAN_ALLOW_PRIVATE_NETWORKS"),
+        validation_alias=shared_alias(PREFIX, "allow_private_networks"),
         description="Accept source URLs on loopback, private or link-local addresses.",
     )
     seed_models_dir: Path | None = Field(
@@ -59,28 +68,18 @@ class CatalogSettings(BaseSettings):
     import_max_bytes: int = Field(
         default=512 * 1024**3, ge=1, description="Largest total size an imported archive may extract to."
     )
-    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
-    metrics_port: int = Field(
-        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics server on host (0 = off)."
-    )
-
-    @field_validator("root", mode="after")
-    @classmethod
-    def _expand_root(cls, v: Path) -> Path:
-        return v.expanduser().resolve()
+    log_level: LogLevel = "INFO"
+    metrics_port: MetricsPort = 0
 
     @field_validator("seed_models_dir", mode="before")
     @classmethod
     def _empty_means_none(cls, v: object) -> object:
-        return None if v == "" else v
+        return none_if_empty(v)
 
     @field_validator("import_allowed_dirs", "watch_dirs", mode="before")
     @classmethod
     def _split_dirs(cls, v: object) -> object:
-        if isinstance(v, str):
-            parts = [p.strip() for chunk in v.split(",") for p in chunk.split(os.pathsep)]
-            return [p for p in parts if p]
-        return v
+        return split_list(v)
 
     @field_validator("import_allowed_dirs", "watch_dirs", mode="after")
     @classmethod

@@ -10,12 +10,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc
 from grpc import aio
+
+from services.common.grpchandlers import Answer, AnswerStream, Wrappers, WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +100,11 @@ def _trailers(err: JanError) -> tuple[tuple[str, str], ...]:
     return tuple(items)
 
 
-class ErrorInterceptor(aio.ServerInterceptor):
+class ErrorInterceptor(WrappingInterceptor):
     """Maps JanError to its status code; anything else becomes INTERNAL with a logged traceback."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
+    def wrappers(self, details: grpc.HandlerCallDetails) -> Wrappers:
+        method = details.method
 
         async def abort(context: aio.ServicerContext, exc: BaseException) -> None:
             if isinstance(exc, OSError) and (storage := storage_error(exc)) is not None:
@@ -124,7 +119,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
             context.set_trailing_metadata(((ERROR_CODE_KEY, "internal_error"),))
             await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the service log)")
 
-        def wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        def wrap_unary(fn: Answer) -> Answer:
             async def wrapped(request: Any, context: aio.ServicerContext) -> Any:
                 try:
                     return await fn(request, context)
@@ -135,7 +130,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
 
             return wrapped
 
-        def wrap_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        def wrap_stream(fn: AnswerStream) -> AnswerStream:
             async def wrapped(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
                     async for item in fn(request, context):
@@ -147,28 +142,4 @@ class ErrorInterceptor(aio.ServerInterceptor):
 
             return wrapped
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                wrap_stream(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return wrap_unary, wrap_stream

@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-# Same bound as the catalog's check_name: names must fit a file system entry with room to spare.
-MAX_NAME_BYTES = 200
+from services.common.filesafety import MAX_NAME_BYTES, sanitize_name
 
 _SPLIT_RE = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})$")
 # Quantization tag: a whole token, i.e. preceded and followed by '.', '-', '_' or the string's ends.
@@ -24,7 +23,6 @@ _QUANT_RE = re.compile(
     r"(?<![^._-])(I?Q[1-8](?:_K|_[0-9]|_[A-Z]{1,3})*|BF16|F16|F32)(?![^._-])",
     re.IGNORECASE,
 )
-_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+\-]")
 # Suffixes TheBloke/bartowski/unsloth-style repos add to the model's name; dropped in display names.
 _REPO_FORMAT_SUFFIX = re.compile(r"[-_.]gguf$", re.IGNORECASE)
 
@@ -113,16 +111,8 @@ def repo_title(repo: str) -> str:
 
 
 def safe_name(name: str) -> str:
-    """A file name that cannot leave its folder: [A-Za-z0-9._+-] only, no leading dot, at most 200 bytes
-    (the rules the catalog applies to model folders)."""
-    cleaned = _UNSAFE_NAME_CHARS.sub("_", name).lstrip(".")
-    if len(cleaned) > MAX_NAME_BYTES:
-        root, dot, ext = cleaned.rpartition(".")
-        if dot and 0 < len(ext) < 16:
-            cleaned = root[: MAX_NAME_BYTES - len(ext) - 1] + "." + ext
-        else:
-            cleaned = cleaned[:MAX_NAME_BYTES]
-    return cleaned or "file"
+    """A file name that cannot leave its folder (filesafety.sanitize_name), keeping its extension."""
+    return sanitize_name(name, keep_extension=True) or "file"
 
 
 def unique_names(names: Sequence[str], *, keep_extension: bool) -> list[str]:

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import ErrorInterceptor
+from services.common.grpchandlers import HANDLER_MAKERS
 from services.common.metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,6 @@ CHANNEL_OPTIONS = (
 # served (a second stack on the same ports, a port picked twice) would silently share its connections;
 # without it the second bind fails and the service exits saying so.
 SERVER_OPTIONS = (*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0))
-
-
-_HANDLER_KINDS = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 
 
 def _serialize(response: object) -> bytes:
@@ -72,7 +65,7 @@ class GrpcServer:
         handlers = {}
         for method in service.methods:
             request_cls = message_factory.GetMessageClass(method.input_type)
-            make = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+            make = HANDLER_MAKERS[(method.client_streaming, method.server_streaming)]
             handlers[method.name] = make(
                 getattr(servicer, method.name),
                 request_deserializer=request_cls.FromString,

@@ -1,4 +1,5 @@
-"""The command line every service process shares: `--print-settings`, logging, then serve until a signal."""
+"""The command line every process shares, the gateway's too: `--print-settings`, logging; for a gRPC
+service then its metrics server, and serving until a signal."""
 
 from __future__ import annotations
 
@@ -31,15 +32,12 @@ def read_settings(cls: type[S]) -> S:
         raise SystemExit("invalid settings:\n  " + "\n  ".join(lines)) from None
 
 
-def service_main(
-    prog: str,
-    description: str | None,
-    settings_types: tuple[type[BaseSettings], ...],
-    serve: Callable[..., Coroutine[Any, Any, None]],
-) -> None:
-    """Reads the settings (a bad one ends the process here, naming the variable), then runs
-    `serve(*settings)`. The first settings class is the service's own and gives the log level, the host
-    and the metrics port."""
+def process_start(
+    prog: str, description: str | None, settings_types: tuple[type[BaseSettings], ...]
+) -> list[Any] | None:
+    """The command line every process shares: reads the settings (a bad one ends the process here, naming
+    the variable); with `--print-settings` prints them and returns None, else sets up logging at the
+    level of the first settings class (the process's own) and returns them."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
     args = parser.parse_args()
@@ -48,7 +46,21 @@ def service_main(
     if args.print_settings:
         for s in [*settings, log_settings]:  # secrets are SecretStr: printed as **********
             print(s.model_dump_json(indent=2))
-        return
+        return None
     setup_logging(settings[0].log_level, log_settings.format)
-    start_metrics_server(getattr(settings[0], "metrics_port", 0), settings[0].host)
+    return settings
+
+
+def service_main(
+    prog: str,
+    description: str | None,
+    settings_types: tuple[type[BaseSettings], ...],
+    serve: Callable[..., Coroutine[Any, Any, None]],
+) -> None:
+    """`process_start`, then the metrics server on the service's host and `metrics_port`, then
+    `serve(*settings)` until it returns."""
+    settings = process_start(prog, description, settings_types)
+    if settings is None:
+        return
+    start_metrics_server(settings[0].metrics_port, settings[0].host)
     asyncio.run(serve(*settings))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -19,6 +19,7 @@ from grpc import aio
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
 from services.common.errors import ERROR_CODE_KEY
+from services.common.grpchandlers import Answer, AnswerStream, Wrappers, WrappingInterceptor
 from services.common.logs import REQUEST_ID_METADATA, new_request_id, request_id
 
 log = logging.getLogger(__name__)
@@ -57,19 +58,12 @@ def _request_id(details: grpc.HandlerCallDetails) -> str:
     return new_request_id()
 
 
-class MetricsInterceptor(aio.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Per call: the request id for the logs, a count by status code, a duration, errors by code."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, method = _split_method(handler_call_details.method)
-        rid = _request_id(handler_call_details)
+    def wrappers(self, details: grpc.HandlerCallDetails) -> Wrappers:
+        service, method = _split_method(details.method)
+        rid = _request_id(details)
         component = service.split(".")[1] if service.count(".") >= 2 else service
 
         def finish(context: aio.ServicerContext, started: float, failed: BaseException | None) -> None:
@@ -86,7 +80,7 @@ class MetricsInterceptor(aio.ServerInterceptor):
                 # One line per refused call, under the caller's request id (set by this interceptor).
                 log.info("%s %s: %s (%s)", method, name, error, context.details() or "")
 
-        def wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        def wrap_unary(fn: Answer) -> Answer:
             async def wrapped(request: Any, context: aio.ServicerContext) -> Any:
                 request_id.set(rid)  # in the call's own task: gone with it, nothing to reset
                 started, failed = time.perf_counter(), None
@@ -100,7 +94,7 @@ class MetricsInterceptor(aio.ServerInterceptor):
 
             return wrapped
 
-        def wrap_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        def wrap_stream(fn: AnswerStream) -> AnswerStream:
             async def wrapped(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
                 started, failed = time.perf_counter(), None
                 request_id.set(rid)
@@ -116,20 +110,7 @@ class MetricsInterceptor(aio.ServerInterceptor):
 
             return wrapped
 
-        kinds: list[tuple[Any, Any, Any]] = [
-            (handler.unary_unary, grpc.unary_unary_rpc_method_handler, wrap_unary),
-            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, wrap_unary),
-            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, wrap_stream),
-            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, wrap_stream),
-        ]
-        for fn, make, wrap in kinds:
-            if fn:
-                return make(  # type: ignore[no-any-return]
-                    wrap(fn),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
+        return wrap_unary, wrap_stream
 
 
 def start_metrics_server(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> int:

@@ -6,6 +6,7 @@ from services.common.catalog_client import CatalogClient
 from services.common.grpcserver import run_until_signal
 from services.common.main import service_main
 from services.common.storage import StorageSettings, make_storage
+from services.downloader import metrics
 from services.downloader.core import Downloader
 from services.downloader.servicer import make_server
 from services.downloader.settings import DownloaderSettings
@@ -14,6 +15,7 @@ from services.downloader.settings import DownloaderSettings
 async def serve(settings: DownloaderSettings, storage_settings: StorageSettings) -> None:
     catalog = CatalogClient(settings.catalog_address)
     downloader = Downloader(settings, make_storage(storage_settings, settings.root), catalog)
+    metrics.watch(downloader)
     server = make_server(downloader)
     server.bind(f"{settings.host}:{settings.port}")
 

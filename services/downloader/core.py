@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from services.common.errors import (
     ResourceExhausted,
 )
 from services.common.storage import Storage
-from services.downloader import hf, metrics
+from services.downloader import hf
 from services.downloader.fetch import Fetcher, FetchError, FetchOptions
 from services.downloader.settings import DownloaderSettings
 
@@ -138,6 +138,9 @@ class Downloader:
         self.resolver = resolver
         self.jobs: dict[str, Job] = {}
         self.jobs_dir = settings.state_dir / "jobs"
+        # Bytes received and jobs ended (by result), for the process's metrics: __main__ wires them.
+        self.on_received: Callable[[int], None] = lambda n: None
+        self.on_ended: Callable[[str], None] = lambda result: None
         self.options = FetchOptions(
             connections=settings.connections,
             min_split_bytes=settings.min_split_bytes,
@@ -158,7 +161,6 @@ class Downloader:
     async def start(self) -> None:
         from services.downloader.fetch import make_session
 
-        metrics.watch(self)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.session = make_session(self.options, self.resolver)
         self.fetcher = Fetcher(self.options, self.resolver)
@@ -397,7 +399,7 @@ class Downloader:
             job.error = job.error_code = ""
             self._save(job)
             log.info("downloaded %s (%s)", job.model_id, _human(job.bytes_done))
-            metrics.ended("done")
+            self.on_ended("done")
         except asyncio.CancelledError:
             raise
         except FetchError as exc:
@@ -422,7 +424,7 @@ class Downloader:
         self._publish(job)
 
         def progress(done: int, total: int) -> None:
-            metrics.received(done - f.done)
+            self.on_received(done - f.done)
             f.done = done
             if total > 0:
                 f.total = total
@@ -501,7 +503,7 @@ class Downloader:
 
     async def _fail(self, job: Job, code: str, message: str) -> None:
         log.warning("download of %s failed: %s", job.model_id, message)
-        metrics.ended(code)
+        self.on_ended(code)
         job.phase = P.PHASE_FAILED
         job.error, job.error_code = message, code
         for f in job.files:

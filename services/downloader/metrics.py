@@ -1,20 +1,18 @@
-"""The downloader's Prometheus metrics: bytes received and jobs ended by result (fed by small calls in
-the core), and, read from the jobs when scraped, how many are in each phase and their current speed."""
+"""The downloader's Prometheus metrics: bytes received and jobs ended by result (fed by the core's two
+hooks), and, read from the jobs when scraped, how many are in each phase and their current speed. The
+process's `__main__` wires a downloader in with `watch`; the core never imports this module."""
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from jan.downloader.v1 import downloader_service_pb2 as pb
-
-if TYPE_CHECKING:
-    from services.downloader.core import Downloader
+from services.downloader.core import Downloader
 
 BYTES = Counter("jan_downloader_bytes_total", "Bytes received from download sources.")
 JOBS_ENDED = Counter(
@@ -59,4 +57,8 @@ REGISTRY.register(_COLLECTOR)
 
 
 def watch(downloader: Downloader) -> None:
+    """Exposes `downloader`'s jobs in the process's metrics (for as long as it lives) and counts its bytes
+    and ended jobs."""
     _COLLECTOR.downloaders.add(downloader)
+    downloader.on_received = received
+    downloader.on_ended = ended

@@ -5,24 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.common.service_settings import (
+    GrpcHost,
+    GrpcPort,
+    LogLevel,
+    MetricsPort,
+    ServiceSettings,
+    root_field,
+    shared_alias,
+)
 
 MiB = 1024 * 1024
+PREFIX = "JAN_DOWNLOADER_"
 
 
-class DownloaderSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="JAN_DOWNLOADER_", extra="ignore", populate_by_name=True)
+class DownloaderSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX)
 
-    root: Path = Field(
-        default=Path("~/jan"),
-        validation_alias=AliasChoices("JAN_DOWNLOADER_ROOT", "JAN_ROOT"),
-        description="Jan's root folder (models in <root>/models, job state in <root>/.downloads).",
+    root: Path = root_field(
+        PREFIX, "Jan's root folder (models in <root>/models, job state in <root>/.downloads)."
     )
-    host: str = Field(default="127.0.0.1", description="Address the gRPC server binds to.")
-    port: int = Field(default=13371, ge=0, le=65535, description="gRPC port (0 = any free port).")
+    host: GrpcHost = "127.0.0.1"
+    port: GrpcPort = 13371
     catalog_address: str = Field(
         default="127.0.0.1:13370",
-        validation_alias=AliasChoices("JAN_DOWNLOADER_CATALOG_ADDRESS", "JAN_CATALOG_ADDRESS"),
+        validation_alias=shared_alias(PREFIX, "catalog_address"),
         description="host:port of the catalog's gRPC server.",
     )
     connections: int = Field(default=4, ge=1, le=32, description="Parallel ranged connections for one file.")
@@ -55,7 +64,7 @@ class DownloaderSettings(BaseSettings):
     )
     allow_private_networks: bool = Field(
         default=False,
-        validation_alias=AliasChoices("JAN_DOWNLOADER_ALLOW_PRIVATE_NETWORKS", "JAN_ALLOW_PRIVATE_NETWORKS"),
+        validation_alias=shared_alias(PREFIX, "allow_private_networks"),
         description="Fetch from loopback, private or link-local addresses (tests, private mirrors).",
     )
     hf_endpoint: str = Field(
@@ -74,15 +83,8 @@ class DownloaderSettings(BaseSettings):
     keep_finished_s: float = Field(
         default=3600, ge=0, description="How long ended jobs stay listed before they are forgotten."
     )
-    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
-    metrics_port: int = Field(
-        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics server on host (0 = off)."
-    )
-
-    @field_validator("root", mode="after")
-    @classmethod
-    def _expand_root(cls, v: Path) -> Path:
-        return v.expanduser().resolve()
+    log_level: LogLevel = "INFO"
+    metrics_port: MetricsPort = 0
 
     @field_validator("hf_endpoint", mode="after")
     @classmethod

@@ -25,9 +25,9 @@ import orjson
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.model.v1 import model_pb2
 from services.common.catalog_client import CatalogClient
+from services.common.engine_names import REMOTE_ENGINES
 from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable, Unimplemented
 from services.common.storage import Storage
-from services.runner import metrics
 from services.runner.engines.base import (
     Delta,
     Engine,
@@ -96,8 +96,6 @@ def tensorrt_factory(spec: LoadSpec, settings: RunnerSettings) -> Engine:
     return TensorRTEngine(spec, settings)
 
 
-# Engines whose models run elsewhere (a remote API, a Triton server): no binaries to materialise.
-REMOTE_ENGINES = frozenset({"api", "tensorrt"})
 DEFAULT_ENGINES: dict[str, EngineFactory] = {
     "llamacpp": llamacpp_factory,
     "api": api_factory,
@@ -127,11 +125,13 @@ class Runner:
         # Models unloaded on purpose (idle, or asked) not yet told to the catalog: it does not replace them.
         self._released: set[str] = set()
         self._assigned: set[asyncio.Task[None]] = set()
+        # Time to first token and tokens of each generation, for the process's metrics: __main__ wires them.
+        self.on_first_token: Callable[[str, float], None] = lambda model_id, seconds: None
+        self.on_finished: Callable[[str, int], None] = lambda model_id, tokens: None
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        metrics.watch(self)
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="runner-heartbeat"))
         self._tasks.append(asyncio.create_task(self._reaper_loop(), name="runner-keep-alive"))
 
@@ -455,13 +455,13 @@ class Runner:
                     ) from None
                 except StopAsyncIteration:
                     return
-                metrics.first_token(model_id, time.perf_counter() - started)
+                self.on_first_token(model_id, time.perf_counter() - started)
                 yield first
                 generated = first.completion_tokens  # each choice's last delta carries its usage
                 async for delta in stream:
                     generated += delta.completion_tokens
                     yield delta
-            metrics.finished(model_id, generated)
+            self.on_finished(model_id, generated)
         finally:
             hosted.active -= 1
             hosted.touch()

@@ -1,18 +1,17 @@
-"""The runner's Prometheus metrics: tokens generated and time to first token per model (fed by two calls
-in the core), and, read from the loaded models when scraped, their memory, active and queued requests."""
+"""The runner's Prometheus metrics: tokens generated and time to first token per model (fed by the core's
+two generation hooks), and, read from the loaded models when scraped, their memory, active and queued
+requests. The process's `__main__` wires a runner in with `watch`; the core never imports this module."""
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from services.runner.core import Runner
+from services.runner.core import Runner
 
 TOKENS = Counter(
     "jan_runner_tokens_generated_total", "Completion tokens of finished generations, by model.", ["model"]
@@ -84,5 +83,8 @@ REGISTRY.register(_COLLECTOR)
 
 
 def watch(runner: Runner) -> None:
-    """Exposes `runner`'s loaded models in the process's metrics (for as long as it lives)."""
+    """Exposes `runner`'s loaded models in the process's metrics (for as long as it lives) and counts its
+    generations."""
     _COLLECTOR.runners.add(runner)
+    runner.on_first_token = first_token
+    runner.on_finished = finished

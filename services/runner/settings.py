@@ -9,8 +9,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from services.common.service_settings import (
+    GrpcHost,
+    GrpcPort,
+    LogLevel,
+    MetricsPort,
+    ServiceSettings,
+    root_field,
+    shared_alias,
+    split_list,
+)
+
+PREFIX = "JAN_RUNNER_"
 
 
 def _default_budget() -> int:
@@ -48,17 +61,13 @@ def _own_address() -> str:
         return "127.0.0.1"
 
 
-class RunnerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="JAN_RUNNER_", extra="ignore", populate_by_name=True)
+class RunnerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX)
 
-    root: Path = Field(
-        default=Path("~/jan"),
-        validation_alias=AliasChoices("JAN_RUNNER_ROOT", "JAN_ROOT"),
-        description="Jan's root folder (models in <root>/models).",
-    )
+    root: Path = root_field(PREFIX, "Jan's root folder (models in <root>/models).")
     name: str = Field(default_factory=socket.gethostname, description="This runner's unique name.")
-    host: str = Field(default="127.0.0.1", description="Address the gRPC server binds to.")
-    port: int = Field(default=13372, ge=0, le=65535, description="gRPC port (0 = any free port).")
+    host: GrpcHost = "127.0.0.1"
+    port: GrpcPort = 13372
     advertise_address: str = Field(
         default="",
         description="host:port the gateway uses to reach this runner (default host:port; when host is a "
@@ -66,7 +75,7 @@ class RunnerSettings(BaseSettings):
     )
     catalog_address: str = Field(
         default="127.0.0.1:13370",
-        validation_alias=AliasChoices("JAN_RUNNER_CATALOG_ADDRESS", "JAN_CATALOG_ADDRESS"),
+        validation_alias=shared_alias(PREFIX, "catalog_address"),
         description="host:port of the catalog's gRPC server.",
     )
     memory_budget_bytes: int = Field(
@@ -104,14 +113,12 @@ class RunnerSettings(BaseSettings):
         description="Slots (requests decoded together) of a llama.cpp model that sets no n_parallel; "
         "halved until the KV caches fit the memory budget.",
     )
-    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
-    metrics_port: int = Field(
-        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics server on host (0 = off)."
-    )
+    log_level: LogLevel = "INFO"
+    metrics_port: MetricsPort = 0
     # Engines whose models run elsewhere (api: a remote OpenAI-style API; tensorrt: a Triton server).
     allow_private_networks: bool = Field(
         default=False,
-        validation_alias=AliasChoices("JAN_RUNNER_ALLOW_PRIVATE_NETWORKS", "JAN_ALLOW_PRIVATE_NETWORKS"),
+        validation_alias=shared_alias(PREFIX, "allow_private_networks"),
         description="api/tensorrt models may reach loopback, private or link-local addresses.",
     )
     api_connect_timeout_s: float = Field(
@@ -132,17 +139,10 @@ class RunnerSettings(BaseSettings):
         description="Directories (',' or ':' separated) a model's \"file:/path\" key may read from.",
     )
 
-    @field_validator("root", mode="after")
-    @classmethod
-    def _expand_root(cls, v: Path) -> Path:
-        return v.expanduser().resolve()
-
     @field_validator("secret_env_names", "secret_dirs", mode="before")
     @classmethod
     def _split_list(cls, v: object) -> object:
-        if isinstance(v, str):
-            return [p.strip() for chunk in v.split(",") for p in chunk.split(os.pathsep) if p.strip()]
-        return v
+        return split_list(v)
 
     def secret(self, value: str, what: str = "API-KEY") -> str:
         """A secret given in a model object: plain text, "env:NAME" (an allowed environment variable of

@@ -1,6 +1,7 @@
 """The web page in a real browser: Debian's headless Chromium driven by selenium through chromedriver,
 against the real service processes (as `make up` starts them) on loopback, with the tiny chat model
-`tiny/chat` and the loopback fake Hugging Face Hub (tests/fakes/hub.py) as HF_ENDPOINT.
+`tiny/chat` and the session's loopback fake Hugging Face Hub (tests/conftest.py `shared_hub`) as
+HF_ENDPOINT.
 
 `make test` installs chromium and chromium-driver (scripts/install-browser.sh); without them these tests
 fail under CI and are skipped elsewhere, saying why.
@@ -11,13 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from cli.stack import SERVICES, Stack, free_port
+from cli.stack import Stack
 from tests.fakes.hub import FakeHub
-from tests.harness import TOOLS_CTX, write_tiny_chat_model
+from tests.harness import TOOLS_CTX, process_stack, write_tiny_chat_model
 
 webdriver = pytest.importorskip("selenium.webdriver")
 
@@ -28,53 +30,41 @@ API_KEY = "jan-browser-test-key"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
-def _start(root: Path, hub: FakeHub, extra: dict[str, str] | None = None) -> Stack:
+@contextmanager
+def _stack(root: Path, hub: FakeHub, extra: dict[str, str] | None = None) -> Iterator[Stack]:
     """The stack over `root`; `stack.imports` (a dataclass attribute added here) is the folder it
     imports local files from."""
     write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
     imports = root.parent / f"{root.name}-imports"
     imports.mkdir()
-    s = Stack(root=root, ports={name: free_port() for name in SERVICES})
-    s.imports = imports  # type: ignore[attr-defined]
-    s.start(
-        extra_env={
-            "JAN_IMPORT_ALLOWED_DIRS": str(imports),
-            "JAN_ALLOW_PRIVATE_NETWORKS": "true",  # the fake Hub is on loopback
-            "HF_ENDPOINT": hub.url,
-            "HF_TOKEN": hub.token,
-            "JAN_CATALOG_SEED_MODELS_DIR": "",
-            "JAN_CATALOG_WATCH_DEBOUNCE_MS": "20",
-            "JAN_RUNNER_THREADS": "1",
-            **(extra or {}),
-        }
-    )
-    return s
-
-
-@pytest.fixture(scope="session")
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as h:
-        yield h
-
-
-@pytest.fixture(scope="session")
-def stack(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The stack without API keys; its models: `tiny/chat` (downloaded, stopped)."""
-    s = _start(tmp_path_factory.mktemp("janweb"), hub)
-    try:
+    env = {
+        "JAN_IMPORT_ALLOWED_DIRS": str(imports),
+        "JAN_ALLOW_PRIVATE_NETWORKS": "true",  # the fake Hub is on loopback
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": hub.token,
+        "JAN_CATALOG_SEED_MODELS_DIR": "",
+        "JAN_CATALOG_WATCH_DEBOUNCE_MS": "20",
+        "JAN_RUNNER_THREADS": "1",
+        **(extra or {}),
+    }
+    with process_stack(root, env) as s:
+        s.imports = imports  # type: ignore[attr-defined]
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="session")
-def keyed_stack(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(shared_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stack without API keys, Hugging Face at the session's shared fake Hub; its models: `tiny/chat`
+    (downloaded, stopped)."""
+    with _stack(tmp_path_factory.mktemp("janweb"), shared_hub) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def keyed_stack(shared_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The stack with one API key configured (API_KEY)."""
-    s = _start(tmp_path_factory.mktemp("janwebkeys"), hub, {"JAN_API_KEYS": API_KEY})
-    try:
+    with _stack(tmp_path_factory.mktemp("janwebkeys"), shared_hub, {"JAN_API_KEYS": API_KEY}) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

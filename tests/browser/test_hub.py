@@ -158,7 +158,7 @@ def test_the_list_shows_models_live_and_names_as_text(stack: Stack, browser: Web
 
 
 def test_import_errors_show_in_place_and_a_file_url_imports(
-    stack: Stack, hub: FakeHub, browser: WebDriver, tmp_path: Path
+    stack: Stack, shared_hub: FakeHub, browser: WebDriver, tmp_path: Path
 ) -> None:
     open_hub(browser, stack.url)
     source = browser.find_element(By.ID, "import-source")
@@ -168,9 +168,9 @@ def test_import_errors_show_in_place_and_a_file_url_imports(
     status = browser.find_element(By.CSS_SELECTOR, ".import-status")
     wait_for(browser, lambda d: "outside" in status.text.lower() or "allowed" in status.text.lower())
 
-    hub.add_file("/files/webfile.Q5_K_M.gguf", b"GGUF" + b"\0" * 2000)
+    shared_hub.add_file("/files/webfile.Q5_K_M.gguf", b"GGUF" + b"\0" * 2000)
     source.clear()
-    source.send_keys(f"{hub.url}/files/webfile.Q5_K_M.gguf")
+    source.send_keys(f"{shared_hub.url}/files/webfile.Q5_K_M.gguf")
     browser.find_element(By.CSS_SELECTOR, ".import-form button[type=submit]").click()
     wait_for(browser, lambda d: "Imported webfile.Q5_K_M/webfile.Q5_K_M" in status.text)
     wait_for(browser, lambda d: has_row(d, "webfile.Q5_K_M/webfile.Q5_K_M"))
@@ -182,7 +182,7 @@ def test_import_errors_show_in_place_and_a_file_url_imports(
 
 
 def test_a_repository_import_downloads_starts_runs_and_deletes(
-    stack: Stack, hub: FakeHub, browser: WebDriver, tmp_path: Path
+    stack: Stack, shared_hub: FakeHub, browser: WebDriver, tmp_path: Path
 ) -> None:
     repo = "org/tinyweb-GGUF"
     q4 = write_tiny_gguf(tmp_path / "q4.gguf", chat_template=CHAT_TEMPLATE, seed=1).read_bytes()
@@ -191,8 +191,8 @@ def test_a_repository_import_downloads_starts_runs_and_deletes(
     # reports progress per 4 MiB buffer, and the first transfer stops for a while after 5 MiB, long
     # enough to see the bar part full and pause.
     q8 += b"\0" * (9 * MiB - len(q8))
-    hub.add_repo(repo, {"tinyweb.Q4_K_M.gguf": q4, "tinyweb.Q8_0.gguf": q8})
-    hub.faults[f"{repo}/tinyweb.Q8_0.gguf"] = Faults(stall_at=5 * MiB, stall_seconds=25)
+    shared_hub.add_repo(repo, {"tinyweb.Q4_K_M.gguf": q4, "tinyweb.Q8_0.gguf": q8})
+    shared_hub.faults[f"{repo}/tinyweb.Q8_0.gguf"] = Faults(stall_at=5 * MiB, stall_seconds=25)
     picked, other = "tinyweb-GGUF/tinyweb.Q8_0", "tinyweb-GGUF/tinyweb.Q4_K_M"
     browser.execute_cdp_cmd(
         "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
@@ -314,15 +314,17 @@ def test_a_folder_imports_in_place_from_the_form(stack: Stack, browser: WebDrive
 
 
 def test_cancel_stops_a_download_and_leaves_no_partial_file(
-    stack: Stack, hub: FakeHub, browser: WebDriver, tmp_path: Path
+    stack: Stack, shared_hub: FakeHub, browser: WebDriver, tmp_path: Path
 ) -> None:
     data = write_tiny_gguf(tmp_path / "slow.gguf", chat_template=CHAT_TEMPLATE).read_bytes()
     data += b"\0" * (9 * MiB - len(data))
-    hub.add_file("/files/slow.Q4_K_M.gguf", data)
-    hub.faults["/files/slow.Q4_K_M.gguf"] = Faults(stall_at=5 * MiB, stall_seconds=25)
+    shared_hub.add_file("/files/slow.Q4_K_M.gguf", data)
+    shared_hub.faults["/files/slow.Q4_K_M.gguf"] = Faults(stall_at=5 * MiB, stall_seconds=25)
     folder = stack.root / "models" / "slow"
     folder.mkdir()
-    (folder / "slow.Q4_K_M.json").write_text(json.dumps({"source_url": f"{hub.url}/files/slow.Q4_K_M.gguf"}))
+    (folder / "slow.Q4_K_M.json").write_text(
+        json.dumps({"source_url": f"{shared_hub.url}/files/slow.Q4_K_M.gguf"})
+    )
     model = "slow/slow.Q4_K_M"
     open_hub(browser, stack.url)
     wait_for(browser, lambda d: has_row(d, model))

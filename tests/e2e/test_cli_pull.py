@@ -9,8 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,9 @@ from typer.testing import CliRunner, Result
 
 from cli.client import model_path
 from cli.main import app
-from cli.stack import SERVICES, Stack, free_port
+from cli.stack import Stack
 from tests.fakes.hub import FakeHub, Faults
+from tests.harness import process_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -45,29 +45,19 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def stack(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of its own (overrides conftest's): private networks allowed, Hugging Face at the fake Hub."""
-    s = Stack(root=tmp_path_factory.mktemp("janpull"), ports={name: free_port() for name in SERVICES})
-    s.start(
-        extra_env={
-            "JAN_ALLOW_PRIVATE_NETWORKS": "true",
-            "HF_ENDPOINT": hub.url,
-            "HF_TOKEN": hub.token,
-            "JAN_DOWNLOADER_STALL_TIMEOUT_S": "2",
-            "JAN_DOWNLOADER_MIN_SPLIT_BYTES": str(MiB),
-            "JAN_CATALOG_WATCH_DEBOUNCE_MS": "20",
-        }
-    )
-    try:
+def stack(shared_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own (overrides conftest's): private networks allowed, Hugging Face at the session's
+    shared fake Hub."""
+    env = {
+        "JAN_ALLOW_PRIVATE_NETWORKS": "true",
+        "HF_ENDPOINT": shared_hub.url,
+        "HF_TOKEN": shared_hub.token,
+        "JAN_DOWNLOADER_STALL_TIMEOUT_S": "2",
+        "JAN_DOWNLOADER_MIN_SPLIT_BYTES": str(MiB),
+        "JAN_CATALOG_WATCH_DEBOUNCE_MS": "20",
+    }
+    with process_stack(tmp_path_factory.mktemp("janpull"), env) as s:
         yield s
-    finally:
-        s.stop()
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -95,17 +85,6 @@ def jan_process(url: str, *args: str) -> subprocess.Popen[str]:
 def ok(result: Result) -> Result:
     assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
     return result
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def get_model(stack: Stack, model_id: str) -> dict[str, Any] | None:
@@ -143,11 +122,11 @@ def sha256_of(path: Path) -> str:
 # --- jan pull ---------------------------------------------------------------------------------------------
 
 
-def test_pull_id_downloads_verifies_and_is_idempotent(stack: Stack, hub: FakeHub) -> None:
-    binary = add_file_model(stack, hub, "pullsmall/small", (3 * MiB + 5, 1))
+def test_pull_id_downloads_verifies_and_is_idempotent(stack: Stack, shared_hub: FakeHub) -> None:
+    binary = add_file_model(stack, shared_hub, "pullsmall/small", (3 * MiB + 5, 1))
     out = ok(jan(stack.url, "pull", "pullsmall/small")).stdout
     assert "✓ pullsmall/small downloaded (3.0 MiB)" in out
-    assert sha256_of(binary) == hub.sha256_of_file("/files/small.gguf")
+    assert sha256_of(binary) == shared_hub.sha256_of_file("/files/small.gguf")
     wait_for(lambda: (get_model(stack, "pullsmall/small") or {}).get("state") == "stopped", what="stopped")
     job = get_job(stack, "pullsmall/small")
     assert job is not None and job["phase"] == "done" and job["bytes_done"] == 3 * MiB + 5
@@ -156,9 +135,9 @@ def test_pull_id_downloads_verifies_and_is_idempotent(stack: Stack, hub: FakeHub
     assert "pullsmall/small is already downloaded (3.0 MiB)" in again
 
 
-def test_pull_repo_url_creates_models_and_downloads_the_quant(stack: Stack, hub: FakeHub) -> None:
+def test_pull_repo_url_creates_models_and_downloads_the_quant(stack: Stack, shared_hub: FakeHub) -> None:
     repo = "org/pullrepo-GGUF"
-    hub.add_repo(repo, {"pullrepo.Q4_K_M.gguf": (MiB + 3, 2), "pullrepo.Q8_0.gguf": (2 * MiB + 1, 3)})
+    shared_hub.add_repo(repo, {"pullrepo.Q4_K_M.gguf": (MiB + 3, 2), "pullrepo.Q8_0.gguf": (2 * MiB + 1, 3)})
     url = "https://huggingface.co/org/pullrepo-GGUF"
     result = ok(jan(stack.url, "pull", url, "--quant", "q8_0"))
     out = result.stdout
@@ -167,7 +146,7 @@ def test_pull_repo_url_creates_models_and_downloads_the_quant(stack: Stack, hub:
     assert "also available (--quant): Q4_K_M" in out
     assert "✓ pullrepo-GGUF/pullrepo.Q8_0 downloaded (2.0 MiB)" in out
     folder = stack.root / "models" / "pullrepo-GGUF"
-    assert sha256_of(folder / "pullrepo.Q8_0.gguf") == hub.sha256_of(repo, "pullrepo.Q8_0.gguf")
+    assert sha256_of(folder / "pullrepo.Q8_0.gguf") == shared_hub.sha256_of(repo, "pullrepo.Q8_0.gguf")
     assert not (folder / "pullrepo.Q4_K_M.gguf").exists()
     q4 = get_model(stack, "pullrepo-GGUF/pullrepo.Q4_K_M")
     assert q4 is not None and q4["state"] == "not-downloaded"
@@ -178,24 +157,24 @@ def test_pull_repo_url_creates_models_and_downloads_the_quant(stack: Stack, hub:
     assert "pullrepo-GGUF/pullrepo.Q8_0 is already downloaded" in again
 
 
-def test_pull_file_url_creates_the_model(stack: Stack, hub: FakeHub) -> None:
-    hub.add_file("/files/pullurl.Q5_K_M.gguf", (MiB + 11, 4))
-    url = f"{hub.url}/files/pullurl.Q5_K_M.gguf"
+def test_pull_file_url_creates_the_model(stack: Stack, shared_hub: FakeHub) -> None:
+    shared_hub.add_file("/files/pullurl.Q5_K_M.gguf", (MiB + 11, 4))
+    url = f"{shared_hub.url}/files/pullurl.Q5_K_M.gguf"
     out = ok(jan(stack.url, "pull", url)).stdout
     assert "created pullurl.Q5_K_M/pullurl.Q5_K_M" in out
     assert "✓ pullurl.Q5_K_M/pullurl.Q5_K_M downloaded (1.0 MiB)" in out
     binary = stack.root / "models" / "pullurl.Q5_K_M" / "pullurl.Q5_K_M.gguf"
-    assert sha256_of(binary) == hub.sha256_of_file("/files/pullurl.Q5_K_M.gguf")
+    assert sha256_of(binary) == shared_hub.sha256_of_file("/files/pullurl.Q5_K_M.gguf")
     # Again: the model exists (409); its id is derived from the URL as the catalog derives it.
     again = ok(jan(stack.url, "pull", url)).stdout
     assert "pullurl.Q5_K_M/pullurl.Q5_K_M already exists" in again
     assert "is already downloaded" in again
 
 
-def test_pull_digest_mismatch_fails(stack: Stack, hub: FakeHub) -> None:
+def test_pull_digest_mismatch_fails(stack: Stack, shared_hub: FakeHub) -> None:
     repo = "org/pullbad-GGUF"
-    hub.add_repo(repo, {"pullbad.Q4_K_M.gguf": (MiB + 7, 5)})
-    hub.faults[f"{repo}/pullbad.Q4_K_M.gguf"] = Faults(wrong_digest=True)
+    shared_hub.add_repo(repo, {"pullbad.Q4_K_M.gguf": (MiB + 7, 5)})
+    shared_hub.faults[f"{repo}/pullbad.Q4_K_M.gguf"] = Faults(wrong_digest=True)
     result = jan(stack.url, "pull", "https://huggingface.co/org/pullbad-GGUF")
     assert result.exit_code == 1, result.output
     # Off a terminal, the phases are lines on stderr; the error is the last one.
@@ -214,11 +193,11 @@ def test_pull_unknown_model_fails(stack: Stack) -> None:
     assert result.stderr.startswith("error: ") and "nosuch/model" in result.stderr
 
 
-def test_ctrl_c_pauses_and_the_same_command_resumes(stack: Stack, hub: FakeHub) -> None:
+def test_ctrl_c_pauses_and_the_same_command_resumes(stack: Stack, shared_hub: FakeHub) -> None:
     model_id = "pullbig/big"
-    binary = add_file_model(stack, hub, model_id, (8 * MiB, 6))
+    binary = add_file_model(stack, shared_hub, model_id, (8 * MiB, 6))
     # Four ranged connections of 2 MiB: one stalls at 1 MiB until the downloader's stall timeout (2 s).
-    hub.faults["/files/big.gguf"] = Faults(stall_at=MiB, stall_seconds=3)
+    shared_hub.faults["/files/big.gguf"] = Faults(stall_at=MiB, stall_seconds=3)
     proc = jan_process(stack.url, "pull", model_id)
     try:
         # Interrupt during the stall, once the other three connections are done (7 MiB on disk). Pausing
@@ -227,10 +206,11 @@ def test_ctrl_c_pauses_and_the_same_command_resumes(stack: Stack, hub: FakeHub) 
         wait_for(
             lambda: (get_job(stack, model_id) or {}).get("bytes_done", 0) >= 7 * MiB,
             what="the download to reach the stall",
+            interval=0.02,
         )
         # From now on the retries of the stalled range get 503 (the job keeps retrying): the download
         # cannot finish before the interrupt lands, however slow the machine.
-        hub.faults["/files/big.gguf"] = Faults(status=503)
+        shared_hub.faults["/files/big.gguf"] = Faults(status=503)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:
@@ -245,22 +225,22 @@ def test_ctrl_c_pauses_and_the_same_command_resumes(stack: Stack, hub: FakeHub) 
     assert 0 < job["bytes_done"] < 8 * MiB
     assert not binary.exists()
 
-    hub.faults.pop("/files/big.gguf")
+    shared_hub.faults.pop("/files/big.gguf")
     again = jan_process(stack.url, "pull", model_id)
     out, err = again.communicate(timeout=30)
     assert again.returncode == 0, f"exit {again.returncode}\n{out}\n{err}"
     assert "✓ pullbig/big downloaded (8.0 MiB)" in out
-    assert sha256_of(binary) == hub.sha256_of_file("/files/big.gguf")
+    assert sha256_of(binary) == shared_hub.sha256_of_file("/files/big.gguf")
 
 
 # --- jan downloads ----------------------------------------------------------------------------------------
 
 
-def test_downloads_list_pause_resume_cancel(stack: Stack, hub: FakeHub) -> None:
+def test_downloads_list_pause_resume_cancel(stack: Stack, shared_hub: FakeHub) -> None:
     model_id = "pullstuck/stuck"
-    binary = add_file_model(stack, hub, model_id, (2 * MiB, 7))
+    binary = add_file_model(stack, shared_hub, model_id, (2 * MiB, 7))
     # Every request answers 503: the downloader keeps retrying (backing off), the job keeps running.
-    hub.faults["/files/stuck.gguf"] = Faults(status=503)
+    shared_hub.faults["/files/stuck.gguf"] = Faults(status=503)
     follower = jan_process(stack.url, "pull", model_id)
     try:
         wait_for(lambda: get_job(stack, model_id), what="the job")

@@ -16,21 +16,18 @@ from typing import Any
 import httpx
 import pytest
 
-from cli.stack import SERVICES, Stack, free_port
+from cli.stack import Stack
 from tests.fakes.tiny_gguf import write_tiny_gguf
+from tests.harness import CHAT_TEMPLATE, TINY_CHAT, process_stack
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("llama_cpp")
 
-MODEL = "tiny/chat"
+MODEL = TINY_CHAT
 MAX_TOKENS = 16
 # A second model whose answers take seconds (thousands of tokens), to stop one with Ctrl-C.
 LONG_MODEL = "tiny/long"
 LONG_CTX = 8192
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The CLI as a terminal's foreground job gets it: Ctrl-C raises KeyboardInterrupt. A suite started from a
 # shell's background job (`cmd &`, as CI may run it) hands its children SIGINT ignored, and Python then
@@ -52,17 +49,14 @@ CLI_ENV = {
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of its own (overrides conftest's) with the tiny model imported as tiny/chat."""
     models = tmp_path_factory.mktemp("tiny")
-    gguf = write_tiny_gguf(models / "tiny-chat.gguf", chat_template=TEMPLATE)
-    long_gguf = write_tiny_gguf(models / "tiny-long.gguf", chat_template=TEMPLATE, n_ctx=LONG_CTX)
-    s = Stack(root=tmp_path_factory.mktemp("janrun"), ports={name: free_port() for name in SERVICES})
-    s.start(
-        extra_env={
-            "JAN_IMPORT_ALLOWED_DIRS": str(models),
-            "JAN_CATALOG_SEED_MODELS_DIR": "",
-            "JAN_RUNNER_THREADS": "2",
-        }
-    )
-    try:
+    gguf = write_tiny_gguf(models / "tiny-chat.gguf", chat_template=CHAT_TEMPLATE)
+    long_gguf = write_tiny_gguf(models / "tiny-long.gguf", chat_template=CHAT_TEMPLATE, n_ctx=LONG_CTX)
+    env = {
+        "JAN_IMPORT_ALLOWED_DIRS": str(models),
+        "JAN_CATALOG_SEED_MODELS_DIR": "",
+        "JAN_RUNNER_THREADS": "2",
+    }
+    with process_stack(tmp_path_factory.mktemp("janrun"), env) as s:
         resp = httpx.post(
             f"{s.url}/v1/models",
             json={
@@ -82,8 +76,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         assert resp.status_code == 201, resp.text
         yield s
-    finally:
-        s.stop()
 
 
 # --- helpers ----------------------------------------------------------------------------------------------

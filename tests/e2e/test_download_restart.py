@@ -12,46 +12,26 @@ import httpx
 import orjson
 import pytest
 
-from cli.stack import SERVICES, Stack, free_port
+from cli.stack import Stack
 from tests.fakes.hub import FakeHub, Faults
+from tests.harness import process_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
 
 
 @pytest.fixture
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as h:
-        yield h
-
-
-@pytest.fixture
 def stack(tmp_path: Path, hub: FakeHub) -> Iterator[Stack]:
-    s = Stack(root=tmp_path / "jan", ports={name: free_port() for name in SERVICES})
-    s.start(
-        extra_env={
-            "JAN_ALLOW_PRIVATE_NETWORKS": "true",
-            "HF_ENDPOINT": hub.url,
-            "JAN_CATALOG_SEED_MODELS_DIR": "",
-            "JAN_CATALOG_REPORT_TTL_S": "3",
-            "JAN_DOWNLOADER_MIN_SPLIT_BYTES": str(4 * MiB),
-            "JAN_DOWNLOADER_BACKOFF_INITIAL_S": "0.1",
-        }
-    )
-    try:
+    env = {
+        "JAN_ALLOW_PRIVATE_NETWORKS": "true",
+        "HF_ENDPOINT": hub.url,
+        "JAN_CATALOG_SEED_MODELS_DIR": "",
+        "JAN_CATALOG_REPORT_TTL_S": "3",
+        "JAN_DOWNLOADER_MIN_SPLIT_BYTES": str(4 * MiB),
+        "JAN_DOWNLOADER_BACKOFF_INITIAL_S": "0.1",
+    }
+    with process_stack(tmp_path / "jan", env) as s:
         yield s
-    finally:
-        s.stop()
-
-
-def wait_for(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def job(stack: Stack, model_id: str) -> dict:

@@ -12,11 +12,12 @@ import httpx
 import openai
 import pytest
 
-from cli.stack import SERVICES, Stack, free_port
+from cli.stack import Stack
 from tests.fakes.azure import WORDS, FakeAzure
 from tests.fakes.llama_server import llama_server
 from tests.fakes.tiny_gguf import write_tiny_gguf
 from tests.fakes.triton_server import TritonMissing, TritonServer, triton_server
+from tests.harness import process_stack
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("sse_starlette", reason="llama-cpp-python's server needs sse-starlette")
@@ -56,17 +57,14 @@ def azure() -> Iterator[FakeAzure]:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, tiny: Path, remote: str, triton: TritonServer, azure: FakeAzure
 ) -> Iterator[Stack]:
-    s = Stack(root=tmp_path_factory.mktemp("janroot"), ports={name: free_port() for name in SERVICES})
-    s.start(
-        extra_env={
-            "JAN_IMPORT_ALLOWED_DIRS": str(tiny.parent),
-            "JAN_CATALOG_SEED_MODELS_DIR": "",
-            "JAN_ALLOW_PRIVATE_NETWORKS": "true",  # the remotes are on loopback
-            "JAN_RUNNER_THREADS": "1",
-            "OPENAI_API_KEY": KEY,  # the runner resolves "env:OPENAI_API_KEY"
-        }
-    )
-    try:
+    env = {
+        "JAN_IMPORT_ALLOWED_DIRS": str(tiny.parent),
+        "JAN_CATALOG_SEED_MODELS_DIR": "",
+        "JAN_ALLOW_PRIVATE_NETWORKS": "true",  # the remotes are on loopback
+        "JAN_RUNNER_THREADS": "1",
+        "OPENAI_API_KEY": KEY,  # the runner resolves "env:OPENAI_API_KEY"
+    }
+    with process_stack(tmp_path_factory.mktemp("janroot"), env) as s:
         models = [
             {"source_url": str(tiny), "id": ENGINES["llamacpp"], "parameters": {"ctx_len": 512}},
             {
@@ -114,8 +112,6 @@ def stack(
         assert resp.status_code == 201, resp.text
         assert [m["id"] for m in resp.json()["data"]] == [ENGINES["api"]]
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

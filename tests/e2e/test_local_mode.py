@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,11 @@ from cli.stack import free_port
 from cli.supervisor import Backoff
 from jan.catalog.v1 import catalog_service_pb2 as pb
 from jan.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
-from tests.harness import TINY_CHAT, write_tiny_chat_model
+from tests.harness import TINY_CHAT, wait_for, write_tiny_chat_model
 
 pytestmark = pytest.mark.e2e
 
 PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
-
-
-def wait_for(check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return value
 
 
 def stack_env(root: Path, **more: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ import orjson
 import pytest
 
 from cli.stack import Stack, free_port
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -23,13 +23,6 @@ SEEDED = "tinyllama-1.1b-chat/tinyllama-1.1b-chat-v1.0-Q4_K_M"
 @pytest.fixture
 def client(stack: Stack) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=10)
-
-
-def wait_for(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_list_and_retrieve_the_seeded_models(client: openai.OpenAI) -> None:

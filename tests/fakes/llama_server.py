@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,13 +18,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cli.stack import free_port
+
 ALIAS = "tiny"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(port: int, api_key: str) -> bool:

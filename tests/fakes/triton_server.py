@@ -15,7 +15,6 @@ import contextlib
 import http.client
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.stack import free_port
 from tests.fakes.tiny_gguf import write_tiny_gguf
 
 MODEL_NAME = "llm"
@@ -45,12 +45,6 @@ class TritonServer:
 
     def source_url(self, model: str = MODEL_NAME) -> str:
         return f"triton://{self.grpc_address}/{model}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ready(port: int) -> bool:
@@ -110,7 +104,7 @@ def triton_server(workdir: Path | None = None, *, timeout: float = 60.0) -> Iter
     work = Path(tempfile.mkdtemp(prefix="triton-")) if workdir is None else workdir
     backends, repository, env = prepare(work)
     binary = _pytriton_dir() / "bin" / "tritonserver"
-    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log_path = work / "tritonserver.log"
     log = open(log_path, "wb")  # closed below, after the process ends
     proc = subprocess.Popen(

@@ -1,11 +1,10 @@
 """Fault-test fixtures: the real service processes (cli/stack.py) on free ports, with the tiny GGUF model
-(tests/fakes/tiny_gguf.py) in place, and a loopback fake Hub to download from."""
+(tests/fakes/tiny_gguf.py) in place; the loopback fake Hub to download from is tests/conftest.py's `hub`."""
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +12,12 @@ import httpx
 import orjson
 import pytest
 
-from cli.stack import SERVICES, Stack, free_port
+from cli.stack import Stack
 from tests.fakes.hub import FakeHub, Faults
 from tests.fakes.tiny_gguf import write_tiny_gguf
+from tests.harness import CHAT_TEMPLATE, TINY_CHAT, process_stack, wait_for
 
-MODEL = "tiny/chat"
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+MODEL = TINY_CHAT
 # Environment of every fault stack: reports expire fast so a dead process shows within seconds, and
 # retries start quickly.
 FAST_ENV = {
@@ -36,32 +32,23 @@ FAST_ENV = {
 def write_tiny_model(root: Path, model_id: str = MODEL, *, n_ctx: int = 4096, **parameters: Any) -> Path:
     """The tiny GGUF and its model object under root/models; returns the GGUF's path."""
     folder, file = model_id.split("/")
-    gguf = write_tiny_gguf(root / "models" / folder / f"{file}.gguf", chat_template=TEMPLATE, n_ctx=n_ctx)
+    gguf = write_tiny_gguf(
+        root / "models" / folder / f"{file}.gguf", chat_template=CHAT_TEMPLATE, n_ctx=n_ctx
+    )
     params = {"ctx_len": n_ctx, "temperature": 0, "max_tokens": 16, **parameters}
     (root / "models" / folder / f"{file}.json").write_bytes(orjson.dumps({"parameters": params}))
     return gguf
 
 
 @pytest.fixture
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as h:
-        yield h
-
-
-@pytest.fixture
 def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """make_stack(root=None, **env) starts the real processes (once per test) and stops them after."""
-    stacks: list[Stack] = []
+    with ExitStack() as stacks:
 
-    def make(root: Path | None = None, **env: str) -> Stack:
-        stack = Stack(root=root or tmp_path / "jan", ports={name: free_port() for name in SERVICES})
-        stack.start(extra_env={**FAST_ENV, **env})
-        stacks.append(stack)
-        return stack
+        def make(root: Path | None = None, **env: str) -> Stack:
+            return stacks.enter_context(process_stack(root or tmp_path / "jan", {**FAST_ENV, **env}))
 
-    yield make
-    for stack in stacks:
-        stack.stop()
+        yield make
 
 
 def slow_download_stack(
@@ -86,14 +73,6 @@ def slow_download_stack(
     return stack, folder
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(interval)
-    return value
-
-
 def wait_service(stack: Stack, name: str, timeout: float = 30.0) -> None:
     """Waits until a (re)started service answers: the gateway's /healthz sees it (catalog, downloader),
     or, for the gateway itself, answers at all."""
@@ -111,12 +90,3 @@ def wait_service(stack: Stack, name: str, timeout: float = 30.0) -> None:
         return name == "gateway" or bool(body.get("services", {}).get(name))
 
     wait_for(ready, timeout)
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Loopback traffic must never go through a proxy configured on the machine.
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
-        if var in os.environ:
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")

@@ -17,7 +17,8 @@ import orjson
 import pytest
 
 from tests.fakes.hub import FakeHub
-from tests.faults.conftest import slow_download_stack, wait_for, wait_service
+from tests.faults.conftest import slow_download_stack, wait_service
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024

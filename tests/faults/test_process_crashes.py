@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from tests.fakes.hub import FakeHub
-from tests.faults.conftest import MODEL, slow_download_stack, wait_for, wait_service, write_tiny_model
+from tests.faults.conftest import MODEL, slow_download_stack, wait_service, write_tiny_model
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("llama_cpp")

@@ -20,7 +20,8 @@ import orjson
 import pytest
 
 from tests.fakes.hub import FakeHub, Faults
-from tests.faults.conftest import wait_for, write_tiny_model
+from tests.faults.conftest import write_tiny_model
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024

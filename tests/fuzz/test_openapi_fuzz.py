@@ -52,12 +52,10 @@ import hypothesis
 import orjson
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import strategies as st
 from schemathesis.checks import CheckContext
 from schemathesis.core.transport import Response
 
-from cli.stack import free_port
 from gateway.app import create_app
 from gateway.errors import Dialect
 from gateway.settings import GatewaySettings
@@ -67,7 +65,13 @@ from services.common.storage import StorageSettings, make_storage
 from services.downloader.settings import DownloaderSettings
 from services.runner.settings import RunnerSettings
 from tests.fakes.tiny_gguf import write_tiny_gguf
-from tests.harness import serving_catalog, serving_downloader, serving_runner
+from tests.harness import (
+    CHAT_TEMPLATE,
+    listening_gateway,
+    serving_catalog,
+    serving_downloader,
+    serving_runner,
+)
 
 pytest.importorskip("llama_cpp")
 
@@ -75,10 +79,6 @@ MODEL = "tiny/chat"
 VICTIM = "scratch/victim"
 # A GGUF file under JAN_IMPORT_ALLOWED_DIRS (the module's services fixture writes it there).
 SOURCE_FILE = str(Path(tempfile.gettempdir()) / f"jan-fuzz-imports-{os.getpid()}" / "import-me.gguf")
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 MAX_EXAMPLES = 100
 # 5xx a healthy stack may still give by design (never 500): none of them should appear in this run, but
 # they are documented, so they are reported as such rather than as crashes.
@@ -194,26 +194,13 @@ class Services:
                 await self._serve_gateway(cat_address, dl_address)
 
     async def _serve_gateway(self, cat_address: str, dl_address: str) -> None:
-        app = create_app(
-            GatewaySettings(
-                catalog_address=cat_address, downloader_address=dl_address, max_body_bytes=1 << 20
-            )
-        )
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        serving = asyncio.create_task(server.serve())
-        try:
-            while not server.started:
-                if serving.done():
-                    await serving
-                    raise RuntimeError("uvicorn stopped at start")
-                await asyncio.sleep(0.01)
-            self.url = f"http://127.0.0.1:{port}"
+        assert self._stop is not None
+        async with listening_gateway(
+            catalog_address=cat_address, downloader_address=dl_address, max_body_bytes=1 << 20
+        ) as url:
+            self.url = url
             self._ready.set()
             await self._stop.wait()
-        finally:
-            server.should_exit = True
-            await serving
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +211,7 @@ def services(tmp_path_factory: pytest.TempPathFactory, loopback_only: None) -> I
     params = {"ctx_len": 512, "max_tokens": 16}
     for model_id in (MODEL, VICTIM):
         folder, file = model_id.split("/")
-        write_tiny_gguf(root / "models" / folder / f"{file}.gguf", chat_template=TEMPLATE)
+        write_tiny_gguf(root / "models" / folder / f"{file}.gguf", chat_template=CHAT_TEMPLATE)
         (root / "models" / folder / f"{file}.json").write_bytes(orjson.dumps({"parameters": params}))
     try:
         with Services(root, imports) as s:

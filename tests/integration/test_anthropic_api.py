@@ -47,20 +47,9 @@ FORCED: Any = {"type": "tool", "name": "get_weather", "disable_parallel_tool_use
 @asynccontextmanager
 async def client_of(stack: Stack, api_key: str = "unused") -> AsyncIterator[anthropic.AsyncAnthropic]:
     """The SDK over the gateway's ASGI app (the SDK sends with httpx2, which has its own transport)."""
-    transport = httpx2.ASGITransport(app=stack.transport.app)  # type: ignore[attr-defined]
+    transport = httpx2.ASGITransport(app=stack.gateway.app)
     async with httpx2.AsyncClient(transport=transport, base_url="http://gw", timeout=60) as http:
         yield anthropic.AsyncAnthropic(base_url="http://gw", api_key=api_key, http_client=http, max_retries=0)
-
-
-def write_models(root: Path) -> None:
-    write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    write_models(tmp_path / "jan")
-    async with serving_stack(tmp_path / "jan") as stack:
-        yield stack
 
 
 @pytest.fixture
@@ -385,7 +374,7 @@ async def test_an_unknown_model_is_not_found(client: anthropic.AsyncAnthropic) -
 
 
 async def test_the_api_key_is_read_from_x_api_key(tmp_path: Path) -> None:
-    write_models(tmp_path / "jan")
+    write_tiny_chat_model(tmp_path / "jan", n_ctx=TOOLS_CTX)
     async with serving_stack(tmp_path / "jan", api_keys=SecretStr("k1")) as stack:
         async with client_of(stack, api_key="wrong") as wrong:
             with pytest.raises(anthropic.AuthenticationError) as denied:

@@ -13,13 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app as jan_app
-from cli.stack import Stack, free_port
-from gateway.app import create_app
+from cli.stack import Stack
 from gateway.auth import KeyChecker, bearer_token
 from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
 from services.catalog.settings import CatalogSettings
-from tests.harness import serving_catalog
+from tests.harness import process_stack, serving_catalog, serving_gateway
 
 KEY_A = "jan-test-key-aaaaaaaaaaaaaaaa"
 KEY_B = "jan-test-key-bbbbbbbbbbbbbbbb"
@@ -42,21 +41,13 @@ async def catalog_address(tmp_path: Path) -> AsyncIterator[str]:
         yield address
 
 
-async def client_for(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-            yield http
-
-
 @pytest.fixture
 async def http(catalog_address: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"# the ops team's key\n\n  {KEY_B}  \n# {KEY_A}-commented-out\n")
-    settings = GatewaySettings(catalog_address=catalog_address, api_keys=KEY_A, api_keys_file=keys_file)
-    async for client in client_for(settings):
-        yield client
+    settings = {"catalog_address": catalog_address, "api_keys": KEY_A, "api_keys_file": keys_file}
+    async with serving_gateway(timeout=5, **settings) as gw:
+        yield gw.http
 
 
 async def test_a_key_from_the_list_or_the_file_opens_every_route(http: httpx.AsyncClient) -> None:
@@ -176,9 +167,9 @@ async def test_keys_never_reach_the_logs(http: httpx.AsyncClient, caplog: pytest
 async def test_without_keys_the_gateway_is_open_and_its_document_has_no_security(
     catalog_address: str,
 ) -> None:
-    async for http in client_for(GatewaySettings(catalog_address=catalog_address)):
-        assert (await http.get("/v1/models")).status_code == 200
-        doc = (await http.get("/openapi.json")).json()
+    async with serving_gateway(timeout=5, catalog_address=catalog_address) as gw:
+        assert (await gw.http.get("/v1/models")).status_code == 200
+        doc = (await gw.http.get("/openapi.json")).json()
         assert "security" not in doc and "securitySchemes" not in doc.get("components", {})
 
 
@@ -220,17 +211,9 @@ def keyed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("janroot")
     keys = root / "api-keys"
     keys.write_text(f"{KEY_A}\n")
-    s = Stack(root=root, ports={name: free_port() for name in ("catalog", "downloader", "runner", "gateway")})
-    s.extra_env = {"JAN_API_KEYS_FILE": str(keys)}
-    s.run_dir.mkdir(parents=True, exist_ok=True)
-    s.log_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("catalog", "downloader", "gateway"):  # no runner: listing models needs none
-        s.start_service(name)
-    try:
-        s.wait_ready(60)
+    # No runner: listing models needs none.
+    with process_stack(root, {"JAN_API_KEYS_FILE": str(keys)}, ("catalog", "downloader", "gateway")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.mark.e2e

@@ -4,16 +4,14 @@ runner (llama.cpp, a tiny GGUF written by the tests): LangChain's `with_structur
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
-import orjson
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.fakes.tiny_gguf import write_tiny_gguf
-from tests.harness import CHAT_TEMPLATE, TINY_CHAT, Stack, serving_stack
+from tests.harness import TINY_CHAT, TOOLS_CTX, Stack, write_tiny_chat_model
 
 pytest.importorskip("llama_cpp")
 instructor = pytest.importorskip("instructor")
@@ -23,14 +21,9 @@ MODEL = TINY_CHAT
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    folder = tmp_path / "jan" / "models" / "tiny"
-    folder.mkdir(parents=True)
-    write_tiny_gguf(folder / "chat.gguf", chat_template=CHAT_TEMPLATE, n_ctx=4096)
-    params = {"ctx_len": 4096, "temperature": 0, "max_tokens": 300}
-    (folder / "chat.json").write_bytes(orjson.dumps({"parameters": params}))
-    async with serving_stack(tmp_path / "jan") as stack:
-        yield stack
+def stack_models() -> Callable[[Path], None]:
+    # Room for a whole structured answer (the model's default is 12 tokens).
+    return lambda root: write_tiny_chat_model(root, n_ctx=TOOLS_CTX, max_tokens=300)
 
 
 class Ticket(BaseModel):

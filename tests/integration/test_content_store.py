@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,6 @@ from tests.fakes.tiny_gguf import write_tiny_gguf
 from tests.harness import hub_stack, wait_download
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as h:
-        yield h
 
 
 @pytest.fixture

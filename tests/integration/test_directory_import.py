@@ -5,11 +5,9 @@ the user's files (inode checks: not a byte copied); a re-import adds only what i
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +16,15 @@ import pytest
 
 from tests.fakes.hub import FakeHub
 from tests.fakes.tiny_gguf import write_tiny_gguf
-from tests.harness import hub_stack
+from tests.harness import eventually, hub_stack
 
 pytest.importorskip("huggingface_hub")
 
 
 @pytest.fixture
-def hub() -> Iterator[FakeHub]:
+def hub(cdn_hub: FakeHub) -> FakeHub:
     # Its CDN on another host name, as the real Hub's: huggingface_hub needs that to fill its cache.
-    with FakeHub(cdn_host="localhost") as h:
-        yield h
+    return cdn_hub
 
 
 def regular_files(models: Path) -> list[Path]:
@@ -167,13 +164,6 @@ async def test_a_hugging_face_cache_is_recognised(tmp_path: Path, hub: FakeHub, 
         assert regular_files(root / "models") == []
 
 
-async def wait_until(check: Any, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.1)
-
-
 async def test_watched_directories_follow_their_files(tmp_path: Path, hub: FakeHub) -> None:
     watched = tmp_path / "watched"
     write_tiny_gguf(watched / "First-Q4_K_M.gguf", seed=1)
@@ -186,12 +176,12 @@ async def test_watched_directories_follow_their_files(tmp_path: Path, hub: FakeH
         async def second_appears() -> bool:
             return "Second/Second-Q8_0" in await ids(s.http)
 
-        await wait_until(second_appears)
+        await eventually(second_appears, what="Second in the list")
         (watched / "First-Q4_K_M.gguf").unlink()
 
         async def first_disappears() -> bool:
             return "First/First-Q4_K_M" not in await ids(s.http)
 
-        await wait_until(first_disappears)
+        await eventually(first_disappears, what="First gone from the list")
         assert not (root / "models" / "First").exists()
         assert "Second/Second-Q8_0" in await ids(s.http)

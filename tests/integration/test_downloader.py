@@ -32,12 +32,6 @@ class Env:
     storage: Storage
 
 
-@pytest.fixture
-def hub() -> AsyncIterator[FakeHub]:
-    with FakeHub() as h:
-        yield h  # type: ignore[misc]
-
-
 def stub_resolver(host: str, port: int) -> list[str]:
     table = {
         "127.0.0.1": ["127.0.0.1"],

@@ -16,13 +16,12 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from jan.catalog.v1 import catalog_service_pb2 as pb
 from jan.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from services.catalog.core import Catalog
-from services.catalog.servicer import SERVICE_NAME, make_server
+from services.catalog.servicer import SERVICE_NAME
 from services.catalog.settings import CatalogSettings
+from tests.harness import serving_catalog, serving_gateway
 
 
 def stub_resolver(host: str, port: int) -> list[str]:
@@ -51,21 +50,11 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         root=root, port=0, seed_models_dir=None, import_allowed_dirs=[imports], watch_debounce_ms=10
     )
     catalog = Catalog(settings, resolver=stub_resolver)
-    server = make_server(catalog)
-    port = server.bind("127.0.0.1:0")
-    await server.start()
-    await catalog.start()
-    await server.set_serving(True)
-    address = f"127.0.0.1:{port}"
-    app = create_app(GatewaySettings(catalog_address=address))
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-                yield Env(http, catalog, root, imports, address)
-    finally:
-        await server.stop(0)
-        await catalog.close()
+    async with (
+        serving_catalog(catalog) as address,
+        serving_gateway(timeout=5, catalog_address=address) as gw,
+    ):
+        yield Env(gw.http, catalog, root, imports, address)
 
 
 def write(path: Path, data: object) -> Path:
@@ -283,8 +272,6 @@ async def test_health_and_reflection_on_the_grpc_server(env: Env) -> None:
 
 
 async def test_catalog_down_gives_503_not_a_hang(tmp_path: Path) -> None:
-    app = create_app(GatewaySettings(catalog_address="127.0.0.1:1", rpc_timeout_s=2))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
-            assert_error(await http.get("/v1/models"), 503, "catalog_unavailable")
-            assert (await http.get("/healthz")).status_code == 503
+    async with serving_gateway(timeout=5, catalog_address="127.0.0.1:1", rpc_timeout_s=2) as gw:
+        assert_error(await gw.http.get("/v1/models"), 503, "catalog_unavailable")
+        assert (await gw.http.get("/healthz")).status_code == 503

@@ -13,11 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from grpc import aio
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 from jan.runner.v1 import runner_service_pb2_grpc as runner_grpc
 from services.catalog.core import Catalog
@@ -28,7 +25,7 @@ from services.common.storage import StorageSettings, make_storage
 from services.runner.core import Runner
 from services.runner.servicer import make_server as make_runner_server
 from services.runner.settings import RunnerSettings
-from tests.harness import TINY_CHAT, serving_catalog, write_tiny_chat_model
+from tests.harness import TINY_CHAT, Gateway, serving_catalog, serving_gateway, write_tiny_chat_model
 
 pytest.importorskip("llama_cpp")
 
@@ -39,8 +36,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "the cat"}], "m
 @dataclass
 class Env:
     root: Path
-    app: FastAPI
-    http: httpx.AsyncClient
+    gateway: Gateway
     catalog: Catalog
     catalog_address: str
     runner_port: int
@@ -78,6 +74,10 @@ class Env:
         await self.runner.close()
         self.runner = self.runner_server = None
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self.gateway.http
+
     async def chat(self, **extra: Any) -> httpx.Response:
         return await self.http.post("/v1/chat/completions", json={**CHAT, **extra})
 
@@ -97,17 +97,12 @@ def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
 
         catalog.placement.place = counting_place  # type: ignore[method-assign]
         async with serving_catalog(catalog) as address:
-            app = create_app(GatewaySettings(catalog_address=address, **gateway))
             env: Env | None = None
             try:
-                async with app.router.lifespan_context(app):
-                    transport = httpx.ASGITransport(app=app)
-                    async with httpx.AsyncClient(
-                        transport=transport, base_url="http://gw", timeout=60
-                    ) as http:
-                        env = Env(root, app, http, catalog, address, 0, placed)
-                        await env.start_runner()
-                        yield env
+                async with serving_gateway(catalog_address=address, **gateway) as gw:
+                    env = Env(root, gw, catalog, address, 0, placed)
+                    await env.start_runner()
+                    yield env
             finally:
                 if env is not None:
                     if env.runner_server is not None:
@@ -121,7 +116,7 @@ def make_env(tmp_path: Path) -> Callable[..., AsyncIterator[Env]]:
 
 
 def _hint(env: Env) -> Any:
-    return env.app.state.serving.placements.get(MODEL)
+    return env.gateway.serving.placements.get(MODEL)
 
 
 async def _unload_on_the_runner(env: Env) -> None:

@@ -9,13 +9,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 from grpc import aio
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from jan.runner.v1 import runner_service_pb2 as pb
 from jan.runner.v1 import runner_service_pb2_grpc as pb_grpc
 from services.catalog.core import Catalog
@@ -26,7 +23,13 @@ from services.runner.engines.llamacpp import LlamaCppEngine
 from services.runner.fit import fit
 from services.runner.settings import RunnerSettings
 from tests.fakes.tiny_gguf import write_tiny_gguf
-from tests.harness import serving_catalog, serving_runner, serving_stack, write_tiny_chat_model
+from tests.harness import (
+    serving_catalog,
+    serving_gateway,
+    serving_runner,
+    serving_stack,
+    write_tiny_chat_model,
+)
 
 pytest.importorskip("llama_cpp")
 
@@ -228,11 +231,7 @@ async def test_gateway_route_without_a_runner(tmp_path: Path) -> None:
     write_tiny_chat_model(tmp_path)
     catalog = Catalog(CatalogSettings(root=tmp_path, port=0, seed_models_dir=None))
     async with serving_catalog(catalog) as cat_address:
-        app = create_app(GatewaySettings(catalog_address=cat_address))
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
-        ):
-            resp = await http.get("/v1/models/fit")
+        async with serving_gateway(timeout=5, catalog_address=cat_address) as gw:
+            resp = await gw.http.get("/v1/models/fit")
             assert resp.status_code == 200
             assert resp.json()["data"] == [] and "no runner" in resp.json()["reason"]

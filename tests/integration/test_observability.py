@@ -16,14 +16,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cli.stack import Stack, free_port
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
 from services.catalog.settings import CatalogSettings
 from services.common.logs import JsonFormatter, request_id
 from services.common.storage import StorageSettings, make_storage
 from services.downloader.settings import DownloaderSettings
-from tests.harness import serving_catalog, serving_downloader
+from tests.harness import process_stack, serving_catalog, serving_downloader, serving_gateway
 
 CATALOG = "jan.catalog.v1.CatalogService"
 
@@ -49,18 +47,13 @@ async def make_env(tmp_path: Path, **gateway: object) -> AsyncIterator[Env]:
         dl_settings = DownloaderSettings(
             root=root, port=0, catalog_address=cat_address, allow_private_networks=False, retries=0
         )
-        async with serving_downloader(dl_settings, storage) as (_, dl_address):
-            app = create_app(
-                GatewaySettings(
-                    catalog_address=cat_address,
-                    downloader_address=dl_address,
-                    **gateway,  # type: ignore[arg-type]
-                )
-            )
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as http:
-                    yield Env(http, root)
+        async with (
+            serving_downloader(dl_settings, storage) as (_, dl_address),
+            serving_gateway(
+                timeout=30, catalog_address=cat_address, downloader_address=dl_address, **gateway
+            ) as gw,
+        ):
+            yield Env(gw.http, root)
 
 
 @pytest.fixture
@@ -182,23 +175,16 @@ async def test_metrics_need_a_key_unless_public(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def json_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("janroot")
-    s = Stack(root=root, ports={name: free_port() for name in ("catalog", "downloader", "runner", "gateway")})
-    s.metrics = {"catalog": free_port(), "downloader": free_port()}  # type: ignore[attr-defined]
-    s.extra_env = {
+    metrics = {"catalog": free_port(), "downloader": free_port()}
+    env = {
         "JAN_LOG_FORMAT": "json",
-        "JAN_CATALOG_METRICS_PORT": str(s.metrics["catalog"]),  # type: ignore[attr-defined]
-        "JAN_DOWNLOADER_METRICS_PORT": str(s.metrics["downloader"]),  # type: ignore[attr-defined]
+        "JAN_CATALOG_METRICS_PORT": str(metrics["catalog"]),
+        "JAN_DOWNLOADER_METRICS_PORT": str(metrics["downloader"]),
     }
-    s.run_dir.mkdir(parents=True, exist_ok=True)
-    s.log_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("catalog", "downloader", "gateway"):
-        s.start_service(name)
-    try:
-        s.wait_ready(60)
+    root = tmp_path_factory.mktemp("janroot")
+    with process_stack(root, env, ("catalog", "downloader", "gateway")) as s:
+        s.metrics = metrics  # type: ignore[attr-defined]
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.mark.e2e

@@ -17,9 +17,7 @@ import ollama
 import pytest
 from pydantic import SecretStr
 
-from gateway.app import create_app
 from gateway.protocol import ollama as protocol
-from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
 from services.catalog.settings import CatalogSettings
 from services.common.storage import StorageSettings, make_storage
@@ -30,10 +28,10 @@ from tests.fakes.tiny_gguf import write_tiny_gguf
 from tests.harness import (
     CHAT_TEMPLATE,
     TINY_CHAT,
-    TOOLS_CTX,
     Stack,
     serving_catalog,
     serving_downloader,
+    serving_gateway,
     serving_runner,
     serving_stack,
     write_tiny_chat_model,
@@ -43,14 +41,6 @@ pytest.importorskip("llama_cpp")
 
 MODEL = TINY_CHAT
 HELLO = [{"role": "user", "content": "the cat"}]
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    root = tmp_path / "jan"
-    write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
-    async with serving_stack(root) as stack:
-        yield stack
 
 
 @pytest.fixture
@@ -214,29 +204,6 @@ async def test_tools_and_a_tool_result_go_to_the_model(client: ollama.AsyncClien
         assert call.function.name == "get_weather" and isinstance(call.function.arguments, dict)
 
 
-def test_tool_results_are_paired_with_the_calls_they_answer() -> None:
-    messages = [
-        protocol.MessageIn(role="user", content="?"),
-        protocol.MessageIn.model_validate(
-            {
-                "role": "assistant",
-                "tool_calls": [
-                    {"function": {"name": "a", "arguments": {"x": 1}}},
-                    {"function": {"name": "b", "arguments": {}}},
-                ],
-            }
-        ),
-        protocol.MessageIn(role="tool", content="B", tool_name="b"),
-        protocol.MessageIn(role="tool", content="A", tool_name="a"),
-    ]
-    out = protocol.chat_messages(messages, MODEL)
-    assert [(c.id, c.name, json.loads(c.arguments)) for c in out[1].tool_calls] == [
-        ("call_1_0", "a", {"x": 1}),
-        ("call_1_1", "b", {}),
-    ]
-    assert [(m.tool_call_id, m.name) for m in out[2:]] == [("call_1_1", "b"), ("call_1_0", "a")]
-
-
 async def test_what_cannot_be_honoured_is_a_400_naming_it(client: ollama.AsyncClient, stack: Stack) -> None:
     for options, name in (
         ({"mirostat": 2}, "options.mirostat"),
@@ -346,40 +313,34 @@ def stub_resolver(host: str, port: int) -> list[str]:
 
 
 @pytest.fixture
-async def pull_env(tmp_path: Path) -> AsyncIterator[PullEnv]:
+async def pull_env(tmp_path: Path, hub: FakeHub) -> AsyncIterator[PullEnv]:
     tiny = write_tiny_gguf(tmp_path / "src" / "tiny.gguf", chat_template=CHAT_TEMPLATE).read_bytes()
     other = write_tiny_gguf(tmp_path / "src" / "other.gguf", chat_template=CHAT_TEMPLATE, seed=1).read_bytes()
     root = tmp_path / "jan"
-    with FakeHub() as hub:
-        hub.add_repo("acme/tiny-GGUF", {"tiny.Q4_K_M.gguf": tiny, "tiny.Q8_0.gguf": other, "README.md": b"#"})
-        storage = make_storage(StorageSettings(), root)
-        catalog = Catalog(
-            CatalogSettings(root=root, port=0, seed_models_dir=None, allow_private_networks=True),
-            storage=storage,
+    hub.add_repo("acme/tiny-GGUF", {"tiny.Q4_K_M.gguf": tiny, "tiny.Q8_0.gguf": other, "README.md": b"#"})
+    storage = make_storage(StorageSettings(), root)
+    catalog = Catalog(
+        CatalogSettings(root=root, port=0, seed_models_dir=None, allow_private_networks=True),
+        storage=storage,
+    )
+    async with serving_catalog(catalog) as cat_address:
+        dl = DownloaderSettings(
+            root=root,
+            port=0,
+            catalog_address=cat_address,
+            allow_private_networks=True,
+            hf_endpoint=hub.url,
+            hf_token=hub.token,
+            reserve_bytes=0,
+            progress_interval_s=0.01,
         )
-        async with serving_catalog(catalog) as cat_address:
-            dl = DownloaderSettings(
-                root=root,
-                port=0,
-                catalog_address=cat_address,
-                allow_private_networks=True,
-                hf_endpoint=hub.url,
-                hf_token=hub.token,
-                reserve_bytes=0,
-                progress_interval_s=0.01,
-            )
-            runner = RunnerSettings(root=root, name="r1", port=0, catalog_address=cat_address, threads=1)
-            async with (
-                serving_downloader(dl, storage, stub_resolver) as (_, dl_address),
-                serving_runner(runner, storage),
-            ):
-                app = create_app(GatewaySettings(catalog_address=cat_address, downloader_address=dl_address))
-                async with app.router.lifespan_context(app):
-                    transport = httpx.ASGITransport(app=app)
-                    async with httpx.AsyncClient(
-                        transport=transport, base_url="http://gw", timeout=60
-                    ) as http:
-                        yield PullEnv(ollama.AsyncClient(host="http://gw", transport=transport), hub, http)
+        runner = RunnerSettings(root=root, name="r1", port=0, catalog_address=cat_address, threads=1)
+        async with (
+            serving_downloader(dl, storage, stub_resolver) as (_, dl_address),
+            serving_runner(runner, storage),
+            serving_gateway(catalog_address=cat_address, downloader_address=dl_address) as gw,
+        ):
+            yield PullEnv(ollama.AsyncClient(host="http://gw", transport=gw.transport), hub, gw.http)
 
 
 async def test_pull_a_hugging_face_quant_with_progress_then_chat_copy_and_delete(pull_env: PullEnv) -> None:

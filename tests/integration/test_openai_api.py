@@ -5,35 +5,18 @@ logit_bias, token routes, cached tokens, and a 400 naming every field that would
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated, Literal
 
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.harness import (
-    TINY_CHAT,
-    TOOLS_CTX,
-    WEATHER_PARAMETERS,
-    Stack,
-    serving_stack,
-    write_tiny_chat_model,
-)
+from tests.harness import TINY_CHAT, WEATHER_PARAMETERS, Stack
 
 pytest.importorskip("llama_cpp")
 
 MODEL = TINY_CHAT
 HELLO = [{"role": "user", "content": "the cat"}]
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    root = tmp_path / "jan"
-    write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
-    async with serving_stack(root) as stack:
-        yield stack
 
 
 class Pet(BaseModel):

@@ -7,7 +7,7 @@ naming every field that would not be honoured."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +16,6 @@ import pytest
 from pydantic import BaseModel, Field, SecretStr
 
 from gateway.errors import APIError
-from gateway.protocol.responses import ResponseBuilder, ResponsesIn
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 from tests.harness import (
     CHAT_TEMPLATE,
@@ -37,12 +36,12 @@ THINK_TEMPLATE = CHAT_TEMPLATE.replace("<|assistant|>", "<|assistant|><think>")
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    root = tmp_path / "jan"
-    write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
-    write_tiny_chat_model(root, n_ctx=TOOLS_CTX, name="think", template=THINK_TEMPLATE)
-    async with serving_stack(root) as stack:
-        yield stack
+def stack_models() -> Callable[[Path], None]:
+    def write(root: Path) -> None:
+        write_tiny_chat_model(root, n_ctx=TOOLS_CTX)
+        write_tiny_chat_model(root, n_ctx=TOOLS_CTX, name="think", template=THINK_TEMPLATE)
+
+    return write
 
 
 WEATHER = {
@@ -476,8 +475,7 @@ async def test_a_runner_failure_mid_stream_ends_in_response_failed(
     ) -> AsyncGenerator[runner_pb.GenerateResponse, None]:
         return dies_after_a_word()
 
-    serving = stack.transport.app.state.serving  # type: ignore[attr-defined]
-    monkeypatch.setattr(serving, "generate", generate)
+    monkeypatch.setattr(stack.gateway.serving, "generate", generate)
     stream = await stack.sdk.responses.create(model=MODEL, input="the cat", stream=True)
     events = [e async for e in stream]
     assert [e.type for e in events[-3:]] == ["response.output_text.delta", "error", "response.failed"]
@@ -487,34 +485,6 @@ async def test_a_runner_failure_mid_stream_ends_in_response_failed(
     with pytest.raises(openai.APIStatusError) as unavailable:
         await stack.sdk.responses.create(model=MODEL, input="the cat")
     assert unavailable.value.status_code == 503
-
-
-def test_items_follow_the_order_the_runner_answers_in() -> None:
-    body = ResponsesIn(model="m", input="x", stream=True)
-    builder = ResponseBuilder(body, "resp_1", 1)
-    call = runner_pb.ToolCallDelta(index=0, id="call_1", name="f", arguments='{"a":')
-    events = builder.start()
-    for reply in (
-        runner_pb.GenerateResponse(reasoning="hm"),
-        runner_pb.GenerateResponse(text="Let me see."),
-        runner_pb.GenerateResponse(tool_calls=[call]),
-        runner_pb.GenerateResponse(tool_calls=[runner_pb.ToolCallDelta(index=0, arguments=" 1}")]),
-        runner_pb.GenerateResponse(
-            finish_reason=runner_pb.FINISH_REASON_TOOL_CALLS,
-            usage=runner_pb.Usage(prompt_tokens=5, completion_tokens=9),
-        ),
-    ):
-        events += builder.feed(reply)
-    response = builder.response()
-    assert [i["type"] for i in response["output"]] == ["reasoning", "message", "function_call"]
-    assert response["output"][2]["arguments"] == '{"a": 1}' and response["status"] == "completed"
-    assert response["usage"]["total_tokens"] == 14
-    added = [p["output_index"] for n, p in events if n == "response.output_item.added"]
-    closed = [p["output_index"] for n, p in events if n == "response.output_item.done"]
-    assert added == closed == [0, 1, 2]
-    assert events[-1][0] == "response.completed" and events[-1][1]["response"] == response | {
-        "completed_at": events[-1][1]["response"]["completed_at"]
-    }
 
 
 async def test_the_api_key_is_the_sdk_bearer_token(tmp_path: Path) -> None:

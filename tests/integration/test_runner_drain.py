@@ -10,15 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
 from services.catalog.settings import CatalogSettings
 from services.common.errors import Unavailable
 from services.common.storage import StorageSettings, make_storage
 from services.runner.engines.base import GenerateRequest, Sampling
 from services.runner.settings import RunnerSettings
-from tests.harness import TINY_CHAT, serving_catalog, serving_runner, write_tiny_chat_model
+from tests.harness import TINY_CHAT, serving_catalog, serving_gateway, serving_runner, write_tiny_chat_model
 
 MODEL = TINY_CHAT
 
@@ -46,54 +44,52 @@ async def test_a_draining_runner_finishes_its_stream_and_new_requests_go_elsewhe
         async with (
             serving_runner(settings("r1"), storage) as (r1, _),
             serving_runner(settings("r2"), storage) as (r2, _),
+            serving_gateway(catalog_address=cat_address) as gw,
         ):
-            app = create_app(GatewaySettings(catalog_address=cat_address))
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60) as http:
-                    # The model runs on one of the runners (placed by the catalog, loaded just in time).
-                    reply = await http.post("/v1/chat/completions", json=chat("hi", 3))
-                    assert reply.status_code == 200, reply.text
-                    hosting = {"r1": r1, "r2": r2}[next(iter(await running_on(http)))]
-                    other = r2 if hosting is r1 else r1
+            http = gw.http
+            # The model runs on one of the runners (placed by the catalog, loaded just in time).
+            reply = await http.post("/v1/chat/completions", json=chat("hi", 3))
+            assert reply.status_code == 200, reply.text
+            hosting = {"r1": r1, "r2": r2}[next(iter(await running_on(http)))]
+            other = r2 if hosting is r1 else r1
 
-                    # A long answer is streaming there when the runner is told to shut down.
-                    stream = hosting.generate(
+            # A long answer is streaming there when the runner is told to shut down.
+            stream = hosting.generate(
+                MODEL,
+                GenerateRequest(
+                    messages=[{"role": "user", "content": "a long story"}],
+                    prompt=None,
+                    sampling=Sampling(temperature=0.0, max_tokens=400),
+                ),
+            )
+            await anext(stream)
+            drain = asyncio.create_task(hosting.drain())
+            await asyncio.sleep(0.05)
+            assert hosting.draining and not drain.done()  # waiting for the stream in flight
+
+            # New requests go to the other runner (loaded there just in time), and the draining
+            # runner refuses any that reach it.
+            reply = await http.post("/v1/chat/completions", json=chat("hey", 3))
+            assert reply.status_code == 200, reply.text
+            assert MODEL in other.loaded
+            with pytest.raises(Unavailable) as refused:
+                await anext(
+                    hosting.generate(
                         MODEL,
                         GenerateRequest(
-                            messages=[{"role": "user", "content": "a long story"}],
+                            messages=[{"role": "user", "content": "x"}],
                             prompt=None,
-                            sampling=Sampling(temperature=0.0, max_tokens=400),
+                            sampling=Sampling(),
                         ),
                     )
-                    await anext(stream)
-                    drain = asyncio.create_task(hosting.drain())
-                    await asyncio.sleep(0.05)
-                    assert hosting.draining and not drain.done()  # waiting for the stream in flight
+                )
+            assert refused.value.code == "runner_draining"
 
-                    # New requests go to the other runner (loaded there just in time), and the draining
-                    # runner refuses any that reach it.
-                    reply = await http.post("/v1/chat/completions", json=chat("hey", 3))
-                    assert reply.status_code == 200, reply.text
-                    assert MODEL in other.loaded
-                    with pytest.raises(Unavailable) as refused:
-                        await anext(
-                            hosting.generate(
-                                MODEL,
-                                GenerateRequest(
-                                    messages=[{"role": "user", "content": "x"}],
-                                    prompt=None,
-                                    sampling=Sampling(),
-                                ),
-                            )
-                        )
-                    assert refused.value.code == "runner_draining"
+            # The stream that was running ends normally, and then the drain is over.
+            deltas = [d async for d in stream]
+            assert deltas[-1].finish_reason == "length"
+            await asyncio.wait_for(drain, 5)
 
-                    # The stream that was running ends normally, and then the drain is over.
-                    deltas = [d async for d in stream]
-                    assert deltas[-1].finish_reason == "length"
-                    await asyncio.wait_for(drain, 5)
-
-                    placed = await catalog.placement.place(MODEL)
-                    assert placed.runner.name == other.settings.name and placed.loaded
-                    assert any(r.name == hosting.settings.name and r.draining for r in catalog.live_runners())
+            placed = await catalog.placement.place(MODEL)
+            assert placed.runner.name == other.settings.name and placed.loaded
+            assert any(r.name == hosting.settings.name and r.draining for r in catalog.live_runners())

@@ -24,16 +24,12 @@ from urllib.parse import quote, unquote
 import httpx
 import orjson
 import pytest
-import uvicorn
 
-from cli.stack import free_port
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from services.catalog.core import Catalog
 from services.catalog.settings import CatalogSettings
 from services.common.storage import StorageSettings, make_storage
 from services.downloader.settings import DownloaderSettings
-from tests.harness import serving_catalog, serving_downloader
+from tests.harness import listening_gateway, serving_catalog, serving_downloader
 
 MAX_BODY = 64 * 1024
 # Names the stub resolver knows. The public one is only ever checked, never connected to.
@@ -90,27 +86,14 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             allow_private_networks=False,
             retries=0,
         )
-        async with serving_downloader(dl_settings, storage, stub_resolver) as (_, dl_address):
-            app = create_app(
-                GatewaySettings(
-                    catalog_address=cat_address, downloader_address=dl_address, max_body_bytes=MAX_BODY
-                )
-            )
-            port = free_port()
-            server = uvicorn.Server(
-                uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-            )
-            serving = asyncio.create_task(server.serve())
-            while not server.started:
-                assert not serving.done(), "the gateway did not start"
-                await asyncio.sleep(0.01)
-            url = f"http://127.0.0.1:{port}"
-            try:
-                async with httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
-                    yield Env(http, url, root, imports, outside)
-            finally:
-                server.should_exit = True
-                await serving
+        async with (
+            serving_downloader(dl_settings, storage, stub_resolver) as (_, dl_address),
+            listening_gateway(
+                catalog_address=cat_address, downloader_address=dl_address, max_body_bytes=MAX_BODY
+            ) as url,
+            httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http,
+        ):
+            yield Env(http, url, root, imports, outside)
     # Whatever the test did, the world outside JAN_ROOT is as it was.
     assert sorted(p.name for p in outside.iterdir()) == ["secret.gguf", "secret.json"]
     assert (outside / "secret.gguf").read_bytes() == b"GGUF secret"

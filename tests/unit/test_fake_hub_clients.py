@@ -16,7 +16,6 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,12 +40,11 @@ print(json.dumps([hf_hub_download(sys.argv[1], name) for name in sys.argv[2:]]))
 
 
 @pytest.fixture
-def hub() -> Iterator[FakeHub]:
+def hub(cdn_hub: FakeHub) -> FakeHub:
     # The CDN on another spelling of loopback: the real Hub's CDN is another host, and huggingface_hub
     # follows a redirect to the same host (then lacking the X-Linked-* headers) instead of reading it.
-    with FakeHub(cdn_host="localhost") as fake:
-        fake.add_repo(REPO, {GGUF: (SIZE, 3), "README.md": b"# tiny\n"})
-        yield fake
+    cdn_hub.add_repo(REPO, {GGUF: (SIZE, 3), "README.md": b"# tiny\n"})
+    return cdn_hub
 
 
 def hf_hub_download(hub: FakeHub, cache: Path, *names: str) -> list[Path]:

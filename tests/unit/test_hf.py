@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -38,12 +38,6 @@ from tests.fakes import FakeHub, Faults  # noqa: E402
 
 MiB = 1024 * 1024
 EP = "https://huggingface.co"
-
-
-@pytest.fixture
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,10 +16,9 @@ from tests.fakes import FakeHub, Faults
 
 
 @pytest.fixture
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as fake:
-        fake.add_file("/files/a.bin", b"0123456789" * 1000)
-        yield fake
+def hub(hub: FakeHub) -> FakeHub:
+    hub.add_file("/files/a.bin", b"0123456789" * 1000)
+    return hub
 
 
 def _open(url: str, auth: dict[str, str] | None = None, **kw: object) -> Transfer:

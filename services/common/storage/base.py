@@ -1,5 +1,5 @@
-"""What every storage backend offers (the `Storage` interface), its error, and the rules for the names
-and digests it is given."""
+"""What every storage backend offers (the `Storage` interface), its error, and the rule for the digests
+it is given (the rule for names is services.common.filesafety's)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ from services.common.storage.settings import MiB
 # Read/write granularity when hashing files and streaming downloads: big enough to be fast, small
 # enough that memory use stays flat whatever the size of the model.
 CHUNK = 1 * MiB
-# Longest folder or file name accepted: the hidden partial and its sidecars add up to 19 characters,
-# and the result must stay under the 255-byte limit of common filesystems.
-MAX_NAME_BYTES = 200
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 ProgressCallback = Callable[[int], None]
@@ -40,33 +37,12 @@ class StorageError(Exception):
     """A storage operation failed (missing file, S3 error, verification failure); str() says which."""
 
 
-def check_name(value: str, what: str) -> str:
-    """A folder or file name that is one non-hidden path component; ValueError otherwise."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string")
-    if value in (".", "..") or value.startswith("."):
-        raise ValueError(f"{what} {value!r} must not start with '.'")
-    if "/" in value or "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{what} {value!r} must not contain '/', '\\', NUL or control characters")
-    if len(value.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        raise ValueError(f"{what} is longer than {MAX_NAME_BYTES} bytes")
-    return value
-
-
 def check_sha256(value: str) -> str:
     """'' (unknown) or a sha256 hex digest, lower-cased; ValueError for anything else."""
     value = value.strip().lower()
     if value and not SHA256_RE.match(value):
         raise ValueError(f"sha256 {value!r} is not 64 hex digits")
     return value
-
-
-def is_valid_name(value: str) -> bool:
-    try:
-        check_name(value, "name")
-    except ValueError:
-        return False
-    return True
 
 
 class Storage(ABC):

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.filesafety import fsync_dir
 from services.common.storage.base import check_sha256
-from services.common.storage.fileops import fsync_dir
 
 log = logging.getLogger(__name__)
 

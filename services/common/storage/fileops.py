@@ -1,4 +1,5 @@
-"""File operations the backends share: durable renames and sidecars, hashing, and file locks."""
+"""File operations the backends share: JSON sidecars, hashing, and file locks (durable renames are
+services.common.filesafety's)."""
 
 from __future__ import annotations
 
@@ -12,26 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from services.common.filesafety import write_atomic
 from services.common.storage.base import CHUNK, StorageError
 
 
-def fsync_dir(path: Path) -> None:
-    # A rename is only durable once the directory entry itself reaches the disk.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write-then-rename so a crash leaves either the old or the new content, never half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A sidecar in compact JSON, replaced atomically (see filesafety.write_atomic)."""
+    write_atomic(path, json.dumps(data, separators=(",", ":")).encode())
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

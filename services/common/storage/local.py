@@ -9,18 +9,17 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from services.common.filesafety import check_name, fsync_dir, is_valid_name
 from services.common.storage.base import (
     CHUNK,
     ProgressCallback,
     Storage,
     StorageError,
     StorageUsage,
-    check_name,
     check_sha256,
-    is_valid_name,
 )
 from services.common.storage.content import ContentStore
-from services.common.storage.fileops import fsync_dir, hash_file, locked_partial
+from services.common.storage.fileops import hash_file, locked_partial
 
 STORE_DIR = ".store"
 

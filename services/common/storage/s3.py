@@ -19,6 +19,7 @@ from minio import Minio
 from minio.datatypes import Object, Part
 from minio.error import MinioException, S3Error
 
+from services.common.filesafety import check_name, fsync_dir, is_valid_name
 from services.common.storage.base import (
     CHUNK,
     SHA256_RE,
@@ -26,13 +27,10 @@ from services.common.storage.base import (
     Storage,
     StorageError,
     StorageUsage,
-    check_name,
     check_sha256,
-    is_valid_name,
 )
 from services.common.storage.fileops import (
     atomic_write_json,
-    fsync_dir,
     hash_file,
     lock_file,
     locked_partial,

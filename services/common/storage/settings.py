@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.service_settings import none_if_empty
+
 MiB = 1024 * 1024
 # S3 limits: every part but the last must be at least 5 MiB, a part at most 5 GiB, at most 10,000 parts.
 S3_MIN_PART_SIZE = 5 * MiB
@@ -92,7 +94,7 @@ class StorageSettings(BaseSettings):
     @field_validator("cache_dir", mode="before")
     @classmethod
     def _empty_means_none(cls, v: object) -> object:
-        return None if v == "" else v
+        return none_if_empty(v)
 
     @model_validator(mode="after")
     def _s3_needs_endpoint(self) -> StorageSettings:

@@ -37,14 +37,15 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from services.common import netsafety
+from services.common.api_source import ApiSource, parse_api_source
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -71,7 +72,6 @@ from services.runner.settings import RunnerSettings
 log = logging.getLogger(__name__)
 
 KEY_NAMES = ("API-KEY", "api_key", "api-key")
-AZURE_DEFAULT_API_VERSION = "2024-10-21"
 DEFAULT_SLOTS = 8  # requests forwarded at once; the remote does the real scheduling
 OPENAI_STOP_LIMIT = 4  # OpenAI refuses more stop strings; the rest are applied here
 # Sampling fields and the request keys they are sent as. repeat_penalty goes under llama-server's name and
@@ -91,13 +91,8 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
-class Target:
-    """Where a model object's requests go."""
-
-    kind: str  # "openai" | "azure"
-    base: str  # OpenAI: ".../v1"; Azure: "https://<resource>.openai.azure.com"
-    model: str  # the remote model id, or the Azure deployment name
-    api_version: str = ""
+class Target(ApiSource):
+    """Where a model object's requests go, and how they are addressed there."""
 
     def url(self, operation: str) -> str:
         """operation: "chat/completions", "completions", "embeddings" or "models"."""
@@ -128,56 +123,7 @@ def api_key_parameter(parameters: dict[str, Any]) -> str:
 
 def parse_target(source_url: str, parameters: dict[str, Any]) -> Target:
     """The remote of an `api` model object; InvalidArgument when the object does not say enough."""
-    parts = urlsplit(source_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidArgument(
-            "an api model's source_url must be the remote's http(s) URL "
-            "(<base>/models/<model-id>, or an Azure OpenAI resource)",
-            code="invalid_source_url",
-            param="source_url",
-        )
-    origin = f"{parts.scheme}://{parts.netloc}"
-    path = parts.path.rstrip("/")
-    deployment = str(parameters.get("DEPLOYMENT-NAME") or parameters.get("deployment_name") or "")
-    azure = (
-        bool(deployment)
-        or parts.hostname.endswith(".openai.azure.com")
-        or "/openai/deployments/" in path
-        or "api-version" in parameters
-    )
-    if azure:
-        if not deployment and "/openai/deployments/" in path:
-            deployment = path.split("/openai/deployments/", 1)[1].split("/", 1)[0]
-        if not deployment:
-            deployment = path.rsplit("/", 1)[-1]
-        if not deployment:
-            raise InvalidArgument(
-                "an Azure OpenAI model needs parameters.DEPLOYMENT-NAME", param="DEPLOYMENT-NAME"
-            )
-        version = str(
-            parameters.get("api-version")
-            or parameters.get("api_version")
-            or (parse_qs(parts.query).get("api-version") or [AZURE_DEFAULT_API_VERSION])[0]
-        )
-        return Target("azure", origin, deployment, version)
-    if "/models/" not in path + "/":
-        model = str(parameters.get("model") or "")
-        if not model:
-            raise InvalidArgument(
-                "an api model's source_url must name the remote model: <base>/models/<model-id>",
-                code="invalid_source_url",
-                param="source_url",
-            )
-        return Target("openai", origin + path, model)
-    at = path.find("/models/")
-    base, model = path[:at], path[at + len("/models/") :]
-    if not model:
-        raise InvalidArgument(
-            "the source_url names no remote model after /models/",
-            code="invalid_source_url",
-            param="source_url",
-        )
-    return Target("openai", origin + base, str(parameters.get("model") or model))
+    return Target(**asdict(parse_api_source(source_url, parameters)))
 
 
 def remote_error(status: int, body: bytes, target: Target, retry_after: str | None = None) -> JanError:
