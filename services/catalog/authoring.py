@@ -15,12 +15,10 @@ from typing import Any
 from jan.model.v1 import model_pb2
 from services.catalog import importers
 from services.catalog.binaries import Binaries
-from services.catalog.files import Entry, FolderIndex, merge_patch, read_json_nofollow, write_atomic
+from services.catalog.files import Entry, FolderIndex, merge_patch, read_json_nofollow
 from services.catalog.index import Index, entry_of, split_model_id
 from services.catalog.model import (
-    REMOTE_ENGINES,
     ModelFileError,
-    check_name,
     dump_json,
     file_name_from_url,
     hf_author,
@@ -30,7 +28,9 @@ from services.catalog.model import (
     quant_tag,
 )
 from services.catalog.sources import Sources
+from services.common.engine_names import REMOTE_ENGINES
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from services.common.filesafety import check_name, write_atomic
 
 IMPORT_MODES = ("link", "copy", "symlink")
 

@@ -30,9 +30,10 @@ from services.catalog.local_scan import (
     Skipped,
     plan_directory,
 )
-from services.catalog.model import ModelFileError, check_name, dump_json, parse_model
+from services.catalog.model import ModelFileError, dump_json, parse_model
 from services.catalog.sources import Sources
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.filesafety import check_name
 
 log = logging.getLogger(__name__)
 

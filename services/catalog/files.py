@@ -30,8 +30,6 @@ from services.catalog.model import (
     parse_model,
     to_pb,
 )
-
-# write_atomic: re-exported until authoring.py and watched.py import it from services.common.filesafety.
 from services.common.filesafety import check_name, write_atomic
 
 log = logging.getLogger(__name__)

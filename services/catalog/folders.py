@@ -16,9 +16,9 @@ from services.catalog import archive
 from services.catalog.binaries import Binaries, storage_errors
 from services.catalog.files import LinkRegistry
 from services.catalog.index import Index
-from services.catalog.model import check_name
 from services.catalog.settings import CatalogSettings
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.filesafety import check_name
 
 
 class Folders:

@@ -18,9 +18,6 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from jan.model.v1 import model_pb2
-
-# Re-exported until the catalog's other modules import them from services.common: check_name
-# (authoring, folders, directories, remote_imports) and REMOTE_ENGINES (authoring, placement).
 from services.common.engine_names import DEFAULT_ENGINE, ENGINES, REMOTE_ENGINES
 from services.common.filesafety import check_name, sanitize_name
 from services.common.gguf_plan import quantization_of

@@ -23,7 +23,8 @@ import orjson
 
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
 from jan.model.v1 import model_pb2
-from services.catalog.model import REMOTE_ENGINES, Runtime
+from services.catalog.model import Runtime
+from services.common.engine_names import REMOTE_ENGINES
 from services.common.errors import FailedPrecondition, InvalidArgument, JanError, Unavailable
 
 log = logging.getLogger(__name__)

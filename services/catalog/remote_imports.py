@@ -9,9 +9,9 @@ from jan.model.v1 import model_pb2
 from services.catalog import importers
 from services.catalog.authoring import Authoring
 from services.catalog.index import Index
-from services.catalog.model import check_name
 from services.catalog.settings import CatalogSettings
 from services.common.errors import AlreadyExists, InvalidArgument
+from services.common.filesafety import check_name
 
 
 class RemoteImports:

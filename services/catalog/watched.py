@@ -21,8 +21,8 @@ import orjson
 
 from jan.model.v1 import model_pb2
 from services.catalog.directories import DirectoryImport
-from services.catalog.files import write_atomic
 from services.common.errors import JanError, NotFound
+from services.common.filesafety import write_atomic
 
 log = logging.getLogger(__name__)
 

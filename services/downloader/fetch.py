@@ -284,7 +284,7 @@ class Fetcher:
         try:
             progress(sum(s.done for s in sidecar.segments), total)
             pending = [s for s in sidecar.segments if s.remaining != 0]
-            await _all_or_first_error(
+            await all_or_first_error(
                 [self._fetch_segment(probe, s, sink, auth, on_written, ranged=probe.ranges) for s in pending]
             )
             size, sha = await asyncio.to_thread(sink.finish)
@@ -475,7 +475,7 @@ def _raise_for_status(status: int, url: str) -> None:
     raise FetchError("http_error", f"{url} answered HTTP {status}", retryable=retryable)
 
 
-async def _all_or_first_error(coros: list[Coroutine[Any, Any, None]]) -> None:
+async def all_or_first_error(coros: list[Coroutine[Any, Any, None]]) -> None:
     """Runs the coroutines together; the first failure cancels the others and is raised."""
     if not coros:  # every byte is on disk already (paused or killed after the last write): nothing to run
         return

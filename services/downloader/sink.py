@@ -93,6 +93,12 @@ class Sink:
         self._thread: threading.Thread | None = None
         self._start_hasher()
 
+    @property
+    def buffers(self) -> tuple[int, int]:
+        """(buffers made so far, of them free now): the pool, read-only."""
+        with self._lock:
+            return self._made, len(self._free)
+
     # --- connections' side ---------------------------------------------------------------------------------
 
     def take(self, stopped: threading.Event) -> bytearray:

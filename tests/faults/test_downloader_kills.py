@@ -138,6 +138,6 @@ def test_resuming_with_every_byte_already_on_disk_runs_no_transfer() -> None:
     # Was: asyncio.wait([]) raised "Set of Tasks/Futures is empty" and the job failed, when a pause or a
     # kill came after the last byte was written but before the file was committed (seen in CI as a flaky
     # tests/integration/test_downloader.py::test_pause_mid_write_never_leaves_a_hole).
-    from services.downloader.fetch import _all_or_first_error
+    from services.downloader.fetch import all_or_first_error
 
-    asyncio.run(_all_or_first_error([]))
+    asyncio.run(all_or_first_error([]))

@@ -167,8 +167,7 @@ async def test_concurrent_requests_take_neighbouring_slots(engine: LlamaCppEngin
     b = engine.generate(chat("mat mat the", max_tokens=200))
     await anext(a)
     await anext(b)
-    assert engine._batcher is not None
-    active = sorted(s.seq for s in engine._batcher.slots if s.job is not None)
+    active = sorted(s.seq for s in engine.slot_views() if s.busy)
     assert len(active) == 2 and active[1] - active[0] == 1
     await a.aclose()
     await b.aclose()
@@ -198,17 +197,15 @@ async def test_chats_taking_turns_each_keep_their_cache(engine: LlamaCppEngine) 
         assert reused >= prompt_tokens, (content, reused, prompt_tokens, second_prompt)
     # A new chat after them overwrites none of the three: it takes the slot never used.
     await run(engine, chat("mat", max_tokens=2))
-    assert engine._batcher is not None
-    assert len([s for s in engine._batcher.slots if s.cache]) == 4
+    assert len([s for s in engine.slot_views() if s.cache]) == 4
 
 
 async def test_every_slot_starts_with_the_chat_template_opening(engine: LlamaCppEngine) -> None:
     # Decoded once at load into every slot: a new chat reads only its own part, whichever slot it takes.
-    assert engine._batcher is not None
-    caches = {tuple(s.cache) for s in engine._batcher.slots}
+    caches = {s.cache for s in engine.slot_views()}
     assert len(caches) == 1
     opening = caches.pop()
-    assert opening and engine._batcher.stats["prompt_tokens"] == 0  # not counted as a request's tokens
+    assert opening and engine.stats["prompt_tokens"] == 0  # not counted as a request's tokens
     before = dict(engine.stats)
     text, finish, prompt_tokens, _ = await run(engine, chat("the cat", max_tokens=3))
     assert engine.stats["reused_tokens"] - before["reused_tokens"] == len(opening)

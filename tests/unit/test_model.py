@@ -15,7 +15,6 @@ from services.catalog.model import (
     ModelObject,
     Runtime,
     assign_binaries,
-    check_name,
     derive_state,
     file_name_from_url,
     hf_author,
@@ -25,6 +24,7 @@ from services.catalog.model import (
     split_id,
     to_pb,
 )
+from services.common.filesafety import check_name
 
 
 def parse(tmp_path: Path, data: object, folder: str = "f", stem: str = "m") -> ModelObject:

@@ -59,7 +59,8 @@ def test_concurrent_segments_in_any_order_hash_to_the_file(
     assert (hashed, sha) == (size, hashlib.sha256(data).hexdigest())
     assert (tmp_path / "f.part").read_bytes() == data
     assert all(seg.remaining == 0 for seg in segments)
-    assert sink._made <= sink.pool_size and len(sink._free) == sink._made  # every buffer came back
+    made, free = sink.buffers
+    assert made <= sink.pool_size and free == made  # every buffer came back
 
 
 def test_bytes_left_by_an_earlier_run_are_read_back_and_hashed(tmp_path: Path) -> None:

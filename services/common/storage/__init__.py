@@ -17,11 +17,15 @@ outside JAN_ROOT or the bucket prefix. All methods are blocking: async callers r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from services.common.storage.base import ProgressCallback, Storage, StorageError, StorageUsage, check_name
+from services.common.filesafety import check_name
+from services.common.storage.base import ProgressCallback, Storage, StorageError, StorageUsage
 from services.common.storage.local import LocalStorage
-from services.common.storage.s3 import S3Storage
 from services.common.storage.settings import MiB, StorageSettings
+
+if TYPE_CHECKING:
+    from services.common.storage.s3 import S3Storage
 
 __all__ = [
     "LocalStorage",
@@ -37,9 +41,20 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    # The S3 client library costs every process ~20 MB resident: imported only where a bucket is used.
+    if name == "S3Storage":
+        from services.common.storage.s3 import S3Storage
+
+        return S3Storage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def make_storage(settings: StorageSettings, root: Path) -> Storage:
     """The configured backend for Jan root `root` (JAN_ROOT)."""
     if settings.backend == "s3":
+        from services.common.storage.s3 import S3Storage
+
         return S3Storage(
             settings,
             staging_dir=root / ".downloads" / "staging",

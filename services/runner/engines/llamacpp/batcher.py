@@ -69,6 +69,16 @@ class EmbedJob:
     cancelled: bool = False
 
 
+@dataclass(frozen=True)
+class SlotView:
+    """What a slot holds, read-only (tests and diagnostics): its sequence, whether a request is on it, and
+    the tokens in its KV cache."""
+
+    seq: int
+    busy: bool
+    cache: tuple[int, ...]
+
+
 @dataclass(eq=False)
 class _Slot:
     seq: int
@@ -156,7 +166,11 @@ class Batcher:
             cp.n_seq_max = n_parallel
             cp.kv_unified = False  # each slot has its own ctx_len
             cp.n_threads = cp.n_threads_batch = threads
-            cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama-cpp-python's Llama
+            # As llama-server: flash attention where the backend has it (+4% tokens/s on CPU, measured), and
+            # sliding-window layers cache only their window (Gemma 3: 5 of 6 layers; the KV cache shrinks
+            # to about a third). A reused prefix must then still hold the window (see _reusable).
+            cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+            cp.swa_full = False
             self._ctx = llama_cpp.llama_init_from_model(self.model.model, cp)
             if not self._ctx:
                 self.model.close()
@@ -166,8 +180,12 @@ class Batcher:
             # llama.cpp may round the context up; the model's ctx_len stays the limit.
             self.ctx_len = min(ctx_len, int(llama_cpp.llama_n_ctx_seq(self._ctx)))
             self._mem = llama_cpp.llama_get_memory(self._ctx)
+            self._n_swa = int(llama_cpp.llama_model_n_swa(self.model.model))
             self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
             self._picker = Picker(llama_cpp, self._ctx, self.n_vocab)
+
+    def slot_views(self) -> list[SlotView]:
+        return [SlotView(s.seq, s.job is not None, tuple(s.cache)) for s in self.slots]
 
     # --- from the event loop ------------------------------------------------------------------------------
 
@@ -361,6 +379,8 @@ class Batcher:
             self._start(slot, job, tokens)
         keep = common_prefix(first.cache, tokens)
         keep = min(keep, len(tokens) - 1)  # the last prompt token is always decoded: its logits
+        if keep < len(first.cache) and not self._reusable(first, keep):
+            keep = 0
         if keep < len(first.cache) and not self._ll.llama_memory_seq_rm(self._mem, first.seq, keep, -1):
             self._ll.llama_memory_seq_rm(self._mem, first.seq, -1, -1)
             keep = 0
@@ -369,6 +389,15 @@ class Batcher:
         first.pending = tokens[keep:]
         for slot in slots:
             slot.cached_tokens = keep
+
+    def _reusable(self, slot: _Slot, keep: int) -> bool:
+        """Whether the first `keep` tokens of a slot's cache can be kept while the rest is dropped. Layers
+        with a sliding window hold only the last window of positions; a prefix cut shorter than the cache
+        needs the window before the cut, which may be gone already (llama-server's test too)."""
+        if self._n_swa <= 0:
+            return True
+        pos_min = int(self._ll.llama_memory_seq_pos_min(self._mem, slot.seq))
+        return pos_min <= max(0, keep - self._n_swa)
 
     def _start(self, slot: _Slot, job: Job, tokens: list[int]) -> None:
         """Makes `slot` generate choice `slot.index` of `job` (its prompt is set by the caller)."""

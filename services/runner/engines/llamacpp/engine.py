@@ -45,6 +45,7 @@ from services.runner.engines.llamacpp.batcher import (
     Batcher,
     EmbedJob,
     Job,
+    SlotView,
     common_prefix,
     malloc_trim,
 )
@@ -143,6 +144,10 @@ class LlamaCppEngine(Engine):
     @property
     def slots(self) -> int:
         return self.n_parallel
+
+    def slot_views(self) -> list[SlotView]:
+        """The slots as they are now (a snapshot; see `Batcher.slot_views`)."""
+        return self._batcher.slot_views() if self._batcher is not None else []
 
     @property
     def stats(self) -> dict[str, int]:
