@@ -10,8 +10,19 @@ if [ -x "$buf" ] && [ "$("$buf" --version 2>/dev/null)" = "$version" ]; then
   exit 0
 fi
 if ! command -v npm >/dev/null; then
-  echo "install-buf: npm is missing: install Node.js (apt-get install nodejs npm) to check protos/" >&2
-  exit 1
+  # Debian's npm (as scripts/install-browser.sh installs chromium: as root, or through sudo).
+  as_root=()
+  if [ "$(id -u)" != 0 ]; then
+    if ! command -v sudo >/dev/null; then
+      echo "install-buf: npm is missing and there is no sudo: apt-get install npm, to check protos/" >&2
+      exit 1
+    fi
+    as_root=(sudo -n)
+  fi
+  echo "installing npm (Debian) for the buf CLI"
+  export DEBIAN_FRONTEND=noninteractive
+  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" apt-get install -y -qq npm >/dev/null
 fi
 echo "installing buf $version into $prefix"
 mkdir -p "$prefix"
