@@ -1,7 +1,8 @@
 """What every `jan` command shares: the `Session` each command gets through the typer context (`_session`),
 the `handle_errors` decorator that turns a CliError into one red `error: ...` line and exit status 1,
-`make_console` (stdout and stderr consoles that do not wrap in a pipe), and the formatting helpers used
-by several command groups (`human_size`, `state_text`, `print_json`, `_meta`).
+`make_console` (stdout and stderr consoles that do not wrap in a pipe), `ModelIdArgument` (the ID argument
+of every command that names one model) and the formatting helpers used by several command groups
+(`human_size`, `state_text`, `print_json`, `_meta`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,6 +28,8 @@ R = TypeVar("R")
 PIPE_WIDTH = 200
 
 STATE_STYLES = {"running": "green", "stopped": "", "not-downloaded": "dim", "downloading": "yellow"}
+
+ModelIdArgument = Annotated[str, typer.Argument(metavar="ID", help="Model id, '<folder>/<file>'.")]
 
 
 def make_console(*, stderr: bool = False) -> Console:

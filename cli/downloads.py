@@ -7,7 +7,6 @@ a repository's quantization) and the progress display and following of a downloa
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,8 +25,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from cli.client import CliError, JSONObject
-from cli.common import Session, _meta, _session, handle_errors, human_size, print_json
+from cli.client import CliError, JanClient, JSONObject
+from cli.common import ModelIdArgument, Session, _meta, _session, handle_errors, human_size, print_json
+from services.common.filesafety import sanitize_name
 
 PHASE_STYLES = {
     "queued": "dim",
@@ -112,8 +112,7 @@ def is_hf_repo_url(url: str) -> bool:
 
 def derived_model_id(url: str) -> str:
     """The id the catalog gives a model created from a file URL without an id: '<stem>/<stem>'."""
-    segment = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
-    file_name = re.sub(r"[^A-Za-z0-9._+\-]", "_", segment).lstrip(".")[:200]
+    file_name = sanitize_name(unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]))
     stem = os.path.splitext(file_name)[0].lstrip(".") or "model"
     return f"{stem}/{stem}"
 
@@ -424,8 +423,17 @@ def list_downloads(
     s.out.print(table)
 
 
-def _job_line(s: Session, action: str, wanted: tuple[str, ...], job: JSONObject, model_id: str) -> None:
-    """'<action>ed ID (phase, X of Y)' when the job is now in one of the wanted phases, else why not."""
+def _act_on_job(
+    ctx: typer.Context,
+    model_id: str,
+    action: str,
+    wanted: tuple[str, ...],
+    call: Callable[[JanClient, str], JSONObject],
+) -> None:
+    """`jan downloads <action> ID`: the client's `call`, then '<action>ed ID (phase, X of Y)' when the job
+    is now in one of the wanted phases, else why not."""
+    s = _session(ctx)
+    job = call(s.client, model_id)
     phase = str(job.get("phase", ""))
     model_id = str(job.get("model_id") or model_id)
     if phase in wanted:
@@ -441,32 +449,20 @@ def _job_line(s: Session, action: str, wanted: tuple[str, ...], job: JSONObject,
 
 @downloads_app.command("pause")
 @handle_errors
-def pause_download(
-    ctx: typer.Context,
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id, '<folder>/<file>'.")],
-) -> None:
+def pause_download(ctx: typer.Context, model_id: ModelIdArgument) -> None:
     """Pause a download, keeping the bytes fetched so far (`jan pull ID` resumes it)."""
-    s = _session(ctx)
-    _job_line(s, "pause", ("paused",), s.client.pause_download(model_id), model_id)
+    _act_on_job(ctx, model_id, "pause", ("paused",), JanClient.pause_download)
 
 
 @downloads_app.command("resume")
 @handle_errors
-def resume_download(
-    ctx: typer.Context,
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id, '<folder>/<file>'.")],
-) -> None:
+def resume_download(ctx: typer.Context, model_id: ModelIdArgument) -> None:
     """Resume a paused download in the background (`jan pull ID` resumes it and shows its progress)."""
-    s = _session(ctx)
-    _job_line(s, "resume", (*ACTIVE_PHASES, "done"), s.client.resume_download(model_id), model_id)
+    _act_on_job(ctx, model_id, "resume", (*ACTIVE_PHASES, "done"), JanClient.resume_download)
 
 
 @downloads_app.command("cancel")
 @handle_errors
-def cancel_download(
-    ctx: typer.Context,
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id, '<folder>/<file>'.")],
-) -> None:
+def cancel_download(ctx: typer.Context, model_id: ModelIdArgument) -> None:
     """Cancel a download and delete its partial files."""
-    s = _session(ctx)
-    _job_line(s, "cancel", ("cancelled",), s.client.cancel_download(model_id), model_id)
+    _act_on_job(ctx, model_id, "cancel", ("cancelled",), JanClient.cancel_download)

@@ -28,7 +28,16 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.client import CliError, JSONObject, ProgressFn
-from cli.common import Session, _meta, _session, handle_errors, human_size, print_json, state_text
+from cli.common import (
+    ModelIdArgument,
+    Session,
+    _meta,
+    _session,
+    handle_errors,
+    human_size,
+    print_json,
+    state_text,
+)
 from cli.upload import ModelArchive
 
 
@@ -131,7 +140,7 @@ def list_models(
 @handle_errors
 def show_model(
     ctx: typer.Context,
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id, '<folder>/<file>'.")],
+    model_id: ModelIdArgument,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -208,7 +217,7 @@ def show_model(
 @handle_errors
 def remove_model(
     ctx: typer.Context,
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id, '<folder>/<file>'.")],
+    model_id: ModelIdArgument,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a model: its json file and the binaries only it uses (never an imported original)."""

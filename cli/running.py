@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.client import CliError, JSONObject
-from cli.common import Session, _session, handle_errors, human_size, print_json
+from cli.common import ModelIdArgument, Session, _session, handle_errors, human_size, print_json
 
 # `jan run`: what the prompt loop shows, and its commands.
 PROMPT = ">>> "
@@ -244,7 +244,7 @@ def chat_loop(s: Session, model_id: str, system: str | None, options: dict[str, 
 @handle_errors
 def run(
     ctx: typer.Context,
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id, '<folder>/<file>'.")],
+    model_id: ModelIdArgument,
     prompt: Annotated[
         str | None,
         typer.Argument(
@@ -335,7 +335,7 @@ def list_running(
 @handle_errors
 def stop(
     ctx: typer.Context,
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id, '<folder>/<file>'.")],
+    model_id: ModelIdArgument,
 ) -> None:
     """Unload a running model (its files stay; `jan run ID` loads it again)."""
     s = _session(ctx)

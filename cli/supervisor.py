@@ -7,15 +7,45 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from cli.stack import Stack
+from typing import Protocol
 
 log = logging.getLogger("cli.supervisor")
+
+
+class Supervised(Protocol):
+    """The processes a supervisor keeps running, as it sees them: `cli.stack.Stack` is one (declared
+    here, so that the supervisor needs nothing from the module that runs it)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def run_dir(self) -> Path: ...
+
+    @property
+    def log_dir(self) -> Path: ...
+
+    @property
+    def names(self) -> list[str]: ...
+
+    @property
+    def procs(self) -> Mapping[str, subprocess.Popen[bytes]]: ...
+
+    def start_service(self, name: str) -> None: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+    def is_ready(self, runners: int | None = ...) -> bool: ...
+
+    def exited(self) -> str | None: ...
+
+    def not_ready(self, timeout: float) -> str: ...
 
 
 @dataclass
@@ -43,7 +73,7 @@ def describe(status: int) -> str:
 
 @dataclass
 class Supervisor:
-    stack: Stack
+    stack: Supervised
     # A service that exits before the whole stack was first ready is a fault to report, not to retry.
     start_timeout: float = 60.0
     backoff: Backoff = field(default_factory=Backoff)

@@ -1,9 +1,8 @@
 """What the catalog's unit tests share: a real catalog over a temporary JAN_ROOT (`make_catalog`), and small
-helpers to write its files and wait for it."""
+helpers to write its files and list its models."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -53,14 +52,6 @@ def write(path: Path, data: object) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data if isinstance(data, bytes) else orjson.dumps(data))
     return path
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def ids(cat: Catalog) -> list[str]:

@@ -11,7 +11,8 @@ import pytest
 from jan.model.v1 import model_pb2
 from services.catalog.core import Catalog
 from services.common import errors
-from tests.unit.conftest import eventually, ids, settings_for, write
+from tests.harness import eventually
+from tests.unit.conftest import ids, settings_for, write
 
 STOPPED = model_pb2.MODEL_STATE_STOPPED
 

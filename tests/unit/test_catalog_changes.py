@@ -8,7 +8,8 @@ from pathlib import Path
 
 from jan.model.v1 import model_pb2
 from services.catalog.model import Runtime
-from tests.unit.conftest import eventually, write
+from tests.harness import eventually
+from tests.unit.conftest import write
 
 
 async def test_watch_streams_changes(make_catalog, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import pytest
 from jan.model.v1 import model_pb2
 from services.catalog.model import Runtime
 from services.common import errors
-from tests.unit.conftest import eventually, ids, write
+from tests.harness import eventually
+from tests.unit.conftest import ids, write
 
 STOPPED = model_pb2.MODEL_STATE_STOPPED
 NOT_DOWNLOADED = model_pb2.MODEL_STATE_NOT_DOWNLOADED
