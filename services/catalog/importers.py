@@ -20,8 +20,9 @@ import orjson
 
 from services.common import netsafety
 from services.common.api_source import AZURE_DEFAULT_API_VERSION, parse_api_source
-from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.errors import FailedPrecondition, Unavailable
 from services.common.filesafety import sanitize_name
+from services.common.triton_source import parse_triton_source
 
 IMPORTERS = ("openai", "azure_openai")
 
@@ -45,16 +46,8 @@ def safe_name(text: str) -> str:
 def remote_model_name(source_url: str, engine: str, parameters: dict[str, Any]) -> str:
     """The name a new object of a remote engine takes when the caller gives no id; InvalidArgument when
     its source_url cannot be one of that engine's."""
-    parts = urlsplit(source_url)
-    path = [s for s in parts.path.split("/") if s]
     if engine == "tensorrt":
-        if parts.scheme != "triton" or not parts.hostname or not parts.port or not 1 <= len(path) <= 2:
-            raise InvalidArgument(
-                "a tensorrt model's source_url must be triton://HOST:GRPC_PORT/MODEL_NAME",
-                code="invalid_source_url",
-                param="source_url",
-            )
-        return safe_name(path[0])
+        return safe_name(parse_triton_source(source_url).model)
     return safe_name(parse_api_source(source_url, parameters).model)
 
 
@@ -100,10 +93,7 @@ async def list_openai_models(
     from services.common.safehttp import SafeResolver  # DNS-pinning, address rules at connect time
 
     url = base_url.rstrip("/") + "/models"
-    try:
-        await asyncio.to_thread(netsafety.check_source_url, url, allow_private=allow_private)
-    except netsafety.UnsafeURLError as exc:
-        raise InvalidArgument(str(exc), code="unsafe_source_url", param="base_url") from None
+    await asyncio.to_thread(netsafety.require_safe_url, url, allow_private=allow_private, param="base_url")
     headers = {"Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"

@@ -51,15 +51,10 @@ class Sources:
 
     async def check_url(self, url: str) -> None:
         """InvalidArgument unless `url` is http(s) and resolves to addresses the URL rules allow."""
-        try:
-            await asyncio.to_thread(
-                netsafety.check_source_url,
-                url,
-                allow_private=self.settings.allow_private_networks,
-                resolver=self._resolver,
-            )
-        except netsafety.UnsafeURLError as exc:
-            raise InvalidArgument(str(exc), code="unsafe_source_url", param="source_url") from None
+        allow_private = self.settings.allow_private_networks
+        await asyncio.to_thread(
+            netsafety.require_safe_url, url, allow_private=allow_private, resolver=self._resolver
+        )
 
     def _local_path(self, source: str) -> Path:
         # Any other URL (ftp:, gopher:, data:, ...) is refused as such, not taken for a relative path.

@@ -8,8 +8,8 @@ import re
 import tempfile
 from pathlib import Path
 
-# Longest folder or file name accepted: the hidden partial and its sidecars add up to 19 characters,
-# and the result must stay under the 255-byte limit of common filesystems.
+# Longest folder or file name accepted: the hidden partial, its sidecars and their temp files (write_atomic)
+# add up to 32 characters, and the result must stay under the 255-byte limit of common filesystems.
 MAX_NAME_BYTES = 200
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+\-]")
 # Extensions shorter than this survive when a name is cut to MAX_NAME_BYTES ("….gguf" stays a GGUF).

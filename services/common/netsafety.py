@@ -9,6 +9,9 @@ internal address slips past to a resolver that would accept it.
 The returned addresses are the ones that were checked: callers must connect to exactly those (for
 example by pinning them in the HTTP transport) and re-check every redirect target, otherwise a DNS
 answer that changes between check and connect (DNS rebinding) defeats the check.
+
+require_safe_url is the same check for a URL a request gave (or a setting named): its refusal is the
+services' one error for it, InvalidArgument `unsafe_source_url`.
 """
 
 import ipaddress
@@ -16,6 +19,8 @@ import re
 import socket
 from collections.abc import Callable
 from urllib.parse import urlsplit
+
+from services.common.errors import InvalidArgument
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -83,6 +88,23 @@ def check_source_url(
                 where = "" if literal is not None else f" (resolved from {host!r})"
                 raise UnsafeURLError(f"address {address}{where} is {reason}")
     return addresses
+
+
+def require_safe_url(
+    url: str,
+    *,
+    allow_private: bool,
+    resolver: Resolver = default_resolver,
+    param: str | None = "source_url",
+    label: str = "",
+) -> None:
+    """check_source_url for a URL a request gave: a refusal is InvalidArgument `unsafe_source_url` naming
+    `param`, its message led by `label` (where the URL came from) when given. It resolves the host: call
+    it off the event loop."""
+    try:
+        check_source_url(url, allow_private=allow_private, resolver=resolver)
+    except UnsafeURLError as exc:
+        raise InvalidArgument(f"{label}{exc}", code="unsafe_source_url", param=param) from None
 
 
 def _parse_url(url: str) -> tuple[str, int]:

@@ -250,12 +250,9 @@ class Downloader:
 
     def _preflight(self, model: model_pb2.Model, files: list[FileJob]) -> None:
         for f in files:
-            try:
-                netsafety.check_source_url(
-                    f.url, allow_private=self.settings.allow_private_networks, resolver=self.resolver
-                )
-            except netsafety.UnsafeURLError as exc:
-                raise InvalidArgument(str(exc), code="unsafe_source_url", param="source_url") from None
+            netsafety.require_safe_url(
+                f.url, allow_private=self.settings.allow_private_networks, resolver=self.resolver
+            )
             if f.size > self.settings.max_file_bytes:
                 raise InvalidArgument(
                     f"{f.name} is {f.size} bytes, above the size cap of {self.settings.max_file_bytes}",
@@ -565,15 +562,14 @@ class Downloader:
         except ValueError as exc:
             raise InvalidArgument(str(exc), code="invalid_repo_url", param="source_url") from None
         endpoint = self.settings.hf_endpoint
-        try:
-            await asyncio.to_thread(
-                netsafety.check_source_url,
-                endpoint,
-                allow_private=self.settings.allow_private_networks,
-                resolver=self.resolver,
-            )
-        except netsafety.UnsafeURLError as exc:
-            raise InvalidArgument(f"HF_ENDPOINT refused: {exc}", code="unsafe_source_url") from None
+        await asyncio.to_thread(
+            netsafety.require_safe_url,
+            endpoint,
+            allow_private=self.settings.allow_private_networks,
+            resolver=self.resolver,
+            param=None,
+            label="HF_ENDPOINT refused: ",
+        )
         try:
             files = await hf.list_repo_files(
                 self.session, endpoint, ref, token=self.settings.hf_token.get_secret_value()

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import http.client
 import logging
-import os
 import random
 import threading
 import time
@@ -29,6 +28,7 @@ import aiohttp
 import orjson
 
 from services.common import netsafety
+from services.common.filesafety import write_atomic
 from services.common.safehttp import SafeResolver
 from services.downloader.httpconn import Stopped, TooManyRedirects, Transfer, UnsafeURL
 from services.downloader.sink import Segment, Sink
@@ -74,9 +74,7 @@ class Sidecar:
     segments: list[Segment] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(orjson.dumps(asdict(self)))
-        os.replace(tmp, path)
+        write_atomic(path, orjson.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: Path) -> Sidecar | None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.service_settings import (
     GrpcHost,
     GrpcPort,
+    HfEndpoint,
     LogLevel,
     MetricsPort,
     ServiceSettings,
+    external_alias,
+    hf_endpoint_field,
     root_field,
     shared_alias,
 )
@@ -67,14 +70,12 @@ class DownloaderSettings(ServiceSettings):
         validation_alias=shared_alias(PREFIX, "allow_private_networks"),
         description="Fetch from loopback, private or link-local addresses (tests, private mirrors).",
     )
-    hf_endpoint: str = Field(
-        default="https://huggingface.co",
-        validation_alias=AliasChoices("JAN_DOWNLOADER_HF_ENDPOINT", "HF_ENDPOINT"),
-        description="Base URL of the Hugging Face Hub (as huggingface_hub's HF_ENDPOINT).",
+    hf_endpoint: HfEndpoint = hf_endpoint_field(
+        PREFIX, "Base URL of the Hugging Face Hub (as huggingface_hub's HF_ENDPOINT)."
     )
     hf_token: SecretStr = Field(
         default=SecretStr(""),
-        validation_alias=AliasChoices("JAN_DOWNLOADER_HF_TOKEN", "HF_TOKEN"),
+        validation_alias=external_alias(PREFIX, "hf_token", "HF_TOKEN"),
         description="Token for gated Hugging Face repositories (sent to the Hub's own host only).",
     )
     progress_interval_s: float = Field(
@@ -85,11 +86,6 @@ class DownloaderSettings(ServiceSettings):
     )
     log_level: LogLevel = "INFO"
     metrics_port: MetricsPort = 0
-
-    @field_validator("hf_endpoint", mode="after")
-    @classmethod
-    def _strip_slash(cls, v: str) -> str:
-        return v.rstrip("/")
 
     @property
     def state_dir(self) -> Path:

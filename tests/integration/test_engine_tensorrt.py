@@ -22,7 +22,7 @@ from services.runner.engines.base import (
     Tool,
     refuse_unsupported,
 )
-from services.runner.engines.tensorrt import TensorRTEngine, parse_source
+from services.runner.engines.tensorrt import TensorRTEngine
 from services.runner.settings import RunnerSettings
 from tests.fakes.triton_server import BASIC_MODEL_NAME, TritonMissing, TritonServer, triton_server
 
@@ -52,18 +52,6 @@ def engine(
 
 async def collect(e: TensorRTEngine, request: GenerateRequest) -> list[Delta]:
     return [d async for d in e.generate(request)]
-
-
-def test_source_urls() -> None:
-    assert parse_source("triton://10.0.0.5:8001/ensemble") == ("10.0.0.5:8001", "ensemble", "")
-    assert parse_source("triton://trt.svc:8001/tensorrt_llm_bls/1") == (
-        "trt.svc:8001",
-        "tensorrt_llm_bls",
-        "1",
-    )
-    for bad in ("triton://host/ensemble", "http://h:1/m", "triton://h:1/", "triton://h:1/a/b/c"):
-        with pytest.raises(InvalidArgument):
-            parse_source(bad)
 
 
 async def test_load_stream_stop_and_unload(triton: TritonServer, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ S3 crash/resume paths (multipart commit, ranged-GET materialize)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -376,8 +377,7 @@ def test_a_changed_partial_starts_a_new_upload(s3env: S3Env) -> None:
     put(storage, FOLDER, NAME, new)
     assert spy.creates == 1 and spy.parts == [1, 2, 3]
     assert storage.materialize(FOLDER, NAME).read_bytes() == new
-    uploads = storage.client._list_multipart_uploads(s3env.bucket, prefix="jan/")
-    assert uploads.uploads == []  # the stale upload was aborted
+    assert storage.pending_uploads() == []  # the stale upload was aborted
 
 
 def test_delete_aborts_an_upload_in_progress(s3env: S3Env) -> None:
@@ -387,9 +387,9 @@ def test_delete_aborts_an_upload_in_progress(s3env: S3Env) -> None:
     with pytest.raises(SimulatedCrash):
         first.commit(FOLDER, NAME, sha256=sha(data))
     storage = s3env.storage()
-    assert storage.client._list_multipart_uploads(s3env.bucket, prefix="jan/").uploads
+    assert storage.pending_uploads() == [f"jan/models/.store/sha256/{sha(data)}"]
     storage.delete(FOLDER, NAME)
-    assert storage.client._list_multipart_uploads(s3env.bucket, prefix="jan/").uploads == []
+    assert storage.pending_uploads() == []
     # The sidecar now names an aborted upload: the next commit notices and starts over.
     spy = s3env.client()
     s3env.storage(spy).commit(FOLDER, NAME, sha256=sha(data))
@@ -469,7 +469,7 @@ def test_list_all_ignores_keys_outside_the_layout(s3env: S3Env) -> None:
     put(storage, FOLDER, NAME, b"m" * 10)
     client = storage.client
     for key in ("other/file.gguf", "jan/models/top-level.gguf", "jan/models/a/b/deep.gguf"):
-        client._put_object(s3env.bucket, key, b"x", {})
+        client.put_object(s3env.bucket, key, io.BytesIO(b"x"), 1)
     assert storage.list_all() == {FOLDER: {NAME: 10}}
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -30,11 +31,6 @@ def content_key(digest: str, prefix: str = PREFIX) -> str:
 def keys(storage: S3Storage) -> list[str]:
     """Every object in the bucket."""
     return sorted(str(o.object_name) for o in storage.client.list_objects(storage.bucket, recursive=True))
-
-
-def uploads(storage: S3Storage) -> list[str]:
-    """Keys of the multipart uploads in progress."""
-    return sorted(u.object_name for u in storage.client._list_multipart_uploads(storage.bucket).uploads)
 
 
 # -- one copy per content ----------------------------------------------------------------------------
@@ -154,8 +150,9 @@ def test_materialize_verifies_the_content_against_the_digest(s3env: S3Env) -> No
     storage = s3env.storage()
     put(storage, "a", "m.gguf", data)
     # The content object rotted in the bucket, metadata and size unchanged.
-    storage.client._put_object(
-        storage.bucket, content_key(sha(data)), os.urandom(50_000), {"x-amz-meta-sha256": sha(data)}
+    rotten = io.BytesIO(os.urandom(50_000))
+    storage.client.put_object(
+        storage.bucket, content_key(sha(data)), rotten, 50_000, metadata={"x-amz-meta-sha256": sha(data)}
     )
     with pytest.raises(StorageError, match="sha256"):
         storage.materialize("a", "m.gguf")
@@ -182,8 +179,14 @@ def test_plain_objects_keep_working(s3env: S3Env) -> None:
     client = storage.client
     put(storage, "new", "m.gguf", big)
     # What commit wrote before contents were shared: the bytes at the binary's own key.
-    client._put_object(storage.bucket, f"{PREFIX}/old/big.gguf", big, {"x-amz-meta-sha256": sha(big)})
-    client._put_object(storage.bucket, f"{PREFIX}/old/small.gguf", small, {})
+    client.put_object(
+        storage.bucket,
+        f"{PREFIX}/old/big.gguf",
+        io.BytesIO(big),
+        len(big),
+        metadata={"x-amz-meta-sha256": sha(big)},
+    )
+    client.put_object(storage.bucket, f"{PREFIX}/old/small.gguf", io.BytesIO(small), len(small))
     assert storage.stat("old", "big.gguf") == len(big)
     assert storage.list_folder("old") == {"big.gguf": len(big), "small.gguf": 4}
     assert storage.list_all() == {
@@ -218,7 +221,7 @@ def test_multipart_content_upload_resumes_after_a_crash(s3env: S3Env) -> None:
     partial = first.partial_path("a", "m.gguf")
     state = json.loads(partial.with_name(partial.name + ".upload.json").read_text())
     assert state["key"] == content_key(sha(data)) and list(state["parts"]) == ["1"]
-    assert uploads(first) == [content_key(sha(data))]
+    assert first.pending_uploads() == [content_key(sha(data))]
     assert first.stat("a", "m.gguf") is None and not first.has_content(sha(data))
 
     spy = s3env.client()
@@ -226,7 +229,7 @@ def test_multipart_content_upload_resumes_after_a_crash(s3env: S3Env) -> None:
     second.commit("a", "m.gguf", sha256=sha(data))
     assert spy.parts == [2, 3] and spy.creates == 0
     assert second.stat("a", "m.gguf") == BIG and second.has_content(sha(data))
-    assert uploads(second) == []
+    assert second.pending_uploads() == []
     assert second.materialize("a", "m.gguf", sha256=sha(data)).read_bytes() == data
 
 
@@ -238,9 +241,9 @@ def test_delete_aborts_only_the_upload_of_its_own_partial(s3env: S3Env) -> None:
         with pytest.raises(SimulatedCrash):
             crashing.commit(folder, "m.gguf", sha256=sha(data))
     storage = s3env.storage()
-    assert uploads(storage) == [content_key(sha(data))] * 2
+    assert storage.pending_uploads() == [content_key(sha(data))] * 2
     storage.delete("a", "m.gguf")
-    assert uploads(storage) == [content_key(sha(data))]
+    assert storage.pending_uploads() == [content_key(sha(data))]
     spy = s3env.client()
     s3env.storage(spy).commit("b", "m.gguf", sha256=sha(data))
     assert spy.parts == [2, 3]  # b's upload survived a's delete
@@ -248,7 +251,7 @@ def test_delete_aborts_only_the_upload_of_its_own_partial(s3env: S3Env) -> None:
     spy = s3env.client()
     s3env.storage(spy).commit("a", "m.gguf", sha256=sha(data))
     assert spy.parts == [] and spy.put_keys == [f"{PREFIX}/a/m.gguf"]
-    assert uploads(storage) == []
+    assert storage.pending_uploads() == []
     assert storage.usage() == StorageUsage(BIG, 1, 2 * BIG, 2)
 
 

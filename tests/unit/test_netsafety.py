@@ -1,4 +1,4 @@
-"""Tests for services.common.netsafety.check_source_url.
+"""Tests for services.common.netsafety.check_source_url (and require_safe_url, its form for requests).
 
 Only stub resolvers are used: nothing here sends a packet. Public-looking answers are stand-ins that
 are never connected to.
@@ -8,7 +8,8 @@ import ipaddress
 
 import pytest
 
-from services.common.netsafety import UnsafeURLError, check_source_url, default_resolver
+from services.common.errors import InvalidArgument
+from services.common.netsafety import UnsafeURLError, check_source_url, default_resolver, require_safe_url
 
 PUBLIC_V4 = "93.184.215.14"
 PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
@@ -265,6 +266,19 @@ def test_malformed_urls_refused_always(url: str, match: str, allow_private: bool
 
 def test_unsafe_url_error_is_a_value_error() -> None:
     assert issubclass(UnsafeURLError, ValueError)
+
+
+def test_a_url_a_request_gave_is_refused_as_an_invalid_argument() -> None:
+    require_safe_url("https://models.example.com/m.gguf", allow_private=False, resolver=StubResolver())
+    with pytest.raises(InvalidArgument) as refused:
+        require_safe_url("http://rebind.example.com/", allow_private=False, resolver=StubResolver())
+    assert (refused.value.code, refused.value.param) == ("unsafe_source_url", "source_url")
+    assert "127.0.0.1" in refused.value.message
+    with pytest.raises(InvalidArgument) as named:
+        require_safe_url("http://10.0.0.1/", allow_private=False, param=None, label="HF_ENDPOINT refused: ")
+    assert named.value.param is None and named.value.message.startswith(
+        "HF_ENDPOINT refused: address 10.0.0.1"
+    )
 
 
 def test_default_resolver_on_a_numeric_host() -> None:

@@ -12,8 +12,10 @@ from gateway.settings import GatewaySettings
 from services.catalog.settings import CatalogSettings
 from services.common.service_settings import (
     GrpcPort,
+    HfEndpoint,
     LogLevel,
     ServiceSettings,
+    hf_endpoint_field,
     root_field,
     shared_alias,
     split_list,
@@ -29,6 +31,7 @@ class ExampleSettings(ServiceSettings):
     port: GrpcPort = 1
     log_level: LogLevel = "INFO"
     catalog_address: str = "x"
+    hf_endpoint: HfEndpoint = hf_endpoint_field("JAN_EXAMPLE_", "The Hub.")
 
 
 def test_the_service_variable_wins_over_the_shared_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,6 +39,15 @@ def test_the_service_variable_wins_over_the_shared_one(monkeypatch: pytest.Monke
     assert ExampleSettings().root == Path("/shared")
     monkeypatch.setenv("JAN_EXAMPLE_ROOT", "/own")
     assert ExampleSettings().root == Path("/own")
+
+
+def test_the_hub_is_the_services_variable_else_huggingface_hubs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert ExampleSettings().hf_endpoint == "https://huggingface.co"
+    monkeypatch.setenv("HF_ENDPOINT", "https://mirror.example/hf/")
+    assert ExampleSettings().hf_endpoint == "https://mirror.example/hf"  # URLs are built as endpoint + "/..."
+    monkeypatch.setenv("JAN_EXAMPLE_HF_ENDPOINT", "https://own.example")
+    assert ExampleSettings().hf_endpoint == "https://own.example"
 
 
 def test_root_is_made_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -70,6 +70,16 @@ class _Pointer(NamedTuple):
     size: int
 
 
+class _Staged(NamedTuple):
+    """The partial file a commit sends: open and locked, its stat when locked, the sidecar recording its
+    multipart upload, and whom to tell how many bytes went up."""
+
+    fd: int
+    st: os.stat_result
+    sidecar: Path
+    progress: ProgressCallback | None
+
+
 class _Binary(NamedTuple):
     """A folder binary seen in a listing: its content's digest when it is a pointer, '' when plain."""
 
@@ -220,70 +230,54 @@ class S3Storage(Storage):
         sidecar = self._upload_sidecar(partial)
         self._ensure_bucket()
         with locked_partial(partial) as fd:
-            st = os.fstat(fd)
+            staged = _Staged(fd, os.fstat(fd), sidecar, progress)
             with _s3_errors(f"uploading {key}"):
                 old = self._stat_object(key)
                 previous = _pointer_of(old.metadata) if old is not None else None
                 if expected:
-                    reported = self._commit_content(fd, st, key, expected, sidecar, progress, previous)
+                    reported = self._commit_content(staged, key, expected, previous)
                 else:
-                    reported = self._upload(fd, st, key, "", sidecar, progress)
-                    self._check_uploaded(key, st.st_size)
+                    reported = self._upload(staged, key, "")
+                    self._check_uploaded(key, staged.st.st_size)
             sidecar.unlink(missing_ok=True)
             partial.unlink(missing_ok=True)
         if progress is not None and not reported:
-            progress(st.st_size)
+            progress(staged.st.st_size)
         if previous is not None and previous.sha256 != expected:
             with _s3_errors(f"freeing the content {key} named before"):
                 self._release(previous.sha256)
 
-    def _commit_content(
-        self,
-        fd: int,
-        st: os.stat_result,
-        key: str,
-        sha256: str,
-        sidecar: Path,
-        progress: ProgressCallback | None,
-        previous: _Pointer | None,
-    ) -> bool:
+    def _commit_content(self, staged: _Staged, key: str, sha256: str, previous: _Pointer | None) -> bool:
         """Stores content `sha256` from the partial unless it is there already, then points `key` at it;
         True when `progress` was told along the way."""
         content_key = self._content_key(sha256)
-        target = _Pointer(sha256, st.st_size)
+        size = staged.st.st_size
+        target = _Pointer(sha256, size)
         reported = False
         for attempt in range(3):
-            if self._content(sha256, st.st_size) is None:
-                reported = self._upload(fd, st, content_key, sha256, sidecar, progress) or reported
-                self._check_uploaded(content_key, st.st_size)
+            if self._content(sha256, size) is None:
+                reported = self._upload(staged, content_key, sha256) or reported
+                self._check_uploaded(content_key, size)
             else:
                 # Stored already (by another folder, or by this commit before a crash ahead of the
                 # cleanup): nothing to send, only an upload left behind to drop.
-                recorded = self._recorded_upload(sidecar)
+                recorded = self._recorded_upload(staged.sidecar)
                 if recorded is not None:
                     self._abort_quietly(*recorded)
             if attempt or previous != target:
                 self._put_pointer(key, target)
             # A delete of the last other binary naming this content, in another process, may have freed
             # it between the check above and the pointer: then it goes up again from the partial.
-            if self._content(sha256, st.st_size) is not None:
+            if self._content(sha256, size) is not None:
                 return reported
         raise StorageError(f"uploading {content_key}: the content was freed again as soon as it was stored")
 
-    def _upload(
-        self,
-        fd: int,
-        st: os.stat_result,
-        key: str,
-        sha256: str,
-        sidecar: Path,
-        progress: ProgressCallback | None,
-    ) -> bool:
+    def _upload(self, staged: _Staged, key: str, sha256: str) -> bool:
         """Sends the partial file to `key`; True when `progress` was told along the way."""
-        if st.st_size <= self.settings.s3_part_size and not sidecar.exists():
-            self._put_single(fd, key, st.st_size, sha256)
+        if staged.st.st_size <= self.settings.s3_part_size and not staged.sidecar.exists():
+            self._put_single(staged.fd, key, staged.st.st_size, sha256)
             return False
-        self._put_multipart(fd, st, key, sha256, sidecar, progress)
+        self._put_multipart(staged, key, sha256)
         return True
 
     def _check_uploaded(self, key: str, size: int) -> None:
@@ -352,15 +346,8 @@ class S3Storage(Storage):
         with contextlib.suppress(MinioException, urllib3.exceptions.HTTPError, ValueError):
             self.client._abort_multipart_upload(self.bucket, key, upload_id)
 
-    def _put_multipart(
-        self,
-        fd: int,
-        st: os.stat_result,
-        key: str,
-        sha256: str,
-        sidecar: Path,
-        progress: ProgressCallback | None,
-    ) -> None:
+    def _put_multipart(self, staged: _Staged, key: str, sha256: str) -> None:
+        fd, st, sidecar, progress = staged
         size = st.st_size
         identity = {"bucket": self.bucket, "key": key, "size": size, "mtime_ns": st.st_mtime_ns}
         state = read_json(sidecar)
@@ -425,6 +412,19 @@ class S3Storage(Storage):
         self.client._complete_multipart_upload(self.bucket, key, upload_id, parts)
 
     # -- queries --------------------------------------------------------------------------------------
+
+    def _uploads(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, upload id) of the multipart uploads in progress under `prefix`: a single page of up to
+        1000, as the SDK's pagination of this listing is broken."""
+        result = self.client._list_multipart_uploads(self.bucket, prefix=prefix, max_uploads=1000)
+        return [(u.object_name, u.upload_id) for u in result.uploads if u.object_name and u.upload_id]
+
+    def pending_uploads(self) -> list[str]:
+        """The keys of the multipart uploads in progress under the prefix, one per upload, sorted: what
+        interrupted commits hold in the bucket until they are resumed, aborted or expire."""
+        self._ensure_bucket()
+        with _s3_errors(f"listing the uploads in {self.bucket}/{self._root}"):
+            return sorted(key for key, _ in self._uploads(self._root))
 
     def stat(self, folder: str, name: str) -> int | None:
         key = self._key(folder, name)
@@ -584,12 +584,10 @@ class S3Storage(Storage):
             with self._small_lock:
                 self._small.pop(key, None)
             # Uploads in progress hold storage too and would otherwise resurrect the binary on commit.
-            # A plain binary's go to its own key. (A single page: the SDK's pagination of this listing
-            # is broken, and one key rarely has more than a couple of uploads.)
-            uploads = self.client._list_multipart_uploads(self.bucket, prefix=key, max_uploads=1000)
-            for upload in uploads.uploads:
-                if upload.object_name == key and upload.upload_id:
-                    self._abort(key, upload.upload_id)
+            # A plain binary's go to its own key (which rarely has more than a couple of them).
+            for upload_key, upload_id in self._uploads(key):
+                if upload_key == key:
+                    self._abort(key, upload_id)
             # A content's go to the content key, which other folders' commits may be uploading too: only
             # the upload this binary's own partial records is aborted. That sidecar is local, so an
             # upload run by another machine (its own staging directory) is not stopped by this delete.

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.service_settings import none_if_empty
+from services.common.service_settings import external_alias, none_if_empty
 
+PREFIX = "JAN_STORAGE_"
 MiB = 1024 * 1024
 # S3 limits: every part but the last must be at least 5 MiB, a part at most 5 GiB, at most 10,000 parts.
 S3_MIN_PART_SIZE = 5 * MiB
@@ -20,7 +21,7 @@ S3_MAX_PARTS = 10_000
 class StorageSettings(BaseSettings):
     """Storage backend settings (environment variables JAN_STORAGE_*, plus the usual AWS key names)."""
 
-    model_config = SettingsConfigDict(env_prefix="JAN_STORAGE_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", populate_by_name=True)
 
     backend: Literal["local", "s3"] = Field(
         default="local",
@@ -45,13 +46,13 @@ class StorageSettings(BaseSettings):
     s3_access_key: str = Field(
         default="",
         max_length=256,
-        validation_alias=AliasChoices("JAN_STORAGE_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
+        validation_alias=external_alias(PREFIX, "s3_access_key", "AWS_ACCESS_KEY_ID"),
         description="S3 access key ('' = anonymous access).",
     )
     s3_secret_key: SecretStr = Field(
         default=SecretStr(""),
         # SecretStr: shown as ****** by repr and --print-settings, never in logs.
-        validation_alias=AliasChoices("JAN_STORAGE_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
+        validation_alias=external_alias(PREFIX, "s3_secret_key", "AWS_SECRET_ACCESS_KEY"),
         description="S3 secret key.",
     )
     s3_region: str = Field(

@@ -215,14 +215,8 @@ class ApiEngine(Engine):
             self._key = self.settings.secret(api_key_parameter(self.spec.parameters))
         except ValueError as exc:
             raise FailedPrecondition(str(exc), code="invalid_api_key_reference", param="API-KEY") from None
-        try:
-            await asyncio.to_thread(
-                netsafety.check_source_url,
-                self.target.base,
-                allow_private=self.settings.allow_private_networks,
-            )
-        except netsafety.UnsafeURLError as exc:
-            raise InvalidArgument(str(exc), code="unsafe_source_url", param="source_url") from None
+        allow_private = self.settings.allow_private_networks
+        await asyncio.to_thread(netsafety.require_safe_url, self.target.base, allow_private=allow_private)
         self._session = make_session(self.settings)
         if self.target.kind == "openai":
             await self._check_key()

@@ -36,7 +36,6 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
@@ -44,6 +43,7 @@ import orjson
 
 from services.common import netsafety
 from services.common.errors import FailedPrecondition, InvalidArgument, JanError, Unavailable, Unimplemented
+from services.common.triton_source import parse_triton_source
 from services.runner.engines.base import (
     Delta,
     Engine,
@@ -79,20 +79,6 @@ FEATURE_TENSORS: dict[str, tuple[set[str], set[str]]] = {
 }
 
 
-def parse_source(source_url: str) -> tuple[str, str, str]:
-    """triton://host:port/model[/version] -> ("host:port", model, version)."""
-    parts = urlsplit(source_url)
-    segments = [s for s in parts.path.split("/") if s]
-    if parts.scheme != "triton" or not parts.hostname or not parts.port or not 1 <= len(segments) <= 2:
-        raise InvalidArgument(
-            "a tensorrt model's source_url must be triton://HOST:GRPC_PORT/MODEL_NAME",
-            code="invalid_source_url",
-            param="source_url",
-        )
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{host}:{parts.port}", segments[0], segments[1] if len(segments) == 2 else ""
-
-
 def triton_error(exc: Exception, address: str, model: str, doing: str) -> JanError:
     """The runner's error for a Triton client exception (decided by its gRPC status, not its text)."""
     status = str(getattr(exc, "status", lambda: "")() or "")
@@ -117,7 +103,8 @@ class TensorRTEngine(Engine):
     def __init__(self, spec: LoadSpec, settings: RunnerSettings) -> None:
         super().__init__(spec)
         self.settings = settings
-        self.address, self.model, self.version = parse_source(spec.source_url)
+        source = parse_triton_source(spec.source_url)
+        self.address, self.model, self.version = source.address, source.model, source.version
         self.n_parallel = max(1, int(spec.parameters.get("n_parallel") or DEFAULT_SLOTS))
         self._slots = asyncio.Semaphore(self.n_parallel)
         self.chat_format = ""
@@ -148,14 +135,10 @@ class TensorRTEngine(Engine):
 
         chosen = resolve_format(self.spec.parameters)
         self.chat_format, self._render = chosen.name, chosen.render
-        try:
-            await asyncio.to_thread(
-                netsafety.check_source_url,
-                f"http://{self.address}/",
-                allow_private=self.settings.allow_private_networks,
-            )
-        except netsafety.UnsafeURLError as exc:
-            raise InvalidArgument(str(exc), code="unsafe_source_url", param="source_url") from None
+        allow_private = self.settings.allow_private_networks
+        await asyncio.to_thread(
+            netsafety.require_safe_url, f"http://{self.address}/", allow_private=allow_private
+        )
         self._client = triton.InferenceServerClient(self.address)
         timeout = self.settings.triton_timeout_s
         try:
