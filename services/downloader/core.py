@@ -31,6 +31,7 @@ from services.common.errors import (
     NotFound,
     ResourceExhausted,
 )
+from services.common.filesafety import write_atomic
 from services.common.storage import Storage
 from services.downloader import hf
 from services.downloader.fetch import Fetcher, FetchError, FetchOptions
@@ -199,9 +200,7 @@ class Downloader:
 
     def _save(self, job: Job) -> None:
         job.updated = int(time.time())
-        tmp = self._path(job.model_id).with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(job.persisted()))
-        tmp.replace(self._path(job.model_id))
+        write_atomic(self._path(job.model_id), orjson.dumps(job.persisted()))
 
     def _publish(self, job: Job) -> None:
         job.version += 1
