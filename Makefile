@@ -8,16 +8,15 @@ export JAN_ROOT ?= $(HOME)/jan
 
 .PHONY: up down test browser lint typecheck proto venv bench clean images compose-up compose-down compose-e2e k8s-render
 
-# llama-cpp-python compiles llama.cpp (~8 minutes on 2 cores the first time; pip caches the wheel).
-# The multimodal module is left out to halve that. GGML_NATIVE=OFF: a -march=native build turns on
-# Intel AMX kernels wherever the CPU advertises AMX, and they crash (SIGSEGV in ggml_backend_amx_mul_mat)
-# in VMs that do not grant AMX state; the portable build keeps AVX2/FMA/F16C. GPU images set their own.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
-
-$(VENV)/.installed: pyproject.toml
+# llama-cpp-python compiles llama.cpp with its multimodal library (image input; ~13 minutes on 2 cores the
+# first time): scripts/llama-wheel.sh builds it portably (its CMAKE_ARGS default) and keeps the wheel per
+# version and flags, which pip's own cache does not tell apart.
+$(VENV)/.installed: pyproject.toml scripts/llama-wheel.sh
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q --force-reinstall --no-deps "$$(scripts/llama-wheel.sh $(VENV)/bin/pip)"
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(PY) -c "import llama_cpp.mtmd_cpp"  # the multimodal library is there
 	touch $@
 
 venv: $(VENV)/.installed
@@ -57,11 +56,12 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
 
 # Container homes (docs/deploy.md). `images` builds the CPU images with BuildKit, installing the
-# llama-cpp-python wheel from pip's cache (build/wheels) instead of compiling llama.cpp in the image.
+# llama-cpp-python wheel of scripts/llama-wheel.sh (build/wheels) instead of compiling llama.cpp in the image.
 DOCKER ?= docker
 IMAGE_TAG ?= dev
 images: venv
-	$(VENV)/bin/pip wheel -q --no-deps "$$($(PY) docker/requirements.py pyproject.toml --only llama-cpp-python)" -w build/wheels
+	mkdir -p build/wheels && rm -f build/wheels/llama_cpp_python-*.whl
+	cp "$$(scripts/llama-wheel.sh $(VENV)/bin/pip)" build/wheels/
 	for t in catalog downloader gateway runner; do \
 		DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile --target $$t -t jan-models/$$t:$(IMAGE_TAG) . || exit 1; \
 	done

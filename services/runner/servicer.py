@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -16,9 +16,11 @@ from services.common.errors import InvalidArgument
 from services.common.grpcserver import GrpcServer
 from services.runner.core import Hosted, Runner
 from services.runner.engines.base import (
+    IMAGE_MARKER,
     Constraint,
     Delta,
     GenerateRequest,
+    Image,
     Sampling,
     TokenizeRequest,
     Tool,
@@ -87,8 +89,30 @@ def _sampling(s: pb.Sampling, defaults: dict) -> Sampling:
     return dataclasses.replace(sampling, given=frozenset(given))
 
 
-def _message(m: pb.ChatMessage) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": m.role, "content": m.content}
+def _chat(messages: Sequence[pb.ChatMessage]) -> tuple[list[dict[str, Any]], list[Image]]:
+    """The messages as the engines take them, and their images in order: an IMAGE_MARKER stands for each
+    image in its message's content, so text of a request with images may not contain one itself."""
+    images: list[Image] = []
+    out = [_message(m, images) for m in messages]
+    if images:
+        texts = [p.text for m in messages for p in m.parts if p.WhichOneof("part") == "text"]
+        if any(IMAGE_MARKER in text for text in [*texts, *(m.content for m in messages)]):
+            raise InvalidArgument(f"message text may not contain {IMAGE_MARKER!r}", param="messages")
+    return out, images
+
+
+def _message(m: pb.ChatMessage, images: list[Image]) -> dict[str, Any]:
+    content = m.content
+    if m.parts:
+        pieces = []
+        for part in m.parts:
+            if part.WhichOneof("part") == "image":
+                images.append(Image(data=part.image.data, media_type=part.image.media_type))
+                pieces.append(IMAGE_MARKER)
+            else:
+                pieces.append(part.text)
+        content = "".join(pieces)
+    message: dict[str, Any] = {"role": m.role, "content": content}
     if m.tool_calls:
         message["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -158,8 +182,9 @@ def generate_request(request: pb.GenerateRequest, defaults: dict) -> GenerateReq
     """The engine's request of a GenerateRequest; unset sampling fields from the model's parameters."""
     if request.top_logprobs < 0 or request.top_logprobs > MAX_TOP_LOGPROBS:
         raise InvalidArgument(f"top_logprobs must be 0-{MAX_TOP_LOGPROBS}", param="top_logprobs")
+    messages, images = _chat(request.chat.messages) if request.HasField("chat") else (None, [])
     return GenerateRequest(
-        messages=[_message(m) for m in request.chat.messages] if request.HasField("chat") else None,
+        messages=messages,
         prompt=None if request.HasField("chat") else request.text,
         sampling=_sampling(request.sampling, defaults),
         **_offered(request),
@@ -168,14 +193,18 @@ def generate_request(request: pb.GenerateRequest, defaults: dict) -> GenerateReq
         n=max(1, request.n),
         logit_bias=dict(request.logit_bias),
         reasoning="inline" if request.reasoning == pb.REASONING_MODE_INLINE else "separate",
+        images=tuple(images),
     )
 
 
 def tokenize_request(request: pb.TokenizeRequest) -> TokenizeRequest:
     """The engine's request of a TokenizeRequest."""
+    messages, images = _chat(request.chat.messages) if request.HasField("chat") else (None, [])
+    if images:
+        raise InvalidArgument("counting the tokens of images is not supported", param="messages")
     return TokenizeRequest(
         text=request.text if request.HasField("text") else None,
-        messages=[_message(m) for m in request.chat.messages] if request.HasField("chat") else None,
+        messages=messages,
         add_special=request.add_special if request.HasField("add_special") else True,
         **_offered(request),
     )

@@ -93,6 +93,19 @@ class Constraint:
     grammar: str = ""
 
 
+# Where an image stands in a chat message's text: the engine that reads images splits the rendered prompt
+# there (llama.cpp's multimodal library's own default marker). Text that contains it is refused.
+IMAGE_MARKER = "<__media__>"
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image given with a chat message: the file's bytes as the client sent them."""
+
+    data: bytes
+    media_type: str = ""
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     # Either chat messages or a plain prompt. A message is {"role", "content"} plus, for an assistant's
@@ -114,6 +127,8 @@ class GenerateRequest:
     logit_bias: dict[int, float] = field(default_factory=dict)
     # Thinking text between reasoning markers: "separate" (Delta.reasoning) or "inline" (in the text).
     reasoning: Literal["separate", "inline"] = "separate"
+    # The messages' images in order of appearance; each stands at an IMAGE_MARKER in its message's content.
+    images: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +220,7 @@ FEATURE_PARAMS = {
     "logprobs": "logprobs",
     "n": "n",
     "logit_bias": "logit_bias",
+    "images": "messages",
 }
 
 
@@ -218,6 +234,7 @@ def requested_features(request: GenerateRequest) -> list[str]:
         "logprobs": request.logprobs or request.top_logprobs > 0,
         "n": request.n > 1,
         "logit_bias": bool(request.logit_bias),
+        "images": bool(request.images),
     }
     return [name for name, on in used.items() if on]
 
@@ -226,11 +243,8 @@ def refuse_unsupported(engine: Engine, request: GenerateRequest) -> None:
     """Raises InvalidArgument naming the first field the engine cannot honour: nothing is ignored."""
     for feature in requested_features(request):
         if feature not in engine.features:
-            param = FEATURE_PARAMS[feature]
             raise InvalidArgument(
-                f"{param} is not supported by the {engine.name} engine that runs {engine.spec.model_id}",
-                code="unsupported_parameter",
-                param=param,
+                engine.unsupported(feature), code="unsupported_parameter", param=FEATURE_PARAMS[feature]
             )
 
 
@@ -243,6 +257,11 @@ class Engine(abc.ABC):
 
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
+
+    def unsupported(self, feature: str) -> str:
+        """Why a request feature (a FEATURE_PARAMS key) not in `features` is refused."""
+        what = "image input" if feature == "images" else FEATURE_PARAMS[feature]
+        return f"{what} is not supported by the {self.name} engine that runs {self.spec.model_id}"
 
     @classmethod
     @abc.abstractmethod

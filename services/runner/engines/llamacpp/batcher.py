@@ -29,6 +29,12 @@ from services.runner.engines.llamacpp.sampling import (
     sampler_chain,
     token_logprob,
 )
+from services.runner.engines.llamacpp.vision import (
+    MediaPrompt,
+    Projector,
+    is_image_start,
+    snap_to_image_start,
+)
 from services.runner.engines.prompt import find_stop, partial_stop, reported_stop
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,10 @@ class Job:
     grammar_param: str = "response_format"
     # Special tokens are written out as text (tool-call markers that are special tokens in some vocabularies).
     render_special: bool = False
+    # The images of a chat, each at an IMAGE_MARKER in `text`; read by the model's projector.
+    images: list[bytes] = field(default_factory=list)
+    # The prompt as tokens and image chunks, once admitted (a prompt with images only).
+    media: MediaPrompt | None = None
     queue: asyncio.Queue[Delta | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
 
@@ -121,6 +131,7 @@ class Batcher:
         n_parallel: int,
         threads: int,
         ngl: int,
+        mmproj: Path | None = None,
     ) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaModel
@@ -139,9 +150,17 @@ class Batcher:
         self._ctx: Any = None
         self._batch: Any = None
         self._pieces: dict[int, bytes] = {}
+        self._projector: Projector | None = None
         # Counters (tests and metrics read them): prompt tokens decoded, of them reused from a slot's
-        # cache, tokens generated, decode steps, and the most sequences decoded in one step.
-        self.stats = {"prompt_tokens": 0, "reused_tokens": 0, "generated": 0, "steps": 0, "max_batch": 0}
+        # cache, tokens generated, decode steps, the most sequences decoded in one step, images read.
+        self.stats = {
+            "prompt_tokens": 0,
+            "reused_tokens": 0,
+            "generated": 0,
+            "steps": 0,
+            "max_batch": 0,
+            "images": 0,
+        }
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = ngl
         try:
@@ -183,6 +202,12 @@ class Batcher:
             self._n_swa = int(llama_cpp.llama_model_n_swa(self.model.model))
             self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
             self._picker = Picker(llama_cpp, self._ctx, self.n_vocab)
+            if mmproj is not None:
+                try:
+                    self._projector = Projector(mmproj, self.model.model, threads=threads, use_gpu=ngl > 0)
+                except BaseException:
+                    self.close()
+                    raise
 
     def slot_views(self) -> list[SlotView]:
         return [SlotView(s.seq, s.job is not None, tuple(s.cache)) for s in self.slots]
@@ -291,6 +316,7 @@ class Batcher:
             except Exception as exc:
                 self._release_job(job)
                 out.append((job, exc))
+        self._read_images(out)
         batch = self._batch
         n = 0
         decoding = [s for s in self.slots if s.job is not None and s.next_token is not None]
@@ -308,6 +334,10 @@ class Batcher:
                 continue
             take = min(room, len(slot.pending))
             start = len(slot.cache)
+            if slot.job.media is not None:  # text up to the next image only
+                take = slot.job.media.next_image(start, start + take) - start
+                if take == 0:
+                    continue
             for i in range(take):
                 last = i == take - 1 and take == len(slot.pending)
                 self._put(batch, n, slot.pending[i], start + i, slot.seq, last)
@@ -346,6 +376,30 @@ class Batcher:
                 )
             self._advance(slot, token, out)
 
+    def _read_images(self, out: list[tuple[Job | EmbedJob, Any]]) -> None:
+        """Every slot whose prompt goes on with an image reads it now, in a decode of its own (the others
+        wait for one image; llama-server does the same). A failed image fails its request only."""
+        for slot in self.slots:
+            job = slot.job
+            if job is None or job.media is None or slot.follows is not None or not slot.pending:
+                continue
+            while slot.pending and is_image_start(slot.pending[0]):
+                assert self._projector is not None
+                start = len(slot.cache)
+                chunk, n_pos = job.media.images[start]
+                try:
+                    self._projector.evaluate(self._ctx, chunk, start, slot.seq, self.n_batch)
+                except Exception as exc:
+                    out.append((job, exc))
+                    for other in self.slots:
+                        if other.job is job:
+                            self._release(other, clear=True)
+                    break
+                slot.cache.extend(slot.pending[:n_pos])
+                del slot.pending[:n_pos]
+                self.stats["prompt_tokens"] += n_pos
+                self.stats["images"] += 1
+
     @staticmethod
     def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         batch.token[i] = token
@@ -355,7 +409,13 @@ class Batcher:
         batch.logits[i] = logits
 
     def _admit(self, job: Job, free: list[_Slot]) -> None:
-        tokens = self.tokenize(job.text, job.add_bos, job.special)
+        if job.images:
+            if self._projector is None:
+                raise InvalidArgument("this model has no projector to read images with", param="messages")
+            job.media = self._projector.tokenize(job.text, job.images, job.add_bos, job.special)
+            tokens = job.media.tokens
+        else:
+            tokens = self.tokenize(job.text, job.add_bos, job.special)
         if not tokens:
             tokens = [self.bos]
         if len(tokens) >= self.ctx_len:
@@ -379,6 +439,7 @@ class Batcher:
             self._start(slot, job, tokens)
         keep = common_prefix(first.cache, tokens)
         keep = min(keep, len(tokens) - 1)  # the last prompt token is always decoded: its logits
+        keep = snap_to_image_start(tokens, keep)  # an image is computed whole
         if keep < len(first.cache) and not self._reusable(first, keep):
             keep = 0
         if keep < len(first.cache) and not self._ll.llama_memory_seq_rm(self._mem, first.seq, keep, -1):
@@ -633,6 +694,9 @@ class Batcher:
         if self._embed_batch is not None:
             ll.llama_batch_free(self._embed_batch)
             self._embed_batch = None
+        if self._projector is not None:
+            self._projector.close()
+            self._projector = None
         for ctx in (self._ctx, self._embed_ctx):
             if ctx:
                 ll.llama_free(ctx)

@@ -103,6 +103,13 @@ class LlamaCppEngine(Engine):
         self.tool_format: ToolFormat = "generic"
         self._estimate: MemoryEstimate | None = None
         self._batcher: Batcher | None = None
+        if spec.mmproj is not None:  # its projector reads images
+            self.features = self.features | {"images"}
+
+    def unsupported(self, feature: str) -> str:
+        if feature == "images":
+            return f"{self.spec.model_id} cannot see images: it has no vision projector (mmproj)"
+        return super().unsupported(feature)
 
     # --- memory -------------------------------------------------------------------------------------------
 
@@ -179,6 +186,7 @@ class LlamaCppEngine(Engine):
                 n_parallel=0 if self.embedding_only else self.n_parallel,
                 threads=self.threads,
                 ngl=self.ngl,
+                mmproj=None if self.embedding_only else self.spec.mmproj,
             ),
             name=f"load-{self.spec.model_id}",
         )
@@ -296,6 +304,7 @@ class LlamaCppEngine(Engine):
             grammar_param=grammar_param,
             # Tool markers are read as text even where they are special tokens ([TOOL_CALLS]).
             render_special=plan is not None and plan.parse,
+            images=[image.data for image in request.images],
         )
         batcher.submit(job, self._compute)
         finished = 0
