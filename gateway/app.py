@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from gateway.auth import install_api_keys
 from gateway.clients import CatalogClient, DownloaderClient, RunnerPool
 from gateway.errors import APIError, install_error_handlers
+from gateway.images import ImageReader
 from gateway.limits import install_body_limit
 from gateway.metrics import install_metrics
 from gateway.model_list import ModelList
@@ -42,7 +43,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.catalog = CatalogClient(settings.catalog_address, *timeouts)
         app.state.downloader = DownloaderClient(settings.downloader_address, *timeouts)
         app.state.runners = RunnerPool(*timeouts)
-        app.state.serving = Serving(app.state.catalog, app.state.runners, settings)
+        images = ImageReader(settings)
+        app.state.serving = Serving(app.state.catalog, app.state.runners, settings, images)
         app.state.model_list = ModelList(app.state.catalog)
         try:
             yield
@@ -50,6 +52,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await app.state.catalog.close()
             await app.state.downloader.close()
             await app.state.runners.close()
+            await images.close()
 
     app = FastAPI(
         title="Jan Models",

@@ -10,7 +10,8 @@ replica found unreachable is passed over for a few seconds (the catalog hears of
 heartbeats stop).
 
 The conversation prefix is read from the request: the messages up to each message after the leading
-system ones (a shared system prompt alone never pins a conversation), or the text prompt in blocks.
+system ones (a shared system prompt alone never pins a conversation; a message's content parts, its
+images included, count), or the text prompt in blocks.
 Keys are digests; the table of recent prefixes is bounded (least recently used dropped first).
 """
 
@@ -31,6 +32,7 @@ ROUTING_MODES = ("affinity", "least_loaded")
 # Prefix keys a request records (its longest ones): a continuation matches the longest.
 KEYS_PER_REQUEST = 8
 TEXT_BLOCK = 256  # characters per prefix block of a text prompt
+IMAGE_SAMPLE = 4096  # bytes at each end of an image that its part's prefix key reads
 SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
@@ -50,6 +52,8 @@ def prefix_keys(request: runner_pb.GenerateRequest) -> list[bytes]:
         past_system = False
         for message in request.chat.messages:
             digest.update(b"\x1e" + message.role.encode() + b"\x1f" + message.content.encode())
+            for part in message.parts:
+                digest.update(_part_key(part))
             for call in message.tool_calls:
                 digest.update(b"\x1d" + call.name.encode() + b"\x1f" + call.arguments.encode())
             past_system = past_system or message.role not in SYSTEM_ROLES
@@ -61,6 +65,16 @@ def prefix_keys(request: runner_pb.GenerateRequest) -> list[bytes]:
             digest.update(text[start : start + TEXT_BLOCK])
             keys.append(digest.copy().digest())
     return keys[-KEYS_PER_REQUEST:]
+
+
+def _part_key(part: runner_pb.ContentPart) -> bytes:
+    """What a content part adds to a prefix key: its text, or an image's size and its first and last
+    bytes (a key only picks a replica: a rare collision costs a cache miss, hashing megabytes would cost
+    the event loop more)."""
+    if part.WhichOneof("part") == "image":
+        data = part.image.data
+        return b"\x1b" + len(data).to_bytes(8, "little") + data[:IMAGE_SAMPLE] + data[-IMAGE_SAMPLE:]
+    return b"\x1c" + part.text.encode()
 
 
 class Router:

@@ -1,7 +1,8 @@
 """The one serving path of every dialect: where a model's replicas run (the catalog places them; a
 short-lived hint skips asking), just-in-time start, which replica takes the request (gateway/routing.py),
 another try before the first byte when the replica is gone or the hint stale, then the runner's answer
-streamed back. Routes translate; this module decides.
+streamed back. A request's images are read first (gateway/images.py). Routes translate; this module
+decides.
 
 Inference requests reuse the catalog's answer for a running model for a few seconds (PlacementCache); a
 hint that turns out wrong costs one more try through the catalog, before any byte of the answer is sent.
@@ -20,7 +21,9 @@ import orjson
 
 from gateway.clients import CatalogClient, RunnerPool, Unreachable
 from gateway.errors import APIError
+from gateway.images import ImageReader
 from gateway.metrics import MODEL_REPLICAS, served_by
+from gateway.protocol.common import ImageRef
 from gateway.routing import Replica, Router, prefix_keys
 from gateway.settings import GatewaySettings
 from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
@@ -80,10 +83,13 @@ class PlacementCache:
 class Serving:
     """Placement, start/stop and inference calls on the replicas serving a model (kept in app.state)."""
 
-    def __init__(self, catalog: CatalogClient, runners: RunnerPool, settings: GatewaySettings) -> None:
+    def __init__(
+        self, catalog: CatalogClient, runners: RunnerPool, settings: GatewaySettings, images: ImageReader
+    ) -> None:
         self.catalog = catalog
         self.runners = runners
         self.settings = settings
+        self.images = images
         self.placements = PlacementCache()
         self.router = Router(settings.routing, settings.affinity_load_factor)
         self._topping_up: dict[str, asyncio.Task[None]] = {}
@@ -276,9 +282,11 @@ class Serving:
     # --- what routes call ---------------------------------------------------------------------------------
 
     async def generate(
-        self, request: runner_pb.GenerateRequest
+        self, request: runner_pb.GenerateRequest, images: Sequence[ImageRef] = ()
     ) -> AsyncGenerator[runner_pb.GenerateResponse, None]:
-        """The answer's messages; the first is awaited, so a failure at the start raises here."""
+        """The answer's messages; the first is awaited, so a failure at the start raises here. `images`:
+        what the request's image parts wait for, read first (a bad one is a 400 before any model starts)."""
+        await self.images.fill(request, images)
         keys = prefix_keys(request) if self.router.mode == "affinity" else []
         replica, stream = await self.on_runner(
             request.model_id, request.keep_alive_s, lambda runner: runner.generate(request), keys

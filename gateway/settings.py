@@ -8,9 +8,11 @@ from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, model_validato
 from pydantic_settings import SettingsConfigDict
 
 from gateway.auth import APIKeyConfigError, load_keys
+from services.common.grpcserver import MESSAGE_LIMIT
 from services.common.service_settings import LogLevel, Port, ServiceSettings, shared_alias
 
 PREFIX = "JAN_GATEWAY_"
+MiB = 1024 * 1024
 
 
 class GatewaySettings(ServiceSettings):
@@ -60,7 +62,32 @@ class GatewaySettings(ServiceSettings):
         description="Bounded-load affinity: a replica takes a conversation back only while it holds at "
         "most this many times its fair share of the outstanding requests.",
     )
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest JSON request body.")
+    max_body_bytes: int = Field(
+        default=32 * MiB,
+        ge=1024,
+        description="Largest JSON request body (32 MiB: room for an image of JAN_GATEWAY_MAX_IMAGE_BYTES "
+        "as a base64 data: URL, which is 4/3 of its size).",
+    )
+    max_images: int = Field(
+        default=16, ge=0, le=1024, description="Most images one request may give (0: no image input)."
+    )
+    max_image_bytes: int = Field(
+        default=20 * MiB,
+        ge=1024,
+        le=MESSAGE_LIMIT,
+        description="Largest image of a request (its bytes, decoded or fetched); a larger one is a 400 and a "
+        "URL's answer is not read past it. A request's images together go to the runner in one message of "
+        f"at most {MESSAGE_LIMIT >> 20} MiB.",
+    )
+    image_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Deadline of fetching one image URL, its redirects included."
+    )
+    allow_private_networks: bool = Field(
+        default=False,
+        validation_alias=shared_alias(PREFIX, "allow_private_networks"),
+        description="Fetch image URLs from loopback, private or link-local addresses (tests, private "
+        "networks).",
+    )
     rpc_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Deadline of one catalog call.")
     transfer_timeout_s: float = Field(
         default=6 * 3600, gt=0, le=7 * 86400, description="Deadline of an archive import or export."

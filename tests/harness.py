@@ -35,7 +35,7 @@ from services.common.storage import Storage
 from services.downloader.core import Downloader
 from services.downloader.servicer import make_server as make_downloader_server
 from services.downloader.settings import DownloaderSettings
-from services.runner.core import Runner
+from services.runner.core import EngineFactory, Runner
 from services.runner.servicer import make_server as make_runner_server
 from services.runner.settings import RunnerSettings
 from tests.fakes.tiny_gguf import write_tiny_gguf
@@ -119,12 +119,17 @@ async def serving_downloader(
 
 @asynccontextmanager
 async def serving_runner(
-    settings: RunnerSettings, storage: Storage, *, heartbeat: bool = True
+    settings: RunnerSettings,
+    storage: Storage,
+    *,
+    heartbeat: bool = True,
+    engines: dict[str, EngineFactory] | None = None,
 ) -> AsyncIterator[tuple[Runner, str]]:
     """A runner registered with the catalog at `settings.catalog_address` (a first heartbeat is sent
-    unless `heartbeat` is false), on the port of `settings.port` (0: any); yields it and its address."""
+    unless `heartbeat` is false), on the port of `settings.port` (0: any); yields it and its address.
+    `engines`: its engine factories by engine name (default: the real ones)."""
     client = CatalogClient(settings.catalog_address)
-    runner = Runner(settings, client, storage)
+    runner = Runner(settings, client, storage, engines)
     server = make_runner_server(runner)
     port = server.bind(f"127.0.0.1:{settings.port}")
     settings.advertise_address = f"127.0.0.1:{port}"
@@ -246,8 +251,12 @@ class Stack:
 
 
 @asynccontextmanager
-async def serving_stack(root: Path, **gateway: Any) -> AsyncIterator[Stack]:
-    """The stack over the models under `root` (write them first); `gateway`: GatewaySettings fields."""
+async def serving_stack(
+    root: Path, *, engines: dict[str, EngineFactory] | None = None, **gateway: Any
+) -> AsyncIterator[Stack]:
+    """The stack over the models under `root` (write them first); `engines`: the runner's engine factories
+    (default: the real ones, e.g. {"llamacpp": FakeEngines()} to stand in for llama.cpp); `gateway`:
+    GatewaySettings fields."""
     from services.catalog.settings import CatalogSettings
     from services.common.storage import StorageSettings, make_storage
 
@@ -256,7 +265,7 @@ async def serving_stack(root: Path, **gateway: Any) -> AsyncIterator[Stack]:
         settings = RunnerSettings(root=root, name="r1", port=0, catalog_address=cat_address, threads=1)
         storage = make_storage(StorageSettings(), root)
         async with (
-            serving_runner(settings, storage) as (runner, _),
+            serving_runner(settings, storage, engines=engines) as (runner, _),
             serving_gateway(catalog_address=cat_address, **gateway) as gw,
         ):
             sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="x", http_client=gw.http, max_retries=0)

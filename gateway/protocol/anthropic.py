@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import APIError
 from gateway.protocol.answer import Gathered, Usage
-from gateway.protocol.common import StrictBoolsModel, Unsupported
+from gateway.protocol.common import ImageRef, Piece, StrictBoolsModel, Unsupported, refuse_images, set_content
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 M = TypeVar("M", bound=BaseModel)
@@ -98,8 +98,33 @@ class RedactedThinkingBlockIn(BaseModel):
     data: str
 
 
+class Base64SourceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["base64"]
+    media_type: str
+    data: str
+
+
+class UrlSourceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["url"]
+    url: str
+
+
+class ImageBlockIn(BaseModel):
+    """An image in a user message: its `source` is base64 data or a URL (a stored file is refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["image"]
+    source: dict[str, Any]
+    cache_control: CacheControlIn | None = None
+
+
 class BlockIn(BaseModel):
-    """A content block: its `type` says which shape it has (text, tool_use, tool_result, thinking,
+    """A content block: its `type` says which shape it has (text, image, tool_use, tool_result, thinking,
     redacted_thinking); any other type is refused by name."""
 
     model_config = ConfigDict(extra="allow")
@@ -268,37 +293,50 @@ def system_text(system: str | list[TextBlockIn] | None) -> str:
 
 class _Chat:
     """The runner's messages of a conversation, built in order: consecutive user turns and consecutive
-    assistant turns merge into one (as Anthropic combines them), tool results become tool messages."""
+    assistant turns merge into one (as Anthropic combines them), tool results become tool messages. Each
+    message's content is kept as pieces (text, images) until `messages()` sets it."""
 
     def __init__(self) -> None:
-        self.messages: list[runner_pb.ChatMessage] = []
+        self.turns: list[tuple[runner_pb.ChatMessage, list[Piece]]] = []
         self.calls: dict[str, str] = {}  # tool_use id -> the tool's name
 
-    def add(self, message: runner_pb.ChatMessage) -> None:
-        last = self.messages[-1] if self.messages else None
-        if last is not None and last.role == message.role and message.role in ("user", "assistant"):
-            last.content = BLOCK_JOIN.join(t for t in (last.content, message.content) if t)
-            last.tool_calls.extend(message.tool_calls)
+    def append(self, message: runner_pb.ChatMessage, pieces: list[Piece]) -> None:
+        self.turns.append((message, pieces))
+
+    def add(self, message: runner_pb.ChatMessage, pieces: list[Piece]) -> None:
+        last = self.turns[-1] if self.turns else None
+        if last is not None and last[0].role == message.role and message.role in ("user", "assistant"):
+            last[0].tool_calls.extend(message.tool_calls)
+            self.turns[-1] = (last[0], _joined(last[1], pieces))
         else:
-            self.messages.append(message)
+            self.append(message, pieces)
+
+    def messages(self) -> tuple[list[runner_pb.ChatMessage], list[ImageRef]]:
+        """The messages with their content set, and the images their image parts wait for, in order."""
+        images: list[ImageRef] = []
+        return [set_content(message, pieces, images) for message, pieces in self.turns], images
 
     def user(self, blocks: list[BlockIn], where: str) -> None:
-        texts: list[str] = []
+        pieces: list[Piece] = []
         for j, block in enumerate(blocks):
             data, at = block.model_dump(), f"{where}.content.{j}"
             if block.type == "text":
-                texts.append(_text_block(data, at).text)
+                pieces = _joined(pieces, [_text_block(data, at).text], always=True)
+            elif block.type == "image":
+                pieces.append(_image(_parse(ImageBlockIn, data, at), at))
             elif block.type == "tool_result":
-                if texts:
-                    self.add(runner_pb.ChatMessage(role="user", content=BLOCK_JOIN.join(texts)))
-                    texts = []
-                self.messages.append(self._tool_result(_parse(ToolResultBlockIn, data, at), at))
+                if pieces:
+                    self.add(runner_pb.ChatMessage(role="user"), pieces)
+                    pieces = []
+                self.append(*self._tool_result(_parse(ToolResultBlockIn, data, at), at))
             else:
                 raise refuse(f"{at}.type", _block_refusal(block.type, "user"))
-        if texts or not blocks:
-            self.add(runner_pb.ChatMessage(role="user", content=BLOCK_JOIN.join(texts)))
+        if pieces or not blocks:
+            self.add(runner_pb.ChatMessage(role="user"), pieces or [""])
 
-    def _tool_result(self, result: ToolResultBlockIn, where: str) -> runner_pb.ChatMessage:
+    def _tool_result(
+        self, result: ToolResultBlockIn, where: str
+    ) -> tuple[runner_pb.ChatMessage, list[Piece]]:
         name = self.calls.get(result.tool_use_id)
         if name is None:
             raise refuse(f"{where}.tool_use_id", "no earlier tool_use block has this id")
@@ -308,7 +346,7 @@ class _Chat:
             text = _texts(result.content, f"{where}.content")
         if result.is_error:
             text = TOOL_ERROR_PREFIX + text
-        return runner_pb.ChatMessage(role="tool", content=text, tool_call_id=result.tool_use_id, name=name)
+        return runner_pb.ChatMessage(role="tool", tool_call_id=result.tool_use_id, name=name), [text]
 
     def assistant(self, blocks: list[BlockIn], where: str) -> None:
         out = runner_pb.ChatMessage(role="assistant")
@@ -330,21 +368,47 @@ class _Chat:
                 _parse(RedactedThinkingBlockIn, data, at)
             else:
                 raise refuse(f"{at}.type", _block_refusal(block.type, "assistant"))
-        out.content = BLOCK_JOIN.join(texts)
-        self.add(out)
+        self.add(out, [BLOCK_JOIN.join(texts)])
+
+
+def _joined(first: list[Piece], then: list[Piece], *, always: bool = False) -> list[Piece]:
+    """`first` followed by `then`, the text where they meet joined by a blank line: between the blocks
+    of one message (`always`), or between two turns' texts when both have some."""
+    if first and then and isinstance(first[-1], str) and isinstance(then[0], str):
+        a, b = first[-1], then[0]
+        return [*first[:-1], BLOCK_JOIN.join((a, b) if always else [t for t in (a, b) if t]), *then[1:]]
+    return [*first, *then]
+
+
+def _image(block: ImageBlockIn, where: str) -> ImageRef:
+    """An image block's source as a reference gateway/images.py reads; a stored file is refused."""
+    source = block.source
+    at = f"{where}.source"
+    kind = source.get("type")
+    if kind == "base64":
+        given = _parse(Base64SourceIn, source, at)
+        return ImageRef(param=f"{at}.data", base64=given.data, media_type=given.media_type)
+    if kind == "url":
+        return ImageRef(param=f"{at}.url", url=_parse(UrlSourceIn, source, at).url)
+    if kind == "file":
+        raise refuse(
+            f"{at}.type", "file sources are not supported: files are not stored here (send base64 or url)"
+        )
+    raise refuse(f"{at}.type", f"image sources of type {kind!r} are not supported: only base64 and url")
 
 
 def _block_refusal(kind: str, role: str) -> str:
-    allowed = "text, tool_result" if role == "user" else "text, tool_use, thinking, redacted_thinking"
+    allowed = "text, image, tool_result" if role == "user" else "text, tool_use, thinking, redacted_thinking"
     return f"content blocks of type {kind!r} are not supported in {role} messages: only {allowed}"
 
 
-def chat_messages(body: PromptIn) -> list[runner_pb.ChatMessage]:
-    """The conversation as the runner's chat messages: the system prompt first."""
+def chat_messages(body: PromptIn) -> tuple[list[runner_pb.ChatMessage], list[ImageRef]]:
+    """The conversation as the runner's chat messages (the system prompt first), and the images their
+    image parts wait for."""
     chat = _Chat()
     system = system_text(body.system)
     if system:
-        chat.messages.append(runner_pb.ChatMessage(role="system", content=system))
+        chat.append(runner_pb.ChatMessage(role="system"), [system])
     for i, m in enumerate(body.messages):
         where = f"messages.{i}"
         blocks = (
@@ -354,7 +418,7 @@ def chat_messages(body: PromptIn) -> list[runner_pb.ChatMessage]:
         )
         if m.role == "system":
             text = _texts([b.model_dump() for b in blocks], f"{where}.content")
-            chat.messages.append(runner_pb.ChatMessage(role="system", content=text))
+            chat.append(runner_pb.ChatMessage(role="system"), [text])
         elif m.role == "user":
             chat.user(blocks, where)
         else:
@@ -364,7 +428,7 @@ def chat_messages(body: PromptIn) -> list[runner_pb.ChatMessage]:
             f"messages.{len(body.messages) - 1}.role",
             "a last assistant message (prefill) is not supported: the model always starts a new turn",
         )
-    return chat.messages
+    return chat.messages()
 
 
 def tools_of(body: PromptIn) -> tuple[list[runner_pb.Tool], runner_pb.ToolChoice | None, bool | None]:
@@ -431,27 +495,29 @@ def _sampling(body: MessagesIn) -> runner_pb.Sampling:
     return s
 
 
-def generate_request(body: MessagesIn) -> runner_pb.GenerateRequest:
-    """The runner's request for a message; Unsupported for what cannot be honoured."""
+def generate_request(body: MessagesIn) -> tuple[runner_pb.GenerateRequest, list[ImageRef]]:
+    """The runner's request for a message, and the images its image parts wait for (read by
+    gateway/images.py); Unsupported for what cannot be honoured."""
     unsupported_fields(body)
+    messages, images = chat_messages(body)
     request = runner_pb.GenerateRequest(
         model_id=body.model,
-        chat=runner_pb.ChatMessages(messages=chat_messages(body)),
+        chat=runner_pb.ChatMessages(messages=messages),
         sampling=_sampling(body),
         n=1,
         reasoning=runner_pb.REASONING_MODE_SEPARATE,
     )
     _offer(request, body)
-    return request
+    return request, images
 
 
 def tokenize_request(body: CountTokensIn) -> runner_pb.TokenizeRequest:
     """The runner's request for the prompt's tokens, rendered as a generation renders it: the tool
     definitions included, as they are offered."""
     unsupported_fields(body)
-    request = runner_pb.TokenizeRequest(
-        model_id=body.model, chat=runner_pb.ChatMessages(messages=chat_messages(body))
-    )
+    messages, images = chat_messages(body)
+    refuse_images(images)
+    request = runner_pb.TokenizeRequest(model_id=body.model, chat=runner_pb.ChatMessages(messages=messages))
     _offer(request, body)
     return request
 

@@ -1,11 +1,16 @@
-"""What the gateway's request shapes share: strict JSON values, no booleans as numbers, durations."""
+"""What the gateway's request shapes share: strict JSON values, no booleans as numbers, durations, and the
+images a request refers to (read by gateway/images.py before the request goes to the runner)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, get_args
 
 import orjson
 from pydantic import AfterValidator, BaseModel, model_validator
+
+from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 
 class Unsupported(ValueError):
@@ -75,3 +80,53 @@ def keep_alive_seconds(value: float | str | None) -> float:
         return parse_keep_alive(value)
     except ValueError as exc:
         raise Unsupported("keep_alive", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image a request gives, not read yet: `url` (a data: URL or an http(s) URL), or `base64` (the file's
+    bytes in base64, of `media_type` when the client says it). `param` names the field it came from.
+
+    A translation stays pure: it puts an empty image part where the image stands and lists the references
+    in the order of those parts (messages in order, parts in order); gateway/images.py reads them and fills
+    the parts before the request goes to the runner."""
+
+    param: str
+    url: str = ""
+    base64: str = ""
+    media_type: str = ""
+
+
+# A message's content in order: text, and images not read yet.
+Piece = str | ImageRef
+
+
+def set_content(
+    message: runner_pb.ChatMessage, pieces: Sequence[Piece], images: list[ImageRef]
+) -> runner_pb.ChatMessage:
+    """Sets the message's content: `content` when it is text alone, else `parts` in order (adjacent texts as
+    one text part, each image an empty image part, `content` left empty), each image's reference appended
+    to `images`. Call it for the request's messages in their order."""
+    if not any(isinstance(piece, ImageRef) for piece in pieces):
+        message.content = "".join(piece for piece in pieces if isinstance(piece, str))
+        return message
+    text = ""
+    for piece in pieces:
+        if isinstance(piece, str):
+            text += piece
+            continue
+        if text:
+            message.parts.add(text=text)
+            text = ""
+        message.parts.add(image=runner_pb.Image())
+        images.append(piece)
+    if text:
+        message.parts.add(text=text)
+    return message
+
+
+def refuse_images(images: Sequence[ImageRef]) -> None:
+    """A token count takes no image (the runner counts text only): the first one is refused by name."""
+    if images:
+        param = images[0].param
+        raise Unsupported(param, f"{param}: counting the tokens of an image is not supported")

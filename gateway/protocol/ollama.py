@@ -21,7 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import APIError
 from gateway.protocol.answer import ToolCall
-from gateway.protocol.common import StrictBoolsModel, Unsupported, keep_alive_seconds, parse_keep_alive
+from gateway.protocol.common import (
+    ImageRef,
+    Piece,
+    StrictBoolsModel,
+    Unsupported,
+    keep_alive_seconds,
+    parse_keep_alive,
+    set_content,
+)
 from gateway.protocol.openai import MAX_TOP_LOGPROBS, response_format_constraint
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 from jan.model.v1 import model_pb2
@@ -184,6 +192,10 @@ class Options:
 
     sampling: runner_pb.Sampling
     num_ctx: int | None = None
+
+
+# A generation body translated: the runner's request, the images its image parts wait for, the options.
+Translated = tuple[runner_pb.GenerateRequest, list[ImageRef], Options]
 
 
 def options(given: OptionsIn | None, *, sampling: bool = True) -> Options:
@@ -390,17 +402,26 @@ def _arguments(value: dict[str, Any] | str) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def chat_messages(messages: list[MessageIn], model: str) -> list[runner_pb.ChatMessage]:
-    """The runner's messages. Ollama's calls carry no id: each gets one (`call_<message>_<call>`), and a
-    tool result without `tool_call_id` answers the oldest unanswered call of its `tool_name`."""
+def _images(images: list[str] | None, role: str, where: str) -> list[Piece]:
+    """`images` (base64, no data: prefix) as pieces before the text, as Ollama puts them; whether the model
+    can see them is the runner's to say (it knows whether the model has a vision projector)."""
+    if images and role != "user":
+        raise Unsupported(where, f"{where}: only user messages may carry images, not {role} messages")
+    return [ImageRef(param=f"{where}.{k}", base64=image) for k, image in enumerate(images or [])]
+
+
+def chat_messages(messages: list[MessageIn]) -> tuple[list[runner_pb.ChatMessage], list[ImageRef]]:
+    """The runner's messages, and the images their image parts wait for. Ollama's calls carry no id: each
+    gets one (`call_<message>_<call>`), and a tool result without `tool_call_id` answers the oldest
+    unanswered call of its `tool_name`."""
     out: list[runner_pb.ChatMessage] = []
+    images: list[ImageRef] = []
     pending: list[tuple[str, str]] = []  # (id, name) of calls not answered yet
     for i, m in enumerate(messages):
         where = f"messages.{i}"
         refuse_extras(m)
-        if m.images:
-            raise Unsupported(f"{where}.images", f"{model} cannot see images: it has no vision projector")
-        msg = runner_pb.ChatMessage(role=m.role, content=m.content)
+        pieces = [*_images(m.images, m.role, f"{where}.images"), m.content]
+        msg = set_content(runner_pb.ChatMessage(role=m.role), pieces, images)
         if m.tool_calls:
             if m.role != "assistant":
                 raise Unsupported(f"{where}.tool_calls", "only assistant messages carry tool_calls")
@@ -418,7 +439,7 @@ def chat_messages(messages: list[MessageIn], model: str) -> list[runner_pb.ChatM
         elif m.tool_name or m.tool_call_id:
             raise Unsupported(f"{where}.tool_name", "only tool messages carry tool_name / tool_call_id")
         out.append(msg)
-    return out
+    return out, images
 
 
 def _answered(
@@ -446,22 +467,22 @@ def _generate_request(body: GenerationIn, model_id: str, opts: Options) -> runne
     return request
 
 
-def chat_request(body: ChatIn, model_id: str) -> tuple[runner_pb.GenerateRequest, Options]:
-    """The runner's request of an /api/chat body (with messages), and its options (num_ctx is a load)."""
+def chat_request(body: ChatIn, model_id: str) -> Translated:
+    """The runner's request of an /api/chat body (with messages), the images its image parts wait for
+    (read by gateway/images.py), and its options (num_ctx is a load)."""
     _shared(body)
     opts = options(body.options)
     request = _generate_request(body, model_id, opts)
-    request.chat.messages.extend(chat_messages(body.messages, body.model))
+    messages, images = chat_messages(body.messages)
+    request.chat.messages.extend(messages)
     request.tools.extend(_tools(body.tools))
-    return request, opts
+    return request, images, opts
 
 
-def generate_request(body: GenerateIn, model_id: str) -> tuple[runner_pb.GenerateRequest, Options]:
-    """The runner's request of an /api/generate body with a prompt: the prompt as the user's turn of the
-    model's chat template (after `system`), or as plain text with `raw`."""
+def generate_request(body: GenerateIn, model_id: str) -> Translated:
+    """The runner's request of an /api/generate body with a prompt (or images): the prompt as the user's
+    turn of the model's chat template (after `system`, its images first), or as plain text with `raw`."""
     _shared(body)
-    if body.images:
-        raise Unsupported("images", f"{body.model} cannot see images: it has no vision projector")
     if body.suffix:
         raise Unsupported("suffix", "suffix (fill-in-the-middle) is not supported")
     if body.template:
@@ -470,16 +491,20 @@ def generate_request(body: GenerateIn, model_id: str) -> tuple[runner_pb.Generat
         raise Unsupported("context", "context (deprecated by Ollama) is not supported: use /api/chat")
     opts = options(body.options)
     request = _generate_request(body, model_id, opts)
+    images: list[ImageRef] = []
     if body.raw:
         if body.system:
             raise Unsupported("system", "raw mode does not support system")
+        if body.images:
+            raise Unsupported("images", "images: raw mode has no chat template to put images in")
         request.text = body.prompt or ""
         request.reasoning = runner_pb.REASONING_MODE_INLINE
     else:
         if body.system:
             request.chat.messages.append(runner_pb.ChatMessage(role="system", content=body.system))
-        request.chat.messages.append(runner_pb.ChatMessage(role="user", content=body.prompt or ""))
-    return request, opts
+        pieces = [*_images(body.images, "user", "images"), body.prompt or ""]
+        request.chat.messages.append(set_content(runner_pb.ChatMessage(role="user"), pieces, images))
+    return request, images, opts
 
 
 def embed_inputs(body: EmbedIn) -> list[str]:

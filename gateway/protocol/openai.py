@@ -18,7 +18,15 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.protocol.answer import Gathered, ToolCall, Usage
-from gateway.protocol.common import StrictBoolsModel, Unsupported, keep_alive_seconds
+from gateway.protocol.common import (
+    ImageRef,
+    Piece,
+    StrictBoolsModel,
+    Unsupported,
+    keep_alive_seconds,
+    refuse_images,
+    set_content,
+)
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 MAX_N = 16
@@ -97,23 +105,6 @@ class ChatMessageIn(BaseModel):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
-
-    def text(self, where: str) -> str:
-        if self.content is None or isinstance(self.content, str):
-            return self.content or ""
-        parts = []
-        for i, part in enumerate(self.content):
-            kind = part.get("type")
-            if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            elif kind == "refusal" and self.role == "assistant":
-                parts.append(str(part.get("refusal") or ""))
-            else:
-                raise Unsupported(
-                    f"{where}.content.{i}",
-                    f"content parts of type {kind!r} are not supported by this model: only text",
-                )
-        return "".join(parts)
 
 
 class ChatCompletionIn(SamplingIn):
@@ -331,13 +322,66 @@ def _tools(body: ChatCompletionIn) -> tuple[list[runner_pb.Tool], runner_pb.Tool
     return tools, runner_pb.ToolChoice(mode=runner_pb.TOOL_CHOICE_MODE_FUNCTION, name=name)
 
 
-def _chat_message(m: ChatMessageIn, i: int) -> runner_pb.ChatMessage:
+# `detail` values that change nothing here: the model reads an image at its projector's own resolution.
+IMAGE_DETAILS = (None, "auto")
+
+
+def image_detail(detail: Any, where: str) -> None:
+    """Only an absent or "auto" `detail` is honoured (the projector sets the resolution); the others are
+    refused by name rather than ignored."""
+    if detail not in IMAGE_DETAILS:
+        raise Unsupported(
+            where,
+            f"detail {detail!r} cannot be honoured: images are read at the model's own resolution "
+            "(leave detail out or send 'auto')",
+        )
+
+
+def _image_part(part: dict[str, Any], role: str, where: str) -> ImageRef:
+    """An `image_url` content part: {type, image_url: {url, detail}}, in a user message."""
+    if role != "user":
+        raise Unsupported(where, f"only user messages may carry images, not {role} messages")
+    unknown = sorted(set(part) - {"type", "image_url"})
+    if unknown:
+        raise Unsupported(f"{where}.{unknown[0]}", f"unknown field {unknown[0]!r} in an image_url part")
+    image = part.get("image_url")
+    if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+        raise Unsupported(f"{where}.image_url", "image_url must be {url, detail}: url a data: or http(s) URL")
+    unknown = sorted(set(image) - {"url", "detail"})
+    if unknown:
+        raise Unsupported(f"{where}.image_url.{unknown[0]}", f"unknown field {unknown[0]!r} in image_url")
+    image_detail(image.get("detail"), f"{where}.image_url.detail")
+    return ImageRef(param=f"{where}.image_url.url", url=image["url"])
+
+
+def _pieces(m: ChatMessageIn, where: str) -> list[Piece]:
+    """The message's content in order: a string, or text parts and image parts (other parts refused)."""
+    if m.content is None or isinstance(m.content, str):
+        return [m.content or ""]
+    pieces: list[Piece] = []
+    for j, part in enumerate(m.content):
+        kind = part.get("type")
+        if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
+            pieces.append(part["text"])
+        elif kind == "refusal" and m.role == "assistant":
+            pieces.append(str(part.get("refusal") or ""))
+        elif kind == "image_url":
+            pieces.append(_image_part(part, m.role, f"{where}.content.{j}"))
+        else:
+            raise Unsupported(
+                f"{where}.content.{j}",
+                f"content parts of type {kind!r} are not supported by this model: only text and image_url",
+            )
+    return pieces
+
+
+def _chat_message(m: ChatMessageIn, i: int, images: list[ImageRef]) -> runner_pb.ChatMessage:
     where = f"messages.{i}"
     unknown = set(m.model_extra or {}) - {"refusal", "audio", "reasoning_content"}
     if unknown:
         raise Unsupported(f"{where}.{sorted(unknown)[0]}", "unknown message field")
     role = "system" if m.role == "developer" else m.role
-    out = runner_pb.ChatMessage(role=role, content=m.text(where), name=m.name or "")
+    out = set_content(runner_pb.ChatMessage(role=role, name=m.name or ""), _pieces(m, where), images)
     if m.tool_calls:
         if m.role != "assistant":
             raise Unsupported(f"{where}.tool_calls", "only assistant messages carry tool_calls")
@@ -363,13 +407,17 @@ def _chat_message(m: ChatMessageIn, i: int) -> runner_pb.ChatMessage:
     return out
 
 
-def chat_request(body: ChatCompletionIn) -> runner_pb.GenerateRequest:
-    """The runner's request for a chat completion; Unsupported for what cannot be honoured."""
+def chat_request(body: ChatCompletionIn) -> tuple[runner_pb.GenerateRequest, list[ImageRef]]:
+    """The runner's request for a chat completion, and the images its image parts wait for (read by
+    gateway/images.py); Unsupported for what cannot be honoured."""
     unsupported_fields(body)
     tools, choice = _tools(body)
+    images: list[ImageRef] = []
     request = runner_pb.GenerateRequest(
         model_id=body.model,
-        chat=runner_pb.ChatMessages(messages=[_chat_message(m, i) for i, m in enumerate(body.messages)]),
+        chat=runner_pb.ChatMessages(
+            messages=[_chat_message(m, i, images) for i, m in enumerate(body.messages)]
+        ),
         sampling=_sampling(body, body.max_completion_tokens or body.max_tokens),
         keep_alive_s=keep_alive_seconds(body.keep_alive),
         tools=tools,
@@ -388,7 +436,7 @@ def chat_request(body: ChatCompletionIn) -> runner_pb.GenerateRequest:
         request.tool_choice.CopyFrom(choice)
     if body.parallel_tool_calls is not None:
         request.parallel_tool_calls = body.parallel_tool_calls
-    return request
+    return request, images
 
 
 def completion_request(body: CompletionIn) -> runner_pb.GenerateRequest:
@@ -431,7 +479,9 @@ def tokenize_request(body: TokenizeIn) -> runner_pb.TokenizeRequest:
         raise Unsupported("prompt", "give either prompt or messages")
     request = runner_pb.TokenizeRequest(model_id=body.model, with_pieces=body.return_token_strs)
     if body.messages is not None:
-        request.chat.messages.extend(_chat_message(m, i) for i, m in enumerate(body.messages))
+        images: list[ImageRef] = []
+        request.chat.messages.extend(_chat_message(m, i, images) for i, m in enumerate(body.messages))
+        refuse_images(images)
     else:
         request.text = body.prompt or ""
         request.add_special = body.add_special_tokens

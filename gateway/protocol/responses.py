@@ -20,8 +20,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.protocol.answer import Usage
-from gateway.protocol.common import StrictBoolsModel, Unsupported
-from gateway.protocol.openai import MAX_TOP_LOGPROBS, chat_logprobs, response_format_constraint
+from gateway.protocol.common import ImageRef, Piece, StrictBoolsModel, Unsupported, refuse_images, set_content
+from gateway.protocol.openai import MAX_TOP_LOGPROBS, chat_logprobs, image_detail, response_format_constraint
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
@@ -40,7 +40,7 @@ _REFUSED_WHEN_SET = {
     "verbosity": "verbosity is not supported",
 }
 # Runner errors name the field as chat completions call it; the Responses API calls it otherwise.
-_PARAM_NAMES = {"response_format": "text.format"}
+_PARAM_NAMES = {"response_format": "text.format", "messages": "input"}
 
 
 # --- requests ---------------------------------------------------------------------------------------------
@@ -139,39 +139,54 @@ def _only(item: dict[str, Any], allowed: set[str], where: str) -> None:
         raise Unsupported(f"{where}.{unknown[0]}", f"unknown field {unknown[0]!r} in {where}")
 
 
-def _content_text(content: Any, role: str, where: str) -> str:
-    """The text of a message's content: a string, or text parts (other parts are refused by place)."""
+def _image(part: dict[str, Any], role: str, at: str) -> ImageRef:
+    """An `input_image` part ({type, image_url, detail}) of a user message; a stored file is refused."""
+    if role != "user":
+        raise Unsupported(at, f"only user messages may carry images, not {role} messages")
+    _only(part, {"type", "image_url", "detail", "file_id"}, at)
+    if part.get("file_id") is not None:
+        raise Unsupported(f"{at}.file_id", "files are not stored here: send the image as image_url")
+    image_detail(part.get("detail"), f"{at}.detail")
+    return ImageRef(param=f"{at}.image_url", url=_string(part.get("image_url"), f"{at}.image_url"))
+
+
+def _content(content: Any, role: str, where: str) -> list[Piece]:
+    """A message's content in order: a string, or text parts and (in user messages) image parts; other
+    parts are refused by place."""
     if isinstance(content, str):
-        return content
+        return [content]
     if not isinstance(content, list):
         raise Unsupported(f"{where}.content", "content must be a string or a list of parts")
-    texts = []
+    pieces: list[Piece] = []
     for j, part in enumerate(content):
         at = f"{where}.content.{j}"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "input_text" and isinstance(part, dict):
             _only(part, {"type", "text"}, at)
-            texts.append(_string(part.get("text"), f"{at}.text"))
+            pieces.append(_string(part.get("text"), f"{at}.text"))
         elif kind == "output_text" and isinstance(part, dict):
             _only(part, {"type", "text", "annotations", "logprobs"}, at)
-            texts.append(_string(part.get("text"), f"{at}.text"))
+            pieces.append(_string(part.get("text"), f"{at}.text"))
         elif kind == "refusal" and role == "assistant" and isinstance(part, dict):
             _only(part, {"type", "refusal"}, at)
-            texts.append(_string(part.get("refusal"), f"{at}.refusal"))
+            pieces.append(_string(part.get("refusal"), f"{at}.refusal"))
+        elif kind == "input_image" and isinstance(part, dict):
+            pieces.append(_image(part, role, at))
         else:
             raise Unsupported(
-                at, f"content parts of type {kind!r} are not supported by this model: only text"
+                at,
+                f"content parts of type {kind!r} are not supported by this model: only text and input_image",
             )
-    return "".join(texts)
+    return pieces
 
 
-def _message(item: dict[str, Any], where: str) -> runner_pb.ChatMessage:
+def _message(item: dict[str, Any], where: str, images: list[ImageRef]) -> runner_pb.ChatMessage:
     _only(item, {"type", "role", "content", "id", "status"}, where)
     role = item.get("role")
     if role not in ("user", "system", "developer", "assistant"):
         raise Unsupported(f"{where}.role", f"role {role!r} is not one of user, system, developer, assistant")
-    text = _content_text(item.get("content"), role, where)
-    return runner_pb.ChatMessage(role="system" if role == "developer" else role, content=text)
+    message = runner_pb.ChatMessage(role="system" if role == "developer" else role)
+    return set_content(message, _content(item.get("content"), role, where), images)
 
 
 def _function_call(item: dict[str, Any], where: str) -> runner_pb.ToolCall:
@@ -183,28 +198,33 @@ def _function_call(item: dict[str, Any], where: str) -> runner_pb.ToolCall:
     )
 
 
-def _call_output(item: dict[str, Any], where: str, names: dict[str, str]) -> runner_pb.ChatMessage:
+def _call_output(
+    item: dict[str, Any], where: str, names: dict[str, str], images: list[ImageRef]
+) -> runner_pb.ChatMessage:
     _only(item, {"type", "call_id", "output", "id", "status"}, where)
     call_id = _string(item.get("call_id"), f"{where}.call_id")
     if call_id not in names:
         raise Unsupported(f"{where}.call_id", f"no function_call item before it has call_id {call_id!r}")
     output = item.get("output")
-    text = output if isinstance(output, str) else _content_text(output, "tool", f"{where}.output")
-    return runner_pb.ChatMessage(role="tool", content=text, tool_call_id=call_id, name=names[call_id])
+    pieces = [output] if isinstance(output, str) else _content(output, "tool", f"{where}.output")
+    message = runner_pb.ChatMessage(role="tool", tool_call_id=call_id, name=names[call_id])
+    return set_content(message, pieces, images)
 
 
-def chat_messages(body: ResponsesIn) -> list[runner_pb.ChatMessage]:
-    """`instructions` and `input` as chat messages: function_call items join the assistant message
-    before them (or open one), function_call_output items are tool messages; reasoning items of earlier
-    turns are accepted and not rendered (chat templates drop past thinking)."""
+def chat_messages(body: ResponsesIn) -> tuple[list[runner_pb.ChatMessage], list[ImageRef]]:
+    """`instructions` and `input` as chat messages, and the images their image parts wait for:
+    function_call items join the assistant message before them (or open one), function_call_output items
+    are tool messages; reasoning items of earlier turns are accepted and not rendered (chat templates drop
+    past thinking)."""
     messages = [runner_pb.ChatMessage(role="system", content=body.instructions)] if body.instructions else []
+    images: list[ImageRef] = []
     if isinstance(body.input, str):
-        return [*messages, runner_pb.ChatMessage(role="user", content=body.input)]
+        return [*messages, runner_pb.ChatMessage(role="user", content=body.input)], images
     names: dict[str, str] = {}  # call_id -> function name, for the tool messages that answer it
     for i, item in enumerate(body.input):
         where, kind = f"input.{i}", item.get("type", "message")
         if kind == "message":
-            messages.append(_message(item, where))
+            messages.append(_message(item, where, images))
         elif kind == "function_call":
             call = _function_call(item, where)
             names[call.id] = call.name
@@ -212,7 +232,7 @@ def chat_messages(body: ResponsesIn) -> list[runner_pb.ChatMessage]:
                 messages.append(runner_pb.ChatMessage(role="assistant"))
             messages[-1].tool_calls.append(call)
         elif kind == "function_call_output":
-            messages.append(_call_output(item, where, names))
+            messages.append(_call_output(item, where, names, images))
         elif kind == "reasoning":
             _only(item, {"type", "id", "summary", "content", "encrypted_content", "status"}, where)
         elif kind == "item_reference":
@@ -225,7 +245,7 @@ def chat_messages(body: ResponsesIn) -> list[runner_pb.ChatMessage]:
             )
     if not messages:
         raise Unsupported("input", "input has no message")
-    return messages
+    return messages, images
 
 
 def _tools(tools: list[dict[str, Any]] | None) -> list[runner_pb.Tool]:
@@ -309,13 +329,15 @@ def _constraint(text: dict[str, Any] | None) -> runner_pb.Constraint | None:
     return response_format_constraint({"type": "json_schema", "json_schema": {"schema": schema}})
 
 
-def generate_request(body: ResponsesIn) -> runner_pb.GenerateRequest:
-    """The runner's request for a response; Unsupported for what cannot be honoured."""
+def generate_request(body: ResponsesIn) -> tuple[runner_pb.GenerateRequest, list[ImageRef]]:
+    """The runner's request for a response, and the images its image parts wait for (read by
+    gateway/images.py); Unsupported for what cannot be honoured."""
     refused_fields(body)
     tools = _tools(body.tools)
+    messages, images = chat_messages(body)
     request = runner_pb.GenerateRequest(
         model_id=body.model,
-        chat=runner_pb.ChatMessages(messages=chat_messages(body)),
+        chat=runner_pb.ChatMessages(messages=messages),
         tools=tools,
         logprobs=body.with_logprobs,
         top_logprobs=body.top_logprobs or 0,
@@ -334,7 +356,7 @@ def generate_request(body: ResponsesIn) -> runner_pb.GenerateRequest:
         request.tool_choice.CopyFrom(_tool_choice(body.tool_choice, tools))
     if body.parallel_tool_calls is not None:
         request.parallel_tool_calls = body.parallel_tool_calls
-    return request
+    return request, images
 
 
 class InputTokensIn(StrictBoolsModel):
@@ -364,7 +386,8 @@ def tokenize_request(body: InputTokensIn) -> runner_pb.TokenizeRequest:
     tool definitions, and how they are offered, included): one translation, `generate_request`'s."""
     fields = body.model_dump(exclude_none=True, exclude=set(body.model_extra or {}))
     fields.setdefault("input", [])
-    generate = generate_request(ResponsesIn.model_validate({**fields, **(body.model_extra or {})}))
+    generate, images = generate_request(ResponsesIn.model_validate({**fields, **(body.model_extra or {})}))
+    refuse_images(images)
     request = runner_pb.TokenizeRequest(model_id=generate.model_id, chat=generate.chat, tools=generate.tools)
     if generate.HasField("tool_choice"):
         request.tool_choice.CopyFrom(generate.tool_choice)

@@ -34,10 +34,10 @@ def _json(payload: dict[str, Any]) -> Response:
 @router.post("/v1/messages", response_model=MessageOut, responses={**STREAMING, **ERRORS})
 async def create_message(request: Request, body: MessagesIn) -> Response:
     """Anthropic Messages, streamed as named Server-Sent Events when `stream` is true."""
-    generate = anthropic.generate_request(body)
+    generate, images = anthropic.generate_request(body)
     mid = f"msg_{uuid.uuid4().hex}"
     try:
-        answer = await _serving(request).generate(generate)
+        answer = await _serving(request).generate(generate, images)
     except APIError as err:
         raise anthropic.in_our_terms(err) from None
     if not body.stream:

@@ -120,9 +120,9 @@ def _json(payload: dict[str, Any]) -> Response:
 )
 async def chat_completions(request: Request, body: ChatCompletionIn) -> Response:
     """OpenAI chat completions, streamed as Server-Sent Events when `stream` is true."""
-    generate = openai.chat_request(body)
+    generate, images = openai.chat_request(body)
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
-    replies = await _serving(request).generate(generate)
+    replies = await _serving(request).generate(generate, images)
     with_logprobs = bool(body.logprobs)
     if not body.stream:
         gathered = await gather(replies)

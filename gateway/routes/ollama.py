@@ -17,7 +17,7 @@ from gateway.clients import CatalogClient
 from gateway.errors import APIError, Dialect, error_body
 from gateway.protocol import ollama
 from gateway.protocol.answer import Choice, Usage
-from gateway.protocol.common import Unsupported, keep_alive_seconds
+from gateway.protocol.common import ImageRef, Unsupported, keep_alive_seconds
 from gateway.protocol.ollama import ChatIn, Clock, CopyIn, EmbeddingsIn, EmbedIn, GenerateIn, NameIn, PullIn
 from gateway.serving import Serving
 from gateway.streaming import Answer, gather, ndjson, replies, streamed
@@ -270,13 +270,15 @@ def _ndjson_answer(answer: Answer, clock: Clock, render: Render, with_logprobs: 
     return streamed(lines(), NDJSON)
 
 
-async def _answer(request: Request, body: ChatIn | GenerateIn, generate: runner_pb.GenerateRequest) -> Answer:
+async def _answer(
+    request: Request, body: ChatIn | GenerateIn, generate: runner_pb.GenerateRequest, images: list[ImageRef]
+) -> Answer:
     async with _named(body.model):
-        return await _serving(request).generate(generate)
+        return await _serving(request).generate(generate, images)
 
 
 Render = Callable[..., dict[str, Any]]
-Translate = Callable[[str], tuple[runner_pb.GenerateRequest, ollama.Options]]
+Translate = Callable[[str], ollama.Translated]
 
 
 async def _generation(
@@ -287,12 +289,12 @@ async def _generation(
     clock = Clock(time.perf_counter_ns())
     async with _named(body.model):
         model_id = await _model_id(request, body.model)
-        generate, opts = translate(model_id)
+        generate, images, opts = translate(model_id)
         if not asked:
             reason = await _load_or_unload(request, body, model_id, opts)
             return _json({**render(""), "done": True, "done_reason": reason})
         await _apply_num_ctx(request, model_id, opts, generate.keep_alive_s)
-    answer = await _answer(request, body, generate)
+    answer = await _answer(request, body, generate, images)
     clock.first = time.perf_counter_ns()
     if body.stream:
         return _ndjson_answer(answer, clock, render, bool(body.logprobs))
@@ -320,11 +322,12 @@ async def chat(request: Request, body: ChatIn) -> Response:
 
 @router.post("/api/generate", responses={**STREAMING, **INFERENCE_ERRORS})
 async def generate(request: Request, body: GenerateIn) -> Response:
-    """A completion of `prompt` (through the model's chat template unless `raw`). No prompt: loads the
-    model (unloads it with keep_alive 0)."""
+    """A completion of `prompt` and `images` (through the model's chat template unless `raw`). Neither:
+    loads the model (unloads it with keep_alive 0)."""
     render = functools.partial(ollama.generate_chunk, body.model)
+    asked = bool(body.prompt or body.images)
     return await _generation(
-        request, body, bool(body.prompt), lambda model_id: ollama.generate_request(body, model_id), render
+        request, body, asked, lambda model_id: ollama.generate_request(body, model_id), render
     )
 
 

@@ -50,9 +50,9 @@ async def _events(builder: ResponseBuilder, answer: Answer) -> AsyncIterator[byt
 )
 async def create_response(request: Request, body: ResponsesIn) -> Response:
     """OpenAI's Responses API, stateless (nothing is stored); named Server-Sent Events when `stream`."""
-    generate = responses.generate_request(body)
+    generate, images = responses.generate_request(body)
     try:
-        answer = await _serving(request).generate(generate)
+        answer = await _serving(request).generate(generate, images)
     except APIError as err:
         err.param = responses.param_name(err.param)
         raise

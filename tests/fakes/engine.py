@@ -7,15 +7,26 @@ tested in milliseconds.
 generation echoes the words of the last message (or of the prompt), one word a token, up to
 `max_tokens`; at most `slots` run at once and the others wait for a slot. While the factory's `gate` is
 clear, every generation stops after its first token, holding its slot, until the test sets the gate.
+With `images=True` the engines declare image input, and each image of the echoed message is echoed as one
+word where it stood: `<image:MEDIA_TYPE:SIZE:SHA256-PREFIX>` (`image_word`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections.abc import AsyncGenerator
 
-from services.runner.engines.base import Delta, Engine, GenerateRequest, LoadSpec, MemoryEstimate
+from services.runner.engines.base import (
+    IMAGE_MARKER,
+    Delta,
+    Engine,
+    GenerateRequest,
+    Image,
+    LoadSpec,
+    MemoryEstimate,
+)
 from services.runner.settings import RunnerSettings
 
 MiB = 1024 * 1024
@@ -29,6 +40,7 @@ class FakeEngine(Engine):
         super().__init__(spec)
         self.engines = engines
         self._slots = asyncio.Semaphore(engines.slots)
+        self.features = frozenset({"images"}) if engines.images else frozenset()
 
     @classmethod
     def estimate(cls, spec: LoadSpec) -> MemoryEstimate:
@@ -70,9 +82,21 @@ class FakeEngine(Engine):
 
 
 def echoed_words(request: GenerateRequest) -> list[str]:
-    """What a FakeEngine answers to `request`: the words of its last message, or of its prompt."""
-    text = str(request.messages[-1].get("content", "")) if request.messages else request.prompt or ""
+    """What a FakeEngine answers to `request`: the words of its last message (each image as its
+    `image_word`), or of its prompt."""
+    if not request.messages:
+        return (request.prompt or "").split()
+    contents = [str(m.get("content", "")) for m in request.messages]
+    images = iter(request.images[sum(text.count(IMAGE_MARKER) for text in contents[:-1]) :])
+    pieces = contents[-1].split(IMAGE_MARKER)
+    text = pieces[0] + "".join(f" {image_word(next(images))} {piece}" for piece in pieces[1:])
     return text.split()
+
+
+def image_word(image: Image) -> str:
+    """How a FakeEngine echoes an image it was given."""
+    digest = hashlib.sha256(image.data).hexdigest()[:12]
+    return f"<image:{image.media_type}:{len(image.data)}:{digest}>"
 
 
 class FakeEngines:
@@ -80,9 +104,16 @@ class FakeEngines:
     of their loads and unloads, in order (("load" | "unload", model_id))."""
 
     def __init__(
-        self, *, memory_mib: float = 40, slots: int = 1, token_delay_s: float = 0.0, load_delay_s: float = 0.0
+        self,
+        *,
+        memory_mib: float = 40,
+        slots: int = 1,
+        token_delay_s: float = 0.0,
+        load_delay_s: float = 0.0,
+        images: bool = False,
     ) -> None:
         self.memory_mib = memory_mib
+        self.images = images
         self.slots = slots
         self.token_delay_s = token_delay_s
         self.load_delay_s = load_delay_s

@@ -280,7 +280,7 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
                 {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image", "source": {}}]}
             ]
         },
-        "messages.0.content.1.type",
+        "messages.0.content.1.source.type",
     ),
     (
         {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},

@@ -221,6 +221,21 @@ async def test_tokenize_detokenize_and_cached_tokens(stack: Stack) -> None:
                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}
                 ]
             },
+            "messages.0.content.0.image_url.url",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "data:,", "detail": "low"}}],
+                    }
+                ]
+            },
+            "messages.0.content.0.image_url.detail",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
             "messages.0.content.0",
         ),
         ({"messages": [{"role": "user", "content": "x", "weird": 1}]}, "messages.0.weird"),

@@ -7,7 +7,7 @@ naming every field that would not be honoured."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +16,7 @@ import pytest
 from pydantic import BaseModel, Field, SecretStr
 
 from gateway.errors import APIError
+from gateway.protocol.common import ImageRef
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 from tests.harness import (
     CHAT_TEMPLATE,
@@ -340,8 +341,15 @@ async def test_thinking_comes_back_as_a_reasoning_item(stack: Stack) -> None:
         ({"background": True}, "background"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
         (
-            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]},
-            "input.0.content.0",
+            {
+                "input": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_image", "image_url": "data:,", "detail": "high"}],
+                    }
+                ]
+            },
+            "input.0.content.0.detail",
         ),
         (
             {
@@ -471,7 +479,7 @@ async def test_a_runner_failure_mid_stream_ends_in_response_failed(
         raise APIError(503, "the runner is unavailable", code="runner_unavailable")
 
     async def generate(
-        request: runner_pb.GenerateRequest,
+        request: runner_pb.GenerateRequest, images: Sequence[ImageRef] = ()
     ) -> AsyncGenerator[runner_pb.GenerateResponse, None]:
         return dies_after_a_word()
 

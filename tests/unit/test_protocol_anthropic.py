@@ -13,7 +13,7 @@ import pytest
 from gateway.errors import APIError
 from gateway.protocol import anthropic as protocol
 from gateway.protocol.answer import Gathered
-from gateway.protocol.common import Unsupported
+from gateway.protocol.common import ImageRef, Unsupported
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 MODEL = "tiny/chat"
@@ -25,8 +25,12 @@ def body(**fields: Any) -> protocol.MessagesIn:
     return protocol.MessagesIn.model_validate({"model": MODEL, "max_tokens": 16, "messages": HELLO, **fields})
 
 
-def generate(**fields: Any) -> runner_pb.GenerateRequest:
+def generate_with_images(**fields: Any) -> tuple[runner_pb.GenerateRequest, list[ImageRef]]:
     return protocol.generate_request(body(**fields))
+
+
+def generate(**fields: Any) -> runner_pb.GenerateRequest:
+    return generate_with_images(**fields)[0]
 
 
 def refused(**fields: Any) -> Unsupported:
@@ -131,7 +135,7 @@ def test_tools_the_tool_choice_and_the_output_format() -> None:
         ({"stop_sequences": ["ok", ""]}, "stop_sequences.1"),
         ({"system": [{"type": "text", "text": "x", "citations": [{}]}]}, "system.0.citations"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
             "messages.0.content.0.type",
         ),
         (
@@ -274,3 +278,87 @@ def test_the_stream_opens_one_block_per_kind_and_ends_with_the_usage() -> None:
     assert [e[1]["delta"]["text"] for e in events if e[0] == "content_block_delta"] == ["Hel", "lo"]
     assert events[4][1]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
     assert events[4][1]["usage"]["output_tokens"] == 2 and stream.finished
+
+
+# --- images -----------------------------------------------------------------------------------------------
+
+
+def base64_image(data: str = "iVBORw0KGgo=", media_type: str = "image/png") -> dict[str, Any]:
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+def url_image(url: str = "https://images.example/cat.jpg") -> dict[str, Any]:
+    return {"type": "image", "source": {"type": "url", "url": url}, "cache_control": {"type": "ephemeral"}}
+
+
+def parts(message: runner_pb.ChatMessage) -> list[str]:
+    return [p.text if p.WhichOneof("part") == "text" else "<image>" for p in message.parts]
+
+
+def test_image_blocks_go_to_the_runner_in_order_and_consecutive_turns_still_merge() -> None:
+    text = {"type": "text", "text": "a"}
+    request, images = generate_with_images(
+        system="Look.",
+        messages=[
+            {"role": "user", "content": [text, {"type": "text", "text": "b"}, base64_image(), text]},
+            {"role": "user", "content": [url_image(), {"type": "text", "text": "c"}]},
+            {"role": "assistant", "content": "Two."},
+            {"role": "user", "content": "and?"},
+        ],
+    )
+    system, user, answer, last = request.chat.messages
+    assert (system.content, answer.content, last.content) == ("Look.", "Two.", "and?")
+    # Text blocks of a message are joined by a blank line, as without images; the two user turns merge.
+    assert user.content == "" and parts(user) == ["a\n\nb", "<image>", "a", "<image>", "c"]
+    assert images == [
+        ImageRef(param="messages.0.content.2.source.data", base64="iVBORw0KGgo=", media_type="image/png"),
+        ImageRef(param="messages.1.content.0.source.url", url="https://images.example/cat.jpg"),
+    ]
+
+
+def test_turns_without_images_merge_as_before() -> None:
+    request, images = generate_with_images(
+        messages=[
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": [{"type": "text", "text": "b"}]},
+        ]
+    )
+    assert images == [] and [m.content for m in request.chat.messages] == ["a\n\nb"]
+
+
+@pytest.mark.parametrize(
+    ("block", "param"),
+    [
+        (
+            {"type": "image", "source": {"type": "file", "file_id": "file_1"}},
+            "messages.0.content.0.source.type",
+        ),
+        ({"type": "image", "source": {"type": "text", "data": "x"}}, "messages.0.content.0.source.type"),
+        ({"type": "image", "source": {"type": "url"}}, "messages.0.content.0.source.url"),
+        (
+            {"type": "image", "source": {"type": "base64", "data": "x", "media_type": "image/png", "x": 1}},
+            "messages.0.content.0.source.x",
+        ),
+        ({**url_image(), "title": "cat"}, "messages.0.content.0.title"),
+    ],
+)
+def test_an_image_block_that_cannot_be_honoured_is_refused_by_its_path(
+    block: dict[str, Any], param: str
+) -> None:
+    assert refused(messages=[{"role": "user", "content": [block]}]).param == param
+
+
+def test_images_are_refused_where_anthropic_has_none_and_in_a_token_count() -> None:
+    assistant = [*HELLO, {"role": "assistant", "content": [url_image()]}, *HELLO]
+    assert refused(messages=assistant).param == "messages.1.content.0.type"
+    call = {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": [url_image()]}
+    with_result = [*HELLO, {"role": "assistant", "content": [call]}, {"role": "user", "content": [result]}]
+    assert refused(messages=with_result, tools=[WEATHER]).param == "messages.2.content.0.content.0.type"
+    count = protocol.CountTokensIn.model_validate(
+        {"model": MODEL, "messages": [{"role": "user", "content": [base64_image()]}]}
+    )
+    with pytest.raises(Unsupported) as err:
+        protocol.tokenize_request(count)
+    assert err.value.param == "messages.0.content.0.source.data"
+    assert str(err.value).startswith("messages.0.content.0.source.data: counting the tokens of an image")

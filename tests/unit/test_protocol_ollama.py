@@ -14,7 +14,7 @@ import pytest
 from gateway.errors import APIError
 from gateway.protocol import ollama as protocol
 from gateway.protocol.answer import ToolCall
-from gateway.protocol.common import Unsupported
+from gateway.protocol.common import ImageRef, Unsupported
 from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 from jan.model.v1 import model_pb2
 from jan.runner.v1 import runner_service_pb2 as runner_pb
@@ -22,15 +22,25 @@ from jan.runner.v1 import runner_service_pb2 as runner_pb
 MODEL = "tiny/chat"
 
 
-def chat(**fields: Any) -> tuple[runner_pb.GenerateRequest, protocol.Options]:
+def chat_with_images(**fields: Any) -> protocol.Translated:
     body = protocol.ChatIn.model_validate(
         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **fields}
     )
     return protocol.chat_request(body, MODEL)
 
 
-def generate(**fields: Any) -> tuple[runner_pb.GenerateRequest, protocol.Options]:
+def generate_with_images(**fields: Any) -> protocol.Translated:
     return protocol.generate_request(protocol.GenerateIn.model_validate({"model": MODEL, **fields}), MODEL)
+
+
+def chat(**fields: Any) -> tuple[runner_pb.GenerateRequest, protocol.Options]:
+    request, _, opts = chat_with_images(**fields)
+    return request, opts
+
+
+def generate(**fields: Any) -> tuple[runner_pb.GenerateRequest, protocol.Options]:
+    request, _, opts = generate_with_images(**fields)
+    return request, opts
 
 
 def refused(call: Any, **fields: Any) -> str:
@@ -131,7 +141,7 @@ def test_a_chat_body_maps_onto_the_runners_request() -> None:
         ({"keep_alive": "later"}, "keep_alive"),
         ({"extra_field": 1}, "extra_field"),
         ({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}, "tools.0.type"),
-        ({"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}, "messages.0.images"),
+        ({"messages": [{"role": "assistant", "content": "x", "images": ["aGk="]}]}, "messages.0.images"),
         ({"messages": [{"role": "user", "content": "x", "tool_name": "f"}]}, "messages.0.tool_name"),
         (
             {"messages": [{"role": "user", "tool_calls": [{"function": {"name": "f"}}]}]},
@@ -158,7 +168,7 @@ def test_generate_puts_the_prompt_in_the_template_unless_raw() -> None:
         ({"suffix": "end"}, "suffix"),
         ({"template": "{{ .Prompt }}"}, "template"),
         ({"context": [1, 2]}, "context"),
-        ({"images": ["aGk="]}, "images"),
+        ({"raw": True, "images": ["aGk="]}, "images"),
     ):
         assert refused(generate, prompt="p", **fields) == param
 
@@ -178,7 +188,7 @@ def test_tool_results_are_paired_with_the_calls_they_answer() -> None:
         protocol.MessageIn(role="tool", content="B", tool_name="b"),
         protocol.MessageIn(role="tool", content="A", tool_name="a"),
     ]
-    out = protocol.chat_messages(messages, MODEL)
+    out, _ = protocol.chat_messages(messages)
     assert [(c.id, c.name, json.loads(c.arguments)) for c in out[1].tool_calls] == [
         ("call_1_0", "a", {"x": 1}),
         ("call_1_1", "b", {}),
@@ -295,3 +305,37 @@ def test_embeddings_are_normalised_and_cut_to_dimensions() -> None:
     with pytest.raises(Unsupported) as err:
         protocol.embeddings_out(reply, 4)
     assert err.value.param == "dimensions"
+
+
+# --- images -----------------------------------------------------------------------------------------------
+
+
+def test_message_images_go_to_the_runner_before_the_text_and_wait_for_their_bytes() -> None:
+    # Whether the model can see them is the runner's to say: it knows whether the model has a projector.
+    request, images, _ = chat_with_images(
+        messages=[
+            {"role": "system", "content": "Look."},
+            {"role": "user", "content": "what is this?", "images": ["aGk=", "aG8="]},
+        ]
+    )
+    system, user = request.chat.messages
+    assert system.content == "Look." and user.content == ""
+    assert [p.WhichOneof("part") for p in user.parts] == ["image", "image", "text"]
+    assert user.parts[2].text == "what is this?"
+    assert images == [
+        ImageRef(param="messages.1.images.0", base64="aGk="),
+        ImageRef(param="messages.1.images.1", base64="aG8="),
+    ]
+
+
+def test_generate_images_join_the_prompt_in_the_template() -> None:
+    request, images, _ = generate_with_images(prompt="describe", system="be brief", images=["aGk="])
+    system, user = request.chat.messages
+    assert system.content == "be brief"
+    assert [p.WhichOneof("part") for p in user.parts] == ["image", "text"] and user.parts[
+        1
+    ].text == "describe"
+    assert images == [ImageRef(param="images.0", base64="aGk=")]
+    only_images, images, _ = generate_with_images(images=["aGk="])
+    assert [p.WhichOneof("part") for p in only_images.chat.messages[0].parts] == ["image"]
+    assert len(images) == 1

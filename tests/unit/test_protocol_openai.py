@@ -13,7 +13,7 @@ import pytest
 
 from gateway.protocol import openai as protocol
 from gateway.protocol.answer import Gathered
-from gateway.protocol.common import Unsupported
+from gateway.protocol.common import ImageRef, Unsupported
 from jan.runner.v1 import runner_service_pb2 as runner_pb
 
 MODEL = "tiny/chat"
@@ -24,10 +24,14 @@ WEATHER = {
 }
 
 
-def chat(**fields: Any) -> runner_pb.GenerateRequest:
+def chat_with_images(**fields: Any) -> tuple[runner_pb.GenerateRequest, list[ImageRef]]:
     return protocol.chat_request(
         protocol.ChatCompletionIn.model_validate({"model": MODEL, "messages": HELLO, **fields})
     )
+
+
+def chat(**fields: Any) -> runner_pb.GenerateRequest:
+    return chat_with_images(**fields)[0]
 
 
 def refused_chat(**fields: Any) -> str:
@@ -142,9 +146,10 @@ def test_tools_tool_choice_and_an_assistants_earlier_calls() -> None:
         ({"response_format": {"type": "json_object"}, "grammar": "root ::= x"}, "grammar"),
         ({"grammar": "  "}, "grammar"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
             "messages.0.content.0",
         ),
+        ({"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]}, "messages.0.content.0"),
         ({"messages": [{"role": "user", "content": "x", "weird": 1}]}, "messages.0.weird"),
         ({"messages": [{"role": "user", "content": "x", "tool_calls": [{}]}]}, "messages.0.tool_calls"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id"),
@@ -338,3 +343,91 @@ def test_embeddings_as_floats_or_base64() -> None:
     assert floats["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
     packed = protocol.embedding_list(MODEL, reply_, "base64")["data"][0]["embedding"]
     assert struct.unpack("<2f", base64.b64decode(packed)) == (0.5, -1.0)
+
+
+# --- images -----------------------------------------------------------------------------------------------
+
+PNG_URL = "data:image/png;base64,iVBORw0KGgo="
+
+
+def image_part(url: str, **image: Any) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url, **image}}
+
+
+def kinds(message: runner_pb.ChatMessage) -> list[str]:
+    return [p.text if p.WhichOneof("part") == "text" else "<image>" for p in message.parts]
+
+
+def test_image_parts_go_to_the_runner_in_order_with_the_text_and_wait_for_their_bytes() -> None:
+    request, images = chat_with_images(
+        messages=[
+            {"role": "system", "content": "describe"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "first "},
+                    image_part(PNG_URL),
+                    {"type": "text", "text": "then"},
+                    {"type": "text", "text": " this"},
+                    image_part("https://images.example/cat.jpg", detail="auto"),
+                ],
+            },
+            {"role": "assistant", "content": "two pictures"},
+            {"role": "user", "content": [image_part("http://images.example/dog.png")]},
+        ]
+    )
+    system, first, answer, second = request.chat.messages
+    # A message without images keeps `content`; one with images has parts, in order, and no content.
+    assert (system.content, list(system.parts), answer.content) == ("describe", [], "two pictures")
+    assert first.content == "" and kinds(first) == ["first ", "<image>", "then this", "<image>"]
+    assert kinds(second) == ["<image>"]
+    # Each image part is empty until gateway/images.py reads it: the references come in the parts' order.
+    assert all(not p.image.data for m in request.chat.messages for p in m.parts)
+    assert images == [
+        ImageRef(param="messages.1.content.1.image_url.url", url=PNG_URL),
+        ImageRef(param="messages.1.content.4.image_url.url", url="https://images.example/cat.jpg"),
+        ImageRef(param="messages.3.content.0.image_url.url", url="http://images.example/dog.png"),
+    ]
+
+
+def test_a_chat_without_images_waits_for_none() -> None:
+    request, images = chat_with_images()
+    assert images == [] and request.chat.messages[0].content == "hi"
+
+
+@pytest.mark.parametrize(
+    ("part", "role", "param"),
+    [
+        (image_part(PNG_URL, detail="low"), "user", "messages.0.content.0.image_url.detail"),
+        (image_part(PNG_URL, detail="high"), "user", "messages.0.content.0.image_url.detail"),
+        (image_part(PNG_URL), "assistant", "messages.0.content.0"),
+        (image_part(PNG_URL), "system", "messages.0.content.0"),
+        (image_part(PNG_URL, size="big"), "user", "messages.0.content.0.image_url.size"),
+        ({"type": "image_url", "image_url": PNG_URL}, "user", "messages.0.content.0.image_url"),
+        ({"type": "image_url", "image_url": {"url": 5}}, "user", "messages.0.content.0.image_url"),
+        ({**image_part(PNG_URL), "cache": True}, "user", "messages.0.content.0.cache"),
+    ],
+)
+def test_an_image_that_cannot_be_honoured_is_refused_by_its_path(
+    part: dict[str, Any], role: str, param: str
+) -> None:
+    assert refused_chat(messages=[{"role": role, "content": [part]}]) == param
+
+
+def test_a_detail_other_than_auto_says_why() -> None:
+    with pytest.raises(Unsupported) as err:
+        chat(messages=[{"role": "user", "content": [image_part(PNG_URL, detail="high")]}])
+    assert "'high' cannot be honoured" in str(err.value) and "'auto'" in str(err.value)
+
+
+def test_a_token_count_refuses_images_by_name() -> None:
+    body = protocol.TokenizeIn.model_validate(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, image_part(PNG_URL)]}],
+        }
+    )
+    with pytest.raises(Unsupported) as err:
+        protocol.tokenize_request(body)
+    assert err.value.param == "messages.0.content.1.image_url.url"
+    assert "counting the tokens of an image is not supported" in str(err.value)

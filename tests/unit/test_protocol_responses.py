@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.protocol.common import Unsupported
+from gateway.protocol.common import ImageRef, Unsupported
 from gateway.protocol.responses import (
     LOGPROBS_INCLUDE,
     InputTokensIn,
@@ -25,8 +25,12 @@ MODEL = "tiny/chat"
 WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}, "strict": True}
 
 
-def request(**fields: Any) -> runner_pb.GenerateRequest:
+def request_with_images(**fields: Any) -> tuple[runner_pb.GenerateRequest, list[ImageRef]]:
     return generate_request(ResponsesIn.model_validate({"model": MODEL, "input": "hi", **fields}))
+
+
+def request(**fields: Any) -> runner_pb.GenerateRequest:
+    return request_with_images(**fields)[0]
 
 
 def refused(**fields: Any) -> str:
@@ -119,7 +123,7 @@ def test_text_format_and_logprobs() -> None:
         ({"input": []}, "input"),
         ({"input": [{"role": "critic", "content": "x"}]}, "input.0.role"),
         (
-            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
             "input.0.content.0",
         ),
         ({"input": [{"role": "user", "content": "x", "extra": 1}]}, "input.0.extra"),
@@ -246,3 +250,80 @@ def test_items_follow_the_order_the_runner_answers_in() -> None:
     assert events[-1][0] == "response.completed" and events[-1][1]["response"] == response | {
         "completed_at": events[-1][1]["response"]["completed_at"]
     }
+
+
+# --- images -----------------------------------------------------------------------------------------------
+
+PNG_URL = "data:image/png;base64,iVBORw0KGgo="
+
+
+def test_input_image_parts_go_to_the_runner_in_order_and_wait_for_their_bytes() -> None:
+    out, images = request_with_images(
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "compare "},
+                    {"type": "input_image", "image_url": PNG_URL, "detail": "auto"},
+                    {"type": "input_text", "text": "with"},
+                    {"type": "input_image", "image_url": "https://images.example/b.png", "file_id": None},
+                ],
+            }
+        ],
+        instructions="Be brief.",
+    )
+    system, user = out.chat.messages
+    assert system.content == "Be brief." and user.content == ""
+    assert [p.WhichOneof("part") for p in user.parts] == ["text", "image", "text", "image"]
+    assert [p.text for p in user.parts if p.WhichOneof("part") == "text"] == ["compare ", "with"]
+    assert images == [
+        ImageRef(param="input.0.content.1.image_url", url=PNG_URL),
+        ImageRef(param="input.0.content.3.image_url", url="https://images.example/b.png"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("item", "param"),
+    [
+        (
+            {"role": "user", "content": [{"type": "input_image", "file_id": "file_1", "detail": "auto"}]},
+            "input.0.content.0.file_id",
+        ),
+        (
+            {"role": "user", "content": [{"type": "input_image", "image_url": PNG_URL, "detail": "high"}]},
+            "input.0.content.0.detail",
+        ),
+        (
+            {"role": "user", "content": [{"type": "input_image", "detail": "auto"}]},
+            "input.0.content.0.image_url",
+        ),
+        (
+            {"role": "user", "content": [{"type": "input_image", "image_url": PNG_URL, "zoom": 2}]},
+            "input.0.content.0.zoom",
+        ),
+        (
+            {"role": "assistant", "content": [{"type": "input_image", "image_url": PNG_URL}]},
+            "input.0.content.0",
+        ),
+    ],
+)
+def test_an_image_that_cannot_be_honoured_is_refused_by_its_path(item: dict[str, Any], param: str) -> None:
+    assert refused(input=[item]) == param
+
+
+def test_a_tool_output_with_an_image_is_refused_by_its_path() -> None:
+    call = {"type": "function_call", "call_id": "c1", "name": "shot", "arguments": "{}"}
+    output = [{"type": "input_image", "image_url": PNG_URL}]
+    param = refused(input=[call, {"type": "function_call_output", "call_id": "c1", "output": output}])
+    assert param == "input.1.output.content.0"
+
+
+def test_an_input_token_count_refuses_images_and_runner_errors_name_the_input() -> None:
+    image = {"type": "input_image", "image_url": PNG_URL}
+    with pytest.raises(Unsupported) as err:
+        tokenize_request(
+            InputTokensIn.model_validate({"model": MODEL, "input": [{"role": "user", "content": [image]}]})
+        )
+    assert err.value.param == "input.0.content.0.image_url"
+    # The runner names `messages` (e.g. a model that cannot see images): the Responses API calls it input.
+    assert param_name("messages") == "input"

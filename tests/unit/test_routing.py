@@ -125,6 +125,19 @@ def test_prefix_keys_of_a_text_prompt_are_per_block() -> None:
     assert len(keys) == 2 and longer[:2] == keys
 
 
+def test_prefix_keys_tell_conversations_apart_by_their_images() -> None:
+    def with_image(data: bytes) -> runner_pb.GenerateRequest:
+        request = chat(SYSTEM, ("user", ""))
+        user = request.chat.messages[1]
+        user.parts.add(text="what is this?")
+        user.parts.add(image=runner_pb.Image(data=data, media_type="image/png"))
+        return request
+
+    cat, dog = with_image(b"cat" * 10_000), with_image(b"dog" * 10_000)
+    assert prefix_keys(cat) == prefix_keys(with_image(b"cat" * 10_000)) != prefix_keys(dog)
+    assert prefix_keys(cat) != prefix_keys(chat(SYSTEM, ("user", "what is this?")))
+
+
 def test_an_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="affinity, least_loaded"):
         Router("random")
