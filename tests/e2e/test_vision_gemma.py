@@ -114,3 +114,34 @@ def test_a_broken_image_answers_400(client: openai.OpenAI, stack: tuple[str, str
     broken = "data:image/png;base64," + base64.b64encode(b"no picture here").decode()
     with pytest.raises(openai.BadRequestError, match="could not be decoded"):
         ask(client, seeing, [{"type": "image_url", "image_url": {"url": broken}}])
+
+
+def test_the_anthropic_and_ollama_clients_send_images(stack: tuple[str, str, str]) -> None:
+    import anthropic
+    import ollama
+
+    url, seeing, blind = stack
+    data = base64.b64encode(png(16, 16)).decode()
+    claude = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=300)
+    content = [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
+        {"type": "text", "text": "What is this?"},
+    ]
+    message = claude.messages.create(
+        model=seeing,
+        max_tokens=8,
+        messages=[{"role": "user", "content": content}],  # type: ignore[list-item, typeddict-item]
+    )
+    assert message.usage.input_tokens >= IMAGE_TOKENS
+    with pytest.raises(anthropic.BadRequestError, match="cannot see images"):
+        claude.messages.create(
+            model=blind,
+            max_tokens=8,
+            messages=[{"role": "user", "content": content}],  # type: ignore[list-item, typeddict-item]
+        )
+    answer = ollama.Client(host=url).chat(
+        model=seeing,
+        messages=[{"role": "user", "content": "What is this?", "images": [png(16, 16)]}],
+        options={"num_predict": 8, "temperature": 0},
+    )
+    assert (answer.prompt_eval_count or 0) >= IMAGE_TOKENS
