@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from gateway.auth import APIKeyConfigError, load_keys
 from services.common.grpcserver import MESSAGE_LIMIT
-from services.common.service_settings import LogLevel, Port, ServiceSettings, shared_alias
+from services.common.service_settings import (
+    HfEndpoint,
+    LogLevel,
+    Port,
+    ServiceSettings,
+    hf_endpoint_field,
+    shared_alias,
+)
 
 PREFIX = "JAN_GATEWAY_"
 MiB = 1024 * 1024
@@ -31,11 +38,10 @@ class GatewaySettings(ServiceSettings):
         validation_alias=shared_alias(PREFIX, "downloader_address"),
         description="host:port of the downloader's gRPC server.",
     )
-    hf_endpoint: str = Field(
-        default="https://huggingface.co",
-        validation_alias=AliasChoices("JAN_GATEWAY_HF_ENDPOINT", "HF_ENDPOINT"),
-        description="Base URL of the Hugging Face Hub or a mirror (as huggingface_hub's HF_ENDPOINT): a "
-        "repository URL on its host is imported as a repository, not as one file.",
+    hf_endpoint: HfEndpoint = hf_endpoint_field(
+        PREFIX,
+        "Base URL of the Hugging Face Hub or a mirror (as huggingface_hub's HF_ENDPOINT): a repository URL "
+        "on its host is imported as a repository, not as one file.",
     )
     jit_start: bool = Field(
         default=True, description="Start a downloaded model that is not running when a request names it."
