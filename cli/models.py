@@ -109,7 +109,7 @@ def list_models(
     models: list[JSONObject] = raw.get("data", [])
     if models:
         table = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ("ID", "NAME", "STATE", "ENGINE", "QUANT", "OWNER"):
+        for column in ("ID", "NAME", "STATE", "ENGINE", "QUANT", "CAPABILITIES", "OWNER"):
             table.add_column(column, no_wrap=column in ("ID", "STATE"))
         for m in models:
             table.add_row(
@@ -118,6 +118,7 @@ def list_models(
                 state_text(str(m.get("state", ""))),
                 _meta(m, "engine"),
                 _meta(m, "quantization"),
+                _capabilities(m),
                 str(m.get("owned_by", "")),
             )
         s.out.print(table)
@@ -184,6 +185,7 @@ def show_model(
     if state.get("runner"):
         fields.add_row("Runner", str(state["runner"]))
     fields.add_row("Engine", str(meta.get("engine", "")))
+    fields.add_row("Capabilities", _capabilities(model))
     fields.add_row("Source", str(meta.get("source_url", "")))
     fields.add_row("Path", str(meta.get("path", "")))
     s.out.print(fields)
@@ -211,6 +213,13 @@ def show_model(
         s.out.print()
         s.out.print(Text(label.capitalize(), style="bold"))
         s.out.print(JSON.from_data(model.get(label) or {}, indent=2, highlight=s.out.is_terminal))
+
+
+def _capabilities(model: JSONObject) -> str:
+    """`metadata.capabilities` as the tables show them: comma-separated, "-" when there are none."""
+    metadata = model.get("metadata")
+    value = metadata.get("capabilities") if isinstance(metadata, dict) else None
+    return ",".join(str(c) for c in value) if isinstance(value, list) and value else "-"
 
 
 @models_app.command("rm")

@@ -45,7 +45,11 @@ class ModelOut(BaseModel):
     description: str
     state: State
     parameters: dict[str, Any]
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] = Field(
+        description="The json's metadata with `engine` (default llamacpp) and `capabilities`: what the model "
+        "can do (completion, embedding, vision, tools, reasoning), the json's own array or else derived by "
+        "the catalog."
+    )
 
 
 class ModelListOut(BaseModel):

@@ -1,5 +1,5 @@
-// The Models view (the hub): every model as a table row with its state, engine, quantization, size,
-// owner and memory fit (fits / tight / won't fit, the runners' own estimate: GET /v1/models/fit); search and filters; the import form (a local file or folder, a file URL, or a Hugging Face repository with
+// The Models view (the hub): every model as a table row with its capabilities (badges), state, engine,
+// quantization, size, owner and memory fit (fits / tight / won't fit, the runners' own estimate: GET /v1/models/fit); search and filters; the import form (a local file or folder, a file URL, or a Hugging Face repository with
 // its quantization picker); per model Download (live progress, Pause / Resume / Cancel), Start / Stop,
 // Chat, Settings, Export and Delete. Rows are updated in place from the store (GET /v1/events).
 //
@@ -64,7 +64,7 @@ function build(section) {
     ),
   );
 
-  const search = el("input", { id: "model-search", type: "search", autocomplete: "off", spellcheck: false, placeholder: "id or name  ( / )" });
+  const search = el("input", { id: "model-search", type: "search", autocomplete: "off", spellcheck: false, placeholder: "id, name or capability  ( / )" });
   const stateFilter = el("select", { id: "state-filter" }, el("option", { value: "", text: "All states" }), STATES.map((s) => el("option", { value: s, text: s })));
   const engineFilter = el("select", { id: "engine-filter" }, el("option", { value: "", text: "All engines" }));
   const count = el("p", { class: "count muted", attrs: { "aria-live": "polite" } });
@@ -218,6 +218,23 @@ function sizeOf(model) {
   return null;
 }
 
+/** What the model can do (metadata.capabilities: the catalog's, or the object's own), as written. */
+function capabilitiesOf(model) {
+  const caps = model.metadata && model.metadata.capabilities;
+  return Array.isArray(caps) ? caps.filter((c) => typeof c === "string" && c) : [];
+}
+
+/** The capabilities as small badges under the model's name; nothing when it has none. */
+function capabilityBadges(model) {
+  const caps = capabilitiesOf(model);
+  if (!caps.length) return null;
+  return el(
+    "span",
+    { class: "capabilities", attrs: { "aria-label": `Can do: ${caps.join(", ")}` } },
+    caps.map((c) => el("span", { class: "capability", text: c, dataset: { capability: c } })),
+  );
+}
+
 /** What can be done with a model now, in order (labels in ACTION_LABELS). */
 function actionsOf(model) {
   const job = jobs.get(model.id);
@@ -238,6 +255,7 @@ function renderRow(tr, model) {
     el("span", { class: "model-name", text: model.name || model.id }),
     el("code", { class: "model-id", text: model.id }),
     model.description ? el("span", { class: "model-description", text: model.description }) : null,
+    capabilityBadges(model),
   );
   renderState(stateCell, model);
   engineCell.textContent = engineOf(model);
@@ -355,8 +373,9 @@ function filterRow(tr, model) {
   const engine = ui.engineFilter.value;
   const job = jobs.get(model.id);
   const shownState = job && job.phase === "paused" ? "not-downloaded" : model.state;
+  const text = [model.id, model.name || "", ...capabilitiesOf(model)].map((t) => t.toLowerCase());
   tr.hidden = Boolean(
-    (q && !model.id.toLowerCase().includes(q) && !(model.name || "").toLowerCase().includes(q)) ||
+    (q && !text.some((t) => t.includes(q))) ||
       (state && shownState !== state) ||
       (engine && engineOf(model) !== engine),
   );

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from jan.model.v1 import model_pb2
+from services.catalog.headers import HeaderCache
 from services.catalog.model import (
     BinarySpec,
     BinaryState,
@@ -30,6 +31,7 @@ from services.catalog.model import (
     parse_model,
     to_pb,
 )
+from services.common.capabilities import HeaderTraits
 from services.common.filesafety import check_name, write_atomic
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class Entry:
     sig: tuple[int, int, int]
     binaries: list[BinaryState]
     pb: model_pb2.Model
+    # What each binary's GGUF header says (None where not read), for the derived capabilities.
+    traits: tuple[HeaderTraits | None, ...] = ()
 
 
 @dataclass
@@ -81,12 +85,14 @@ def scan_folder(
     previous: FolderIndex | None,
     runtime: dict[str, Runtime],
     stored: dict[str, int] | None = None,
+    headers: HeaderCache | None = None,
 ) -> FolderIndex | None:
     """Indexes models/<folder>, re-parsing only json files whose (mtime, size, inode) changed.
 
     Returns None when the folder no longer exists. Symbolic links are never followed out of the models
     root: a linked folder or json file is reported as a problem instead. `stored` (name -> size) is the
-    folder's content in a bucket when binaries live in object storage.
+    folder's content in a bucket when binaries live in object storage. `headers` reads the GGUF headers
+    of the binaries present here (each file once per version) for the derived capabilities.
     """
     models_dir = root / "models"
     folder_dir = models_dir / folder
@@ -172,14 +178,28 @@ def scan_folder(
     discovered = assign_binaries(list(binary_files), [o for o, _ in objects.values()])
     for stem, (obj, sig) in objects.items():
         binaries = _binary_states(obj, discovered.get(stem, []), binary_files)
+        traits = _header_traits(obj, binaries, folder_dir, headers)
         rt = runtime.get(obj.id, Runtime())
         old = previous.entries.get(stem) if previous else None
-        if old is not None and old.obj is obj and old.binaries == binaries:
-            entry = Entry(obj=obj, sig=sig, binaries=binaries, pb=old.pb)
+        if old is not None and old.obj is obj and old.binaries == binaries and old.traits == traits:
+            pb = old.pb
         else:
-            entry = Entry(obj=obj, sig=sig, binaries=binaries, pb=to_pb(obj, binaries, rt, root))
-        index.entries[stem] = entry
+            pb = to_pb(obj, binaries, rt, root, traits)
+        index.entries[stem] = Entry(obj=obj, sig=sig, binaries=binaries, pb=pb, traits=traits)
     return index
+
+
+def _header_traits(
+    obj: ModelObject, binaries: list[BinaryState], folder_dir: Path, headers: HeaderCache | None
+) -> tuple[HeaderTraits | None, ...]:
+    """The header traits of each binary present on this disk (None for the others: missing, in a bucket);
+    none read for an object that names its own capabilities."""
+    if headers is None or obj.own_capabilities is not None:
+        return (None,) * len(binaries)
+    return tuple(
+        headers.traits(b.spec.external_path or folder_dir / b.spec.name) if b.present else None
+        for b in binaries
+    )
 
 
 def _binary_states(obj: ModelObject, discovered: list[str], files: dict[str, int]) -> list[BinaryState]:

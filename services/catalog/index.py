@@ -22,6 +22,7 @@ from types import MappingProxyType
 from jan.model.v1 import model_pb2
 from services.catalog.changes import Change, ChangeFeed
 from services.catalog.files import Entry, FolderIndex, list_folders, scan_folder
+from services.catalog.headers import HeaderCache
 from services.catalog.model import Runtime, split_id, to_pb
 from services.catalog.settings import CatalogSettings
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -68,6 +69,8 @@ class Index:
         self._reported_at: dict[str, float] = {}
         self._sorted: list[str] | None = None
         self._by_id: dict[str, model_pb2.Model] = {}
+        # GGUF header traits of the binaries, read once per file version by the scans (never by a list).
+        self.headers = HeaderCache()
 
     # --- what it holds ------------------------------------------------------------------------------------
 
@@ -111,7 +114,12 @@ class Index:
         stored = self.storage.list_all() if self.storage is not None else None
         return {
             f: scan_folder(
-                self.root, f, previous.get(f), runtime, None if stored is None else stored.get(f, {})
+                self.root,
+                f,
+                previous.get(f),
+                runtime,
+                None if stored is None else stored.get(f, {}),
+                self.headers,
             )
             for f in folders
         }
@@ -130,7 +138,7 @@ class Index:
         self, folder: str, previous: FolderIndex | None, runtime: dict[str, Runtime]
     ) -> FolderIndex | None:
         stored = self.storage.list_folder(folder) if self.storage is not None else None
-        return scan_folder(self.root, folder, previous, runtime, stored)
+        return scan_folder(self.root, folder, previous, runtime, stored, self.headers)
 
     def _apply(self, folder: str, index: FolderIndex | None) -> None:
         """Swaps a folder's index in and tells watchers what changed."""
@@ -267,7 +275,7 @@ class Index:
         self._record(model_id, runtime)
         index = await self.refresh_folder(folder)
         entry = entry_of(index, folder, stem)
-        pb = to_pb(entry.obj, entry.binaries, runtime, self.root)
+        pb = to_pb(entry.obj, entry.binaries, runtime, self.root, entry.traits)
         if pb != entry.pb:
             entry.pb = pb
             self._by_id[model_id] = pb

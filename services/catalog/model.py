@@ -10,6 +10,7 @@ import ctypes
 import getpass
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from jan.model.v1 import model_pb2
+from services.common.capabilities import HeaderTraits, derive_capabilities
 from services.common.engine_names import DEFAULT_ENGINE, ENGINES, REMOTE_ENGINES
 from services.common.filesafety import check_name, sanitize_name
-from services.common.gguf_plan import quantization_of
+from services.common.gguf_plan import is_projector, quantization_of
 from services.common.storage.base import SHA256_RE
 
 # Files in a model folder that are model binaries (anything else, e.g. README.md, is left alone).
@@ -145,6 +147,12 @@ class ModelObject:
         return q.upper() if isinstance(q, str) and q else quant_tag(self.stem)
 
     @property
+    def own_capabilities(self) -> list[str] | None:
+        """The object's own `metadata.capabilities` (validated as strings), None when it names none."""
+        own = self.metadata.get("capabilities")
+        return list(own) if isinstance(own, list) else None
+
+    @property
     def created(self) -> int:
         created = self.data.get("created")
         return created if isinstance(created, int) and not isinstance(created, bool) else self.file_created
@@ -200,6 +208,11 @@ def parse_model(folder: str, stem: str, path: Path, raw: bytes, models_dir: Path
     sha = metadata.get("sha256")
     if sha is not None and not (isinstance(sha, str) and SHA256_RE.match(sha.lower())):
         raise ModelFileError("'metadata.sha256' must be 64 hexadecimal digits")
+    capabilities = metadata.get("capabilities")
+    if capabilities is not None and not (
+        isinstance(capabilities, list) and all(isinstance(c, str) for c in capabilities)
+    ):
+        raise ModelFileError("'metadata.capabilities' must be an array of strings")
 
     obj = ModelObject(folder=folder, stem=stem, path=path, data=data, file_created=file_birth_time(path))
     folder_dir = path.parent
@@ -312,8 +325,7 @@ def assign_binaries(files: list[str], models: list[ModelObject]) -> dict[str, li
 
 
 def _owners(name: str, models: list[ModelObject]) -> list[ModelObject]:
-    lower = name.lower()
-    if "mmproj" in lower or lower.endswith(".proj"):
+    if is_projector(name):
         return models
     stem = binary_stem(name).lower()
     exact = [m for m in models if m.stem.lower() == stem]
@@ -374,9 +386,31 @@ def derive_state(obj: ModelObject, binaries: list[BinaryState], runtime: Runtime
     return model_pb2.MODEL_STATE_NOT_DOWNLOADED
 
 
-def to_pb(obj: ModelObject, binaries: list[BinaryState], runtime: Runtime, root: Path) -> model_pb2.Model:
+def capabilities_of(
+    obj: ModelObject, binaries: list[BinaryState], traits: Sequence[HeaderTraits | None]
+) -> list[str]:
+    """`metadata.capabilities` as answered: the object's own when it names them (a hand edit wins), else
+    derived from what is known now (`traits`: each binary's header traits, None where not read)."""
+    own = obj.own_capabilities
+    if own is not None:
+        return own
+    return derive_capabilities(
+        obj.parameters, [(b.spec.name, t) for b, t in zip(binaries, traits, strict=True)]
+    )
+
+
+def to_pb(
+    obj: ModelObject,
+    binaries: list[BinaryState],
+    runtime: Runtime,
+    root: Path,
+    traits: Sequence[HeaderTraits | None] = (),
+) -> model_pb2.Model:
+    """The model as services exchange it; `traits` (one per binary, or none at all) are what the binaries'
+    GGUF headers say, for the derived `metadata.capabilities`."""
     metadata = obj.metadata
     metadata.setdefault("engine", DEFAULT_ENGINE)
+    metadata["capabilities"] = capabilities_of(obj, binaries, traits or [None] * len(binaries))
     state = derive_state(obj, binaries, runtime)
     total = sum(b.spec.size or b.size_on_disk for b in binaries)
     done = sum(b.size_on_disk for b in binaries if b.present)

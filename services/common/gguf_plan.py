@@ -148,8 +148,11 @@ def is_gguf(path: str) -> bool:
 
 
 def is_projector(path: str) -> bool:
-    """A vision projector (mmproj) file: attached to models rather than being one."""
-    return "mmproj" in posixpath.basename(path).lower()
+    """A projector file (llava's "mmproj", or a `.proj` file): one of a model's binaries that is not its
+    weights but reads images (or sound) for them. The one rule: importers attach projectors to models, the
+    catalog gives them to every object of a folder, a runner loads them as the projector."""
+    name = posixpath.basename(path).lower()
+    return "mmproj" in name or name.endswith(".proj")
 
 
 def _binary_names(paths: list[str]) -> dict[str, str]:

@@ -27,6 +27,7 @@ from jan.model.v1 import model_pb2
 from services.common.catalog_client import CatalogClient
 from services.common.engine_names import REMOTE_ENGINES
 from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable, Unimplemented
+from services.common.gguf_plan import is_projector
 from services.common.storage import Storage
 from services.runner.engines.base import (
     Delta,
@@ -312,7 +313,7 @@ class Runner:
         files: list[Path] = []
         mmproj: Path | None = None
         for b, path in zip(model.binaries, paths, strict=True) if paths else ():
-            if "mmproj" in b.name.lower():
+            if is_projector(b.name):
                 mmproj = path
             else:
                 files.append(path)

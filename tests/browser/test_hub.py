@@ -57,6 +57,10 @@ def state(driver: WebDriver, model_id: str) -> str:
     return row(driver, model_id).find_element(By.CSS_SELECTOR, ".state").text
 
 
+def capabilities(driver: WebDriver, model_id: str) -> list[str]:
+    return [b.text for b in row(driver, model_id).find_elements(By.CSS_SELECTOR, ".capability")]
+
+
 def wait_state(driver: WebDriver, model_id: str, wanted: str, timeout: float = TIMEOUT) -> None:
     wait_for(driver, lambda d: state(d, model_id) == wanted, timeout)
 
@@ -97,6 +101,7 @@ def test_the_list_shows_models_live_and_names_as_text(stack: Stack, browser: Web
     assert tiny_state in ("stopped", "running")
     cells = [c.text for c in tiny.find_elements(By.TAG_NAME, "td")]
     assert "tiny/chat" in cells[0] and cells[2] == "llamacpp"
+    assert capabilities(browser, "tiny/chat") == ["completion"]  # its template takes no tools
     assert browser.find_element(By.ID, "nav-models").get_attribute("aria-current") == "page"
 
     # A json file written by hand shows up without a reload; its name is text, not markup.
@@ -106,10 +111,17 @@ def test_the_list_shows_models_live_and_names_as_text(stack: Stack, browser: Web
         "name": XSS,
         "description": "<b>not bold</b>",
         "source_url": "https://huggingface.co/org/webxss-GGUF/resolve/main/webxss.Q4_K_M.gguf",
-        "metadata": {"quantization": "Q4_K_M", "size": 123456789},
+        "metadata": {"quantization": "Q4_K_M", "size": 123456789, "capabilities": ["tools", XSS]},
     }
     (folder / "webxss.json").write_text(json.dumps(obj))
-    wait_for(browser, lambda d: has_row(d, "webxss/webxss"))
+    # A model with a projector among its binaries can see images before anything is downloaded.
+    vision = stack.root / "models" / "webvision"
+    vision.mkdir(parents=True, exist_ok=True)
+    binaries = ["https://huggingface.co/org/v-GGUF/resolve/main/v.Q4_K_M.gguf", "mmproj-v-f16.gguf"]
+    (vision / "webvision.json").write_text(json.dumps({"metadata": {"binaries": binaries}}))
+    wait_for(browser, lambda d: has_row(d, "webxss/webxss") and has_row(d, "webvision/webvision"))
+    assert capabilities(browser, "webvision/webvision") == ["completion", "vision"]
+    assert capabilities(browser, "webxss/webxss") == ["tools", XSS]  # the object's own, as text
     evil = row(browser, "webxss/webxss")
     assert evil.find_element(By.CSS_SELECTOR, ".model-name").text == XSS
     assert evil.find_element(By.CSS_SELECTOR, ".model-description").text == "<b>not bold</b>"
@@ -140,6 +152,13 @@ def test_the_list_shows_models_live_and_names_as_text(stack: Stack, browser: Web
     wait_for(browser, lambda d: not row(d, "tiny/chat").is_displayed())
     assert row(browser, "webxss/webxss").is_displayed()
     search.send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)
+    search.send_keys("vision")  # a capability finds its models too
+    wait_for(browser, lambda d: not row(d, "tiny/chat").is_displayed())
+    assert (
+        row(browser, "webvision/webvision").is_displayed()
+        and not row(browser, "webxss/webxss").is_displayed()
+    )
+    search.send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)
     wait_for(browser, lambda d: row(d, "tiny/chat").is_displayed())
     screenshot(browser, "hub")
 
@@ -154,6 +173,8 @@ def test_the_list_shows_models_live_and_names_as_text(stack: Stack, browser: Web
     button(browser, "Delete webxss/webxss now").click()
     wait_for(browser, lambda d: not has_row(d, "webxss/webxss"))
     assert not (folder / "webxss.json").exists()
+    (vision / "webvision.json").unlink()
+    wait_for(browser, lambda d: not has_row(d, "webvision/webvision"))
     assert unexpected_errors(browser) == []
 
 

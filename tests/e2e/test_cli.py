@@ -71,7 +71,7 @@ def write_model_file(path: Path, size: int = 4096) -> bytes:
 def test_list_shows_seeded_models(stack: Stack) -> None:
     out = ok(jan(stack.url, "models", "list")).stdout
     header = out.splitlines()[0].split()
-    assert header == ["ID", "NAME", "STATE", "ENGINE", "QUANT", "OWNER"]
+    assert header == ["ID", "NAME", "STATE", "ENGINE", "QUANT", "CAPABILITIES", "OWNER"]
     line = next(line for line in out.splitlines() if line.startswith(TINYLLAMA + " "))
     assert "not-downloaded" in line
     assert "llamacpp" in line

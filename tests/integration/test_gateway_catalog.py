@@ -98,7 +98,7 @@ async def test_list_get_and_the_openai_object_shape(env: Env) -> None:
         "description": "",
         "state": "not-downloaded",
         "parameters": {"ctx_len": 2048, "temperature": 0.7},
-        "metadata": {"engine": "llamacpp"},
+        "metadata": {"engine": "llamacpp", "capabilities": ["completion"]},
     }
     assert isinstance(model["created"], int) and model["created"] > 1_600_000_000
     for path in ("/v1/models/zephyr/zephyr-Q4_K_M", "/v1/models/zephyr%2Fzephyr-Q4_K_M"):

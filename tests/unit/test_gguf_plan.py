@@ -12,7 +12,7 @@ import pytest
 
 from services.common import gguf as header_reader
 from services.common.gguf import gguf_facts, quantization_name, read_gguf_header
-from services.common.gguf_plan import ListedFile, find_candidates, hub_file_url, plan_models
+from services.common.gguf_plan import ListedFile, find_candidates, hub_file_url, is_projector, plan_models
 from tests.fakes.tiny_gguf import write_header_gguf
 
 # ---------------------------------------------------------------------------------------------------------
@@ -153,3 +153,18 @@ def test_hub_file_url_of_a_legacy_repository_without_organization() -> None:
         hub_file_url("https://hf.co/", "", "gpt2", "main", "a b.gguf")
         == "https://hf.co/gpt2/resolve/main/a%20b.gguf"
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "projector"),
+    [
+        ("mmproj-model-f16.gguf", True),
+        ("Q4_K_M/MMPROJ-F16.gguf", True),
+        ("llava-v1.5.proj", True),
+        ("mmproj/model-Q4_K_M.gguf", False),  # only the file's own name counts
+        ("llava-Q4_K_M.gguf", False),
+        ("projector-notes.txt", False),
+    ],
+)
+def test_is_projector_the_one_rule(path: str, projector: bool) -> None:
+    assert is_projector(path) is projector

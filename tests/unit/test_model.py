@@ -45,7 +45,7 @@ def test_empty_object_is_a_valid_model_with_spec_defaults(tmp_path: Path) -> Non
     assert pb.description == ""
     assert pb.source_url == "./"
     assert orjson.loads(pb.parameters_json) == {}
-    assert orjson.loads(pb.metadata_json) == {"engine": "llamacpp"}
+    assert orjson.loads(pb.metadata_json) == {"engine": "llamacpp", "capabilities": ["completion"]}
     assert pb.state == model_pb2.MODEL_STATE_NOT_DOWNLOADED
     assert pb.created > 0
     assert pb.owned_by  # the user running the service
@@ -72,6 +72,8 @@ def test_an_empty_file_is_an_empty_object(tmp_path: Path) -> None:
         ({"metadata": {"binaries": ["../x.gguf"]}}, "must not be empty or start with '.'"),
         ({"metadata": {"binaries": [{"name": "a.gguf", "size": -1}]}}, "size must be a non-negative integer"),
         ({"metadata": {"sha256": "abc"}}, "'metadata.sha256' must be 64 hexadecimal digits"),
+        ({"metadata": {"capabilities": "vision"}}, "'metadata.capabilities' must be an array of strings"),
+        ({"metadata": {"capabilities": [1]}}, "'metadata.capabilities' must be an array of strings"),
         ({"source_url": "ftp://example.invalid/x.gguf"}, "scheme 'ftp' is not supported"),
         ({"source_url": "../../../etc/passwd"}, "leaves the models folder"),
     ],
