@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.chat_template import prompt_source
 from services.common.errors import InvalidArgument
 
 # Named prompt formats of llama-cpp-python usable as `parameters.chat_format`.
@@ -59,7 +60,8 @@ def resolve_format(
     4. the GGUF's own `tokenizer.chat_template`;
     5. by architecture: Gemma -> "gemma", anything else -> "chatml" (llama-cpp-python's own silent
        fallback, "llama-2", makes Gemma-style models stop at once or babble)."""
-    if any(parameters.get(k) for k in ("pre_prompt", "user_prompt", "ai_prompt")):
+    source = prompt_source(parameters)
+    if source == "prompt_fields":
 
         def render_spec(messages: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[str, list[str], bool]:
             return (*spec_prompt(parameters, messages), False)
@@ -68,13 +70,13 @@ def resolve_format(
     template = parameters.get("chat_template")
     if template is not None and not isinstance(template, str):
         raise InvalidArgument("chat_template must be a Jinja template string", param="chat_template")
-    named = parameters.get("chat_format")
-    if template:
+    if source == "chat_template":
+        assert isinstance(template, str)
         bos = str(parameters.get("bos_token") or bos_token)
         eos = str(parameters.get("eos_token") or eos_token)
         return PromptFormat("chat_template", _jinja(template, bos, eos), template)
-    if named:
-        return _named(str(named))
+    if source == "chat_format":
+        return _named(str(parameters.get("chat_format")))
     if gguf_template:
         return PromptFormat("gguf chat template", _jinja(gguf_template, bos_token, eos_token), gguf_template)
     return _named("gemma" if architecture.startswith("gemma") else "chatml")

@@ -11,13 +11,7 @@ Text that might be the start of a marker is held back until it is known not to b
 
 from __future__ import annotations
 
-MARKERS: tuple[tuple[str, str], ...] = (
-    ("<think>", "</think>"),
-    ("<thinking>", "</thinking>"),
-    ("<|START_THINKING|>", "<|END_THINKING|>"),
-    ("[THINK]", "[/THINK]"),
-    ("<seed:think>", "</seed:think>"),
-)
+from services.common.chat_template import THINKING_MARKERS as MARKERS
 
 
 def opened_by_prompt(prompt: str) -> tuple[str, str] | None:

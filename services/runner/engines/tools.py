@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.common.chat_template import takes_tools
 from services.common.errors import InvalidArgument
 from services.runner.engines.base import GenerateRequest, Tool, ToolCallDelta, ToolChoice
 from services.runner.engines.prompt import partial_stop
@@ -49,8 +50,9 @@ def detect_format(chat_template: str | None) -> ToolFormat:
     the model object's prompt fields). The checks follow llama-server's choice of handler; a template that
     does not take `tools` gets the generic format even if it can write calls, since the model would never
     see the tools' definitions."""
-    if not chat_template or not re.search(r"\btools\b", chat_template):
+    if not takes_tools(chat_template):
         return "generic"
+    assert chat_template is not None
     if HERMES_OPEN in chat_template:
         return "hermes"
     if "<|start_header_id|>" in chat_template and "ipython" in chat_template:

@@ -27,6 +27,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
+from services.common.capabilities import is_set
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.runner.engines.base import (
     Delta,
@@ -69,12 +70,6 @@ T = TypeVar("T")
 FALLBACK_KV_BYTES = 256 * 1024
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 class LlamaCppEngine(Engine):
     name = "llamacpp"
     features = frozenset({"constraint", "grammar", "tools", "logprobs", "n", "logit_bias"})
@@ -93,7 +88,7 @@ class LlamaCppEngine(Engine):
         self.ngl = int(params.get("ngl") or 0)
         self.n_parallel = max(1, int(params.get("n_parallel") or 1))
         self.threads = int(params.get("cpu_threads") or threads or os.cpu_count() or 1)
-        self.embedding_only = _truthy(params.get("embedding", False)) and _truthy(
+        self.embedding_only = is_set(params.get("embedding", False)) and is_set(
             params.get("embedding_only", False)
         )
         self.chat_format = ""
