@@ -592,6 +592,17 @@ def parameters_text(m: model_pb2.Model) -> str:
     return "\n".join(lines)
 
 
+# The catalog's capability names as Ollama spells them (the others are the same).
+_OLLAMA_CAPABILITY = {"reasoning": "thinking"}
+
+
+def capabilities(m: model_pb2.Model) -> list[str]:
+    """What /api/show says a model can do: the catalog's `metadata.capabilities` in Ollama's words."""
+    given = metadata_of(m).get("capabilities")
+    names = [c for c in given if isinstance(c, str)] if isinstance(given, list) else ["completion"]
+    return [_OLLAMA_CAPABILITY.get(c, c) for c in names]
+
+
 def show(m: model_pb2.Model) -> dict[str, Any]:
     params = parameters_text(m)
     modelfile = f"# Jan Models object {m.id}\nFROM {m.source_url}\n" + "".join(
@@ -607,7 +618,7 @@ def show(m: model_pb2.Model) -> dict[str, Any]:
         "template": "",
         "details": details(m),
         "model_info": info,
-        "capabilities": ["completion", "tools"] if m.engine in ("", "llamacpp", "api") else ["completion"],
+        "capabilities": capabilities(m),
         "modified_at": timestamp(m.created),
     }
 

@@ -162,7 +162,10 @@ async def copy(request: Request, body: CopyIn) -> Response:
             "destination",
             f"destination must be in the source's folder ({folder}/<file>): files are shared within a folder",
         )
-    metadata_json = source.metadata_json
+    # The answer's capabilities are the catalog's derivation (or the source's own): the copy derives its own.
+    metadata = orjson.loads(source.metadata_json or "{}")
+    metadata.pop("capabilities", None)
+    metadata_json = orjson.dumps(metadata).decode()
     if source.source_url in ("", "./") and source.engine in ("", "llamacpp"):
         # Made from local files: the copy names the same binaries of the folder.
         if any(b.external_path for b in source.binaries) or not source.binaries:
@@ -172,7 +175,6 @@ async def copy(request: Request, body: CopyIn) -> Response:
                 "can be copied",
                 code="copy_unavailable",
             )
-        metadata = orjson.loads(source.metadata_json or "{}")
         metadata["binaries"] = [
             {k: v for k, v in (("name", b.name), ("sha256", b.sha256), ("size", b.size)) if v}
             for b in source.binaries

@@ -275,7 +275,9 @@ def test_listing_show_and_ps_of_a_model_object() -> None:
         f'{"stop":<30} "a"',
         f'{"stop":<30} "b"',
     ]
-    assert shown["model_info"]["jan.context_length"] == 512 and "tools" in shown["capabilities"]
+    assert shown["model_info"]["jan.context_length"] == 512 and shown["capabilities"] == ["completion"]
+    m.metadata_json = orjson.dumps({"capabilities": ["completion", "vision", "tools", "reasoning"]}).decode()
+    assert protocol.show(m)["capabilities"] == ["completion", "vision", "tools", "thinking"]  # Ollama's words
     running = protocol.running_model(
         {"model_id": MODEL, "memory_bytes": 7, "parameters": {"ctx_len": 256}}, m
     )
