@@ -78,7 +78,7 @@ async def test_list_names_models_with_latest_and_show_describes_one(client: olla
     for name in (MODEL, f"{MODEL}:latest"):
         shown = await client.show(name)
         assert shown.parameters and "num_ctx" in shown.parameters and "4096" in shown.parameters
-        assert shown.capabilities == ["completion"] and shown.modified_at is not None  # no tools in its template
+        assert shown.capabilities == ["completion"] and shown.modified_at is not None  # no tools
         assert shown.modelfile and "PARAMETER temperature" in shown.modelfile
 
 
