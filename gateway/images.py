@@ -269,17 +269,12 @@ class ImageReader:
             # Imported on first use: the HTTP client costs memory, and most gateways never fetch an image.
             import aiohttp
 
-            from services.common.safehttp import SafeResolver
+            from services.common.safehttp import safe_session
 
-            connector = aiohttp.TCPConnector(
-                resolver=SafeResolver(self.settings.allow_private_networks, self.resolver),
-                ttl_dns_cache=0,
-                use_dns_cache=False,
-            )
-            self._http = aiohttp.ClientSession(
-                connector=connector,
-                headers={"User-Agent": USER_AGENT, "Accept": "image/*"},
+            self._http = safe_session(
+                self.settings.allow_private_networks,
+                self.resolver,
                 timeout=aiohttp.ClientTimeout(total=None),  # the deadline is _fetch's, redirects included
-                trust_env=False,
+                headers={"User-Agent": USER_AGENT, "Accept": "image/*"},
             )
         return self._http

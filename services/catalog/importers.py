@@ -90,21 +90,16 @@ async def list_openai_models(
     # Imported here: the HTTP client costs the catalog ~10 MB resident, and listing a remote is rare.
     import aiohttp
 
-    from services.common.safehttp import SafeResolver  # DNS-pinning, address rules at connect time
+    from services.common.safehttp import safe_session  # DNS-pinning, address rules at connect time
 
     url = base_url.rstrip("/") + "/models"
     await asyncio.to_thread(netsafety.require_safe_url, url, allow_private=allow_private, param="base_url")
     headers = {"Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    connector = aiohttp.TCPConnector(
-        resolver=SafeResolver(allow_private), ttl_dns_cache=0, use_dns_cache=False
-    )
     try:
         async with (
-            aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=False
-            ) as session,
+            safe_session(allow_private, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
             session.get(url, headers=headers, allow_redirects=False) as resp,
         ):
             body = await resp.read()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
+import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from services.common import netsafety
@@ -50,3 +52,19 @@ class SafeResolver(AbstractResolver):
 
     async def close(self) -> None:
         return None
+
+
+def safe_session(
+    allow_private: bool,
+    resolver: netsafety.Resolver = netsafety.default_resolver,
+    *,
+    timeout: aiohttp.ClientTimeout,
+    limit: int = 100,
+    **session: Any,
+) -> aiohttp.ClientSession:
+    """An aiohttp session that dials only addresses the rules allow, checked at connect time (no DNS cache,
+    so every connection resolves through SafeResolver) and never through a proxy from the environment."""
+    connector = aiohttp.TCPConnector(
+        resolver=SafeResolver(allow_private, resolver), limit=limit, ttl_dns_cache=0, use_dns_cache=False
+    )
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False, **session)

@@ -29,7 +29,7 @@ import orjson
 
 from services.common import netsafety
 from services.common.filesafety import write_atomic
-from services.common.safehttp import SafeResolver
+from services.common.safehttp import safe_session
 from services.downloader.httpconn import Stopped, TooManyRedirects, Transfer, UnsafeURL
 from services.downloader.sink import Segment, Sink
 
@@ -100,16 +100,12 @@ def make_session(
     options: FetchOptions, resolver: netsafety.Resolver = netsafety.default_resolver
 ) -> aiohttp.ClientSession:
     """The session for the Hub's API (listing repositories); the files' bytes go through `httpconn`."""
-    connector = aiohttp.TCPConnector(
-        resolver=SafeResolver(options.allow_private_networks, resolver),
-        limit=64,
-        ttl_dns_cache=0,
-        use_dns_cache=False,
-    )
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=options.connect_timeout_s, sock_read=options.stall_timeout_s
     )
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False, trust_env=False)
+    return safe_session(
+        options.allow_private_networks, resolver, timeout=timeout, limit=64, auto_decompress=False
+    )
 
 
 @dataclass

@@ -168,15 +168,12 @@ def remote_error(status: int, body: bytes, target: Target, retry_after: str | No
 
 def make_session(settings: RunnerSettings) -> aiohttp.ClientSession:
     """An HTTP session that connects only to addresses the URL rules allow, checked at connect time."""
-    from services.common.safehttp import SafeResolver  # DNS-pinning, address rules at connect time
+    from services.common.safehttp import safe_session  # DNS-pinning, address rules at connect time
 
-    connector = aiohttp.TCPConnector(
-        resolver=SafeResolver(settings.allow_private_networks), ttl_dns_cache=0, use_dns_cache=False
-    )
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=settings.api_connect_timeout_s, sock_read=settings.api_read_timeout_s
     )
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+    return safe_session(settings.allow_private_networks, timeout=timeout)
 
 
 class ApiEngine(Engine):
