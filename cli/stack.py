@@ -42,7 +42,7 @@ GATEWAY_DEFAULT_PORT = 1337
 MAX_LOCAL_RUNNERS = 64
 RECORD = "stack.json"
 # The runner's own default of JAN_RUNNER_DRAIN_TIMEOUT_S.
-DRAIN_TIMEOUT_S: float = RunnerSettings.model_fields["drain_timeout_s"].default
+DRAIN_TIMEOUT_S: float = RunnerSettings.default("drain_timeout_s")
 
 
 class StackError(Exception):

@@ -94,7 +94,7 @@ COPY_ID = "copy/big"
 POLL_S = 0.02
 SAMPLE_S = 0.01
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-DEFAULT_CONNECTIONS: int = DownloaderSettings.model_fields["connections"].default
+DEFAULT_CONNECTIONS: int = DownloaderSettings.default("connections")
 # System call numbers a blocked thread of the downloader is seen in (x86_64; elsewhere shown as numbers).
 SYSCALLS = (
     {

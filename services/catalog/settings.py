@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
-
+from services.common.envsettings import setting
 from services.common.service_settings import (
     GrpcHost,
     GrpcPort,
     LogLevel,
     MetricsPort,
     ServiceSettings,
-    none_if_empty,
+    absolute_all,
     root_field,
     shared_alias,
-    split_list,
 )
 
 PREFIX = "JAN_CATALOG_"
@@ -27,64 +23,55 @@ SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 class CatalogSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix=PREFIX)
+    env_prefix = PREFIX
 
     root: Path = root_field(PREFIX, "Jan's root folder; model objects live in <root>/models.")
     host: GrpcHost = "127.0.0.1"
     port: GrpcPort = 13370
-    import_allowed_dirs: Annotated[list[Path], NoDecode] = Field(
+    import_allowed_dirs: list[Path] = setting(
         default_factory=lambda: [Path.home()],
-        validation_alias=shared_alias(PREFIX, "import_allowed_dirs"),
+        env=shared_alias(PREFIX, "import_allowed_dirs"),
+        after=absolute_all,
         description="Directories (separated by ',' or ':') under which local files may be imported.",
     )
-    watch_dirs: Annotated[list[Path], NoDecode] = Field(
+    watch_dirs: list[Path] = setting(
         default_factory=list,
-        validation_alias=shared_alias(PREFIX, "watch_dirs"),
+        env=shared_alias(PREFIX, "watch_dirs"),
+        after=absolute_all,
         description="Directories (separated by ',' or ':') whose GGUF models appear in the catalog by "
         "themselves, linked in place, and disappear when deleted there.",
     )
-    allow_private_networks: bool = Field(
+    allow_private_networks: bool = setting(
         default=False,
-        validation_alias=shared_alias(PREFIX, "allow_private_networks"),
+        env=shared_alias(PREFIX, "allow_private_networks"),
         description="Accept source URLs on loopback, private or link-local addresses.",
     )
-    seed_models_dir: Path | None = Field(
+    seed_models_dir: Path | None = setting(
         default=SHIPPED_MODELS,
         description="Recommended model objects copied into a new root, never overwriting (empty: none).",
     )
-    watch: bool = Field(default=True, description="Watch the models folder with inotify for hand edits.")
-    watch_debounce_ms: int = Field(default=30, ge=1, le=10_000, description="Batching window of file events.")
-    rescan_interval_s: float = Field(
+    watch: bool = setting(default=True, description="Watch the models folder with inotify for hand edits.")
+    watch_debounce_ms: int = setting(
+        default=30, ge=1, le=10_000, description="Batching window of file events."
+    )
+    rescan_interval_s: float = setting(
         default=30.0, ge=0.5, le=86_400, description="Full rescan period: the safety net for missed events."
     )
-    report_ttl_s: float = Field(
+    report_ttl_s: float = setting(
         default=10.0,
         ge=0.3,
         le=3600,
         description="A download report or runner heartbeat older than this is stale (the process is gone).",
     )
-    default_page_size: int = Field(default=1000, ge=1, le=100_000, description="ListModels page size.")
-    max_page_size: int = Field(default=10_000, ge=1, le=100_000, description="Largest page a client may ask.")
-    import_max_bytes: int = Field(
+    default_page_size: int = setting(default=1000, ge=1, le=100_000, description="ListModels page size.")
+    max_page_size: int = setting(
+        default=10_000, ge=1, le=100_000, description="Largest page a client may ask."
+    )
+    import_max_bytes: int = setting(
         default=512 * 1024**3, ge=1, description="Largest total size an imported archive may extract to."
     )
     log_level: LogLevel = "INFO"
     metrics_port: MetricsPort = 0
-
-    @field_validator("seed_models_dir", mode="before")
-    @classmethod
-    def _empty_means_none(cls, v: object) -> object:
-        return none_if_empty(v)
-
-    @field_validator("import_allowed_dirs", "watch_dirs", mode="before")
-    @classmethod
-    def _split_dirs(cls, v: object) -> object:
-        return split_list(v)
-
-    @field_validator("import_allowed_dirs", "watch_dirs", mode="after")
-    @classmethod
-    def _expand_dirs(cls, v: list[Path]) -> list[Path]:
-        return [p.expanduser().resolve() for p in v]
 
     @property
     def models_dir(self) -> Path:

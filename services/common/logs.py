@@ -19,8 +19,8 @@ import uuid
 from typing import Any, Literal
 
 from grpc import aio
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.envsettings import Settings, setting
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_METADATA = "x-request-id"
@@ -84,12 +84,12 @@ def setup_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-class LogSettings(BaseSettings):
+class LogSettings(Settings):
     """Shared by every process (JAN_LOG_*); the level is each service's own `log_level`."""
 
-    model_config = SettingsConfigDict(env_prefix="JAN_LOG_", extra="ignore")
+    env_prefix = "JAN_LOG_"
 
-    format: LogFormat = Field(
+    format: LogFormat = setting(
         default="text", description="'text' lines for people, or 'json': one object a line for collectors."
     )
 

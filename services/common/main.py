@@ -8,13 +8,11 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
-
+from services.common.envsettings import Settings, SettingsError
 from services.common.logs import LogSettings, setup_logging
 from services.common.metrics import start_metrics_server
 
-S = TypeVar("S", bound=BaseSettings)
+S = TypeVar("S", bound=Settings)
 
 
 def read_settings(cls: type[S]) -> S:
@@ -22,18 +20,12 @@ def read_settings(cls: type[S]) -> S:
     the variable (`JAN_RUNNER_THREADS='': Input should be a valid integer, ...`), not a traceback."""
     try:
         return cls()
-    except ValidationError as exc:
-        prefix = str(cls.model_config.get("env_prefix") or "")
-        lines = []
-        for error in exc.errors():
-            name = ".".join(str(part) for part in error["loc"])
-            variable = name if name.upper().startswith("JAN_") else f"{prefix}{name}".upper()
-            lines.append(f"{variable}={error.get('input')!r}: {error['msg']}")
-        raise SystemExit("invalid settings:\n  " + "\n  ".join(lines)) from None
+    except SettingsError as exc:
+        raise SystemExit("invalid settings:\n  " + "\n  ".join(map(str, exc.problems))) from None
 
 
 def process_start(
-    prog: str, description: str | None, settings_types: tuple[type[BaseSettings], ...]
+    prog: str, description: str | None, settings_types: tuple[type[Settings], ...]
 ) -> list[Any] | None:
     """The command line every process shares: reads the settings (a bad one ends the process here, naming
     the variable); with `--print-settings` prints them and returns None, else sets up logging at the
@@ -44,8 +36,8 @@ def process_start(
     settings: list[Any] = [read_settings(cls) for cls in settings_types]
     log_settings = read_settings(LogSettings)
     if args.print_settings:
-        for s in [*settings, log_settings]:  # secrets are SecretStr: printed as **********
-            print(s.model_dump_json(indent=2))
+        for s in [*settings, log_settings]:  # secrets are Secret: printed as **********
+            print(s.to_json(indent=2))
         return None
     setup_logging(settings[0].log_level, log_settings.format)
     return settings
@@ -54,7 +46,7 @@ def process_start(
 def service_main(
     prog: str,
     description: str | None,
-    settings_types: tuple[type[BaseSettings], ...],
+    settings_types: tuple[type[Settings], ...],
     serve: Callable[..., Coroutine[Any, Any, None]],
 ) -> None:
     """`process_start`, then the metrics server on the service's host and `metrics_port`, then

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
-from pydantic_settings import SettingsConfigDict
-
+from services.common.envsettings import Secret, setting
 from services.common.service_settings import (
     GrpcHost,
     GrpcPort,
@@ -25,63 +23,67 @@ PREFIX = "JAN_DOWNLOADER_"
 
 
 class DownloaderSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix=PREFIX)
+    env_prefix = PREFIX
 
     root: Path = root_field(
         PREFIX, "Jan's root folder (models in <root>/models, job state in <root>/.downloads)."
     )
     host: GrpcHost = "127.0.0.1"
     port: GrpcPort = 13371
-    catalog_address: str = Field(
+    catalog_address: str = setting(
         default="127.0.0.1:13370",
-        validation_alias=shared_alias(PREFIX, "catalog_address"),
+        env=shared_alias(PREFIX, "catalog_address"),
         description="host:port of the catalog's gRPC server.",
     )
-    connections: int = Field(default=4, ge=1, le=32, description="Parallel ranged connections for one file.")
-    min_split_bytes: int = Field(
+    connections: int = setting(
+        default=4, ge=1, le=32, description="Parallel ranged connections for one file."
+    )
+    min_split_bytes: int = setting(
         default=64 * MiB, ge=MiB, description="Files smaller than twice this are fetched over one connection."
     )
-    chunk_bytes: int = Field(
+    chunk_bytes: int = setting(
         default=4 * MiB,
         ge=16 * 1024,
         le=64 * MiB,
         description="Buffer size of a connection (4 of them in flight per file); the unit of hashing.",
     )
-    stall_timeout_s: float = Field(
+    stall_timeout_s: float = setting(
         default=30.0, gt=0, le=3600, description="No byte for this long: drop the connection and resume."
     )
-    connect_timeout_s: float = Field(default=30.0, gt=0, le=600, description="Connect + first byte deadline.")
-    retries: int = Field(
+    connect_timeout_s: float = setting(
+        default=30.0, gt=0, le=600, description="Connect + first byte deadline."
+    )
+    retries: int = setting(
         default=8,
         ge=0,
         le=1000,
         description="Attempts without progress before a file fails (progress resets).",
     )
-    backoff_initial_s: float = Field(default=0.5, gt=0, le=60, description="First retry delay (doubles).")
-    backoff_max_s: float = Field(default=30.0, gt=0, le=3600, description="Longest retry delay.")
-    max_file_bytes: int = Field(
+    backoff_initial_s: float = setting(default=0.5, gt=0, le=60, description="First retry delay (doubles).")
+    backoff_max_s: float = setting(default=30.0, gt=0, le=3600, description="Longest retry delay.")
+    max_file_bytes: int = setting(
         default=512 * 1024**3, ge=1, description="Size cap: a binary larger than this is refused."
     )
-    reserve_bytes: int = Field(
+    reserve_bytes: int = setting(
         default=1024 * MiB, ge=0, description="Free space that must remain after a download."
     )
-    allow_private_networks: bool = Field(
+    allow_private_networks: bool = setting(
         default=False,
-        validation_alias=shared_alias(PREFIX, "allow_private_networks"),
+        env=shared_alias(PREFIX, "allow_private_networks"),
         description="Fetch from loopback, private or link-local addresses (tests, private mirrors).",
     )
     hf_endpoint: HfEndpoint = hf_endpoint_field(
         PREFIX, "Base URL of the Hugging Face Hub (as huggingface_hub's HF_ENDPOINT)."
     )
-    hf_token: SecretStr = Field(
-        default=SecretStr(""),
-        validation_alias=external_alias(PREFIX, "hf_token", "HF_TOKEN"),
+    hf_token: Secret = setting(
+        default=Secret(""),
+        env=external_alias(PREFIX, "hf_token", "HF_TOKEN"),
         description="Token for gated Hugging Face repositories (sent to the Hub's own host only).",
     )
-    progress_interval_s: float = Field(
+    progress_interval_s: float = setting(
         default=0.25, gt=0, le=10, description="How often progress is published and reported."
     )
-    keep_finished_s: float = Field(
+    keep_finished_s: float = setting(
         default=3600, ge=0, description="How long ended jobs stay listed before they are forgotten."
     )
     log_level: LogLevel = "INFO"

@@ -7,11 +7,8 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
-
+from services.common.envsettings import setting
 from services.common.service_settings import (
     GrpcHost,
     GrpcPort,
@@ -20,7 +17,6 @@ from services.common.service_settings import (
     ServiceSettings,
     root_field,
     shared_alias,
-    split_list,
 )
 
 PREFIX = "JAN_RUNNER_"
@@ -62,51 +58,51 @@ def _own_address() -> str:
 
 
 class RunnerSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix=PREFIX)
+    env_prefix = PREFIX
 
     root: Path = root_field(PREFIX, "Jan's root folder (models in <root>/models).")
-    name: str = Field(default_factory=socket.gethostname, description="This runner's unique name.")
+    name: str = setting(default_factory=socket.gethostname, description="This runner's unique name.")
     host: GrpcHost = "127.0.0.1"
     port: GrpcPort = 13372
-    advertise_address: str = Field(
+    advertise_address: str = setting(
         default="",
         description="host:port the gateway uses to reach this runner (default host:port; when host is a "
         "wildcard such as 0.0.0.0, this machine's own address: a container's or a pod's IP).",
     )
-    catalog_address: str = Field(
+    catalog_address: str = setting(
         default="127.0.0.1:13370",
-        validation_alias=shared_alias(PREFIX, "catalog_address"),
+        env=shared_alias(PREFIX, "catalog_address"),
         description="host:port of the catalog's gRPC server.",
     )
-    memory_budget_bytes: int = Field(
+    memory_budget_bytes: int = setting(
         default_factory=_default_budget, ge=64 * 1024**2, description="Memory the loaded models may use."
     )
-    drain_timeout_s: float = Field(
+    drain_timeout_s: float = setting(
         default=30.0,
         ge=0,
         le=3600,
         description="On SIGTERM: how long requests in flight may take to finish (no new ones are taken) "
         "before the runner exits anyway.",
     )
-    keep_alive_s: float = Field(
+    keep_alive_s: float = setting(
         default=300.0, ge=-1, description="An idle model is unloaded after this long (-1 = never)."
     )
-    threads: int = Field(
+    threads: int = setting(
         default_factory=lambda: max(1, os.cpu_count() or 1),
         ge=1,
         le=512,
         description="CPU threads per model.",
     )
-    max_queue: int = Field(
+    max_queue: int = setting(
         default=64, ge=0, le=100_000, description="Requests waiting per model beyond its slots; more get 429."
     )
-    queue_timeout_s: float = Field(
+    queue_timeout_s: float = setting(
         default=300.0, gt=0, description="A request waiting longer than this for a slot gets 503."
     )
-    default_ctx_len: int = Field(
+    default_ctx_len: int = setting(
         default=4096, ge=64, le=1_048_576, description="ctx_len when the model sets none."
     )
-    default_n_parallel: int = Field(
+    default_n_parallel: int = setting(
         default=4,
         ge=1,
         le=256,
@@ -116,33 +112,28 @@ class RunnerSettings(ServiceSettings):
     log_level: LogLevel = "INFO"
     metrics_port: MetricsPort = 0
     # Engines whose models run elsewhere (api: a remote OpenAI-style API; tensorrt: a Triton server).
-    allow_private_networks: bool = Field(
+    allow_private_networks: bool = setting(
         default=False,
-        validation_alias=shared_alias(PREFIX, "allow_private_networks"),
+        env=shared_alias(PREFIX, "allow_private_networks"),
         description="api/tensorrt models may reach loopback, private or link-local addresses.",
     )
-    api_connect_timeout_s: float = Field(
+    api_connect_timeout_s: float = setting(
         default=10.0, gt=0, le=600, description="api engine: connecting to the remote API."
     )
-    api_read_timeout_s: float = Field(
+    api_read_timeout_s: float = setting(
         default=120.0, gt=0, le=3600, description="api engine: longest wait for the remote's next bytes."
     )
-    triton_timeout_s: float = Field(
+    triton_timeout_s: float = setting(
         default=600.0, gt=0, le=86_400, description="tensorrt engine: loading a model on Triton."
     )
-    secret_env_names: Annotated[list[str], NoDecode] = Field(
+    secret_env_names: list[str] = setting(
         default=["OPENAI_*", "AZURE_OPENAI_*", "JAN_SECRET_*"],
         description="Environment variables (',' separated globs) a model's \"env:NAME\" key may name.",
     )
-    secret_dirs: Annotated[list[Path], NoDecode] = Field(
+    secret_dirs: list[Path] = setting(
         default=[Path("/run/secrets")],
         description="Directories (',' or ':' separated) a model's \"file:/path\" key may read from.",
     )
-
-    @field_validator("secret_env_names", "secret_dirs", mode="before")
-    @classmethod
-    def _split_list(cls, v: object) -> object:
-        return split_list(v)
 
     def secret(self, value: str, what: str = "API-KEY") -> str:
         """A secret given in a model object: plain text, "env:NAME" (an allowed environment variable of

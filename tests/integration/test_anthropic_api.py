@@ -15,12 +15,12 @@ from typing import Any
 import anthropic
 import httpx2
 import pytest
-from pydantic import SecretStr
 
 from gateway.errors import APIError
 from gateway.protocol.anthropic import MessageStream
 from gateway.routes.anthropic import message_events
 from jan.runner.v1 import runner_service_pb2 as runner_pb
+from services.common.envsettings import Secret
 from tests.harness import (
     TINY_CHAT,
     TOOLS_CTX,
@@ -375,7 +375,7 @@ async def test_an_unknown_model_is_not_found(client: anthropic.AsyncAnthropic) -
 
 async def test_the_api_key_is_read_from_x_api_key(tmp_path: Path) -> None:
     write_tiny_chat_model(tmp_path / "jan", n_ctx=TOOLS_CTX)
-    async with serving_stack(tmp_path / "jan", api_keys=SecretStr("k1")) as stack:
+    async with serving_stack(tmp_path / "jan", api_keys=Secret("k1")) as stack:
         async with client_of(stack, api_key="wrong") as wrong:
             with pytest.raises(anthropic.AuthenticationError) as denied:
                 await wrong.messages.create(model=MODEL, max_tokens=5, messages=HELLO)

@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from pydantic import SecretStr
 
 from gateway.protocol import ollama as protocol
 from services.catalog.core import Catalog
 from services.catalog.settings import CatalogSettings
+from services.common.envsettings import Secret
 from services.common.storage import StorageSettings, make_storage
 from services.downloader.settings import DownloaderSettings
 from services.runner.settings import RunnerSettings
@@ -281,7 +281,7 @@ async def test_a_local_model_copies_within_its_folder_and_deletes(client: ollama
 async def test_api_keys_are_read_from_the_bearer_header(tmp_path: Path) -> None:
     root = tmp_path / "jan"
     write_tiny_chat_model(root)
-    async with serving_stack(root, api_keys=SecretStr("k1")) as stack:
+    async with serving_stack(root, api_keys=Secret("k1")) as stack:
         anonymous = ollama.AsyncClient(host="http://gw", transport=stack.transport)
         await refused(anonymous.list(), "missing API key", status=401)
         wrong = ollama.AsyncClient(

@@ -13,11 +13,12 @@ from typing import Annotated, Any, Literal
 
 import openai
 import pytest
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field
 
 from gateway.errors import APIError
 from gateway.protocol.common import ImageRef
 from jan.runner.v1 import runner_service_pb2 as runner_pb
+from services.common.envsettings import Secret
 from tests.harness import (
     CHAT_TEMPLATE,
     TINY_CHAT,
@@ -498,7 +499,7 @@ async def test_a_runner_failure_mid_stream_ends_in_response_failed(
 async def test_the_api_key_is_the_sdk_bearer_token(tmp_path: Path) -> None:
     root = tmp_path / "jan"
     write_tiny_chat_model(root)
-    async with serving_stack(root, api_keys=SecretStr("k1")) as stack:
+    async with serving_stack(root, api_keys=Secret("k1")) as stack:
         wrong = stack.sdk.with_options(api_key="wrong")
         with pytest.raises(openai.AuthenticationError) as denied:
             await wrong.responses.create(model=MODEL, input="the cat", max_output_tokens=2)

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import urllib3
 from minio import Minio
-from pydantic import ValidationError
 
+from services.common.envsettings import SettingsError
 from services.common.storage import (
     LocalStorage,
     MiB,
@@ -500,7 +500,7 @@ def test_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         {"s3_prefix": "a/../b"},
         {"s3_bucket": "Bad_Bucket"},
     ):
-        with pytest.raises(ValidationError):
+        with pytest.raises(SettingsError):
             StorageSettings(**bad)
 
     storage = make_storage(settings, tmp_path)
