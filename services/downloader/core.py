@@ -14,10 +14,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from jan.downloader.v1 import downloader_service_pb2 as pb
@@ -33,9 +32,11 @@ from services.common.errors import (
 )
 from services.common.filesafety import write_atomic
 from services.common.storage import Storage
-from services.downloader import hf
-from services.downloader.fetch import Fetcher, FetchError, FetchOptions
+from services.downloader.fetch import Fetcher, FetchError, FetchOptions, make_session
 from services.downloader.settings import DownloaderSettings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +155,15 @@ class Downloader:
             max_file_bytes=settings.max_file_bytes,
             allow_private_networks=settings.allow_private_networks,
         )
+        # The Hub API's session, made at the first repository import: aiohttp is ~10 MB of resident
+        # memory that a downloader which only fetches files (through httpconn) never needs.
         self.session: aiohttp.ClientSession | None = None
         self.fetcher: Fetcher | None = None
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from services.downloader.fetch import make_session
-
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.session = make_session(self.options, self.resolver)
         self.fetcher = Fetcher(self.options, self.resolver)
         for path in sorted(self.jobs_dir.glob("*.json")):
             job = self._load(path)
@@ -555,7 +555,10 @@ class Downloader:
     # --- Hugging Face -------------------------------------------------------------------------------------
 
     async def import_repository(self, repo_url: str, folder: str = "") -> tuple[str, list[model_pb2.Model]]:
-        assert self.session is not None
+        from services.downloader import hf  # aiohttp: only for repository imports
+
+        if self.session is None:
+            self.session = make_session(self.options, self.resolver)
         try:
             ref = hf.parse_repo_url(repo_url, self.settings.hf_endpoint)
         except ValueError as exc:

@@ -22,16 +22,17 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 import orjson
 
 from services.common import netsafety
 from services.common.filesafety import write_atomic
-from services.common.safehttp import safe_session
 from services.downloader.httpconn import Stopped, TooManyRedirects, Transfer, UnsafeURL
 from services.downloader.sink import Segment, Sink
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,10 @@ def make_session(
     options: FetchOptions, resolver: netsafety.Resolver = netsafety.default_resolver
 ) -> aiohttp.ClientSession:
     """The session for the Hub's API (listing repositories); the files' bytes go through `httpconn`."""
+    import aiohttp
+
+    from services.common.safehttp import safe_session
+
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=options.connect_timeout_s, sock_read=options.stall_timeout_s
     )
