@@ -3,6 +3,7 @@ a bucket prefix (and how outside text becomes one), and how a small file is repl
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import tempfile
@@ -81,3 +82,11 @@ def write_atomic(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_written(path: Path) -> None:
+    """Removes a file kept by `write_atomic`, and the hidden temp files beside it that a process killed
+    between writing one and renaming it left behind (`.<name>.<random>.tmp`)."""
+    path.unlink(missing_ok=True)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)

@@ -164,6 +164,8 @@ class Downloader:
 
     async def start(self) -> None:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.jobs_dir.glob(".*.tmp"):  # a job record's save cut by a kill -9
+            leftover.unlink(missing_ok=True)
         self.fetcher = Fetcher(self.options, self.resolver)
         for path in sorted(self.jobs_dir.glob("*.json")):
             job = self._load(path)

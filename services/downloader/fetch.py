@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from services.common import netsafety
-from services.common.filesafety import write_atomic
+from services.common.filesafety import remove_written, write_atomic
 from services.downloader.httpconn import Stopped, TooManyRedirects, Transfer, UnsafeURL
 from services.downloader.sink import Segment, Sink
 
@@ -299,11 +299,11 @@ class Fetcher:
             raise FetchError("too_large", "larger than the size cap")
         if expected and sha != expected:
             partial.unlink(missing_ok=True)
-            sidecar_path.unlink(missing_ok=True)
+            remove_written(sidecar_path)
             raise FetchError(
                 "digest_mismatch", f"sha256 of {url} is {sha}, expected {expected}: bytes removed"
             )
-        sidecar_path.unlink(missing_ok=True)
+        remove_written(sidecar_path)  # with any temp copy a kill -9 during a save left
         return FetchResult(size=size, sha256=sha)
 
     def _plan(self, total: int, ranges: bool) -> list[Segment]:

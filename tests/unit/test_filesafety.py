@@ -15,6 +15,7 @@ from services.common.filesafety import (
     check_name,
     fsync_dir,
     is_valid_name,
+    remove_written,
     sanitize_name,
     write_atomic,
 )
@@ -72,6 +73,16 @@ def test_write_atomic_replaces_the_file_and_leaves_no_temp_file(tmp_path: Path) 
     assert path.read_bytes() == b"new"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert os.listdir(tmp_path) == ["links.json"]
+
+
+def test_remove_written_takes_the_temp_files_a_killed_writer_left(tmp_path: Path) -> None:
+    # kill -9 between mkstemp and the rename leaves `.<name>.<random>.tmp` beside the file
+    path = tmp_path / ".m.gguf.part.json"
+    write_atomic(path, b"{}")
+    (tmp_path / "..m.gguf.part.json.ab12cd.tmp").write_bytes(b"{")
+    (tmp_path / ".other.json.ab12cd.tmp").write_bytes(b"{")  # another file's: kept
+    remove_written(path)
+    assert os.listdir(tmp_path) == [".other.json.ab12cd.tmp"]
 
 
 def test_a_failed_write_keeps_the_old_content(tmp_path: Path) -> None:
