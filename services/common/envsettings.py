@@ -168,7 +168,6 @@ class Settings:
     _fields_cache: ClassVar[dict[type, dict[str, Field]]] = {}
 
     def __init__(self, **given: Any) -> None:
-        environ = os.environ
         known = self.settings_fields()
         unknown = sorted(set(given) - set(known))
         if unknown:
@@ -180,8 +179,8 @@ class Settings:
                 value = given[name]
             else:
                 for variable in field.variables(self.env_prefix):
-                    if variable in environ:
-                        source, value = variable, environ[variable]
+                    if variable in os.environ:
+                        source, value = variable, os.environ[variable]
                         break
             if value is MISSING:
                 value = field.default()

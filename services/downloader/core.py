@@ -30,9 +30,9 @@ from services.common.errors import (
     NotFound,
     ResourceExhausted,
 )
-from services.common.filesafety import write_atomic
+from services.common.filesafety import remove_written, write_atomic
 from services.common.storage import Storage
-from services.downloader.fetch import Fetcher, FetchError, FetchOptions, make_session
+from services.downloader.fetch import Fetcher, FetchError, FetchOptions, make_session, sidecar_of
 from services.downloader.settings import DownloaderSettings
 
 if TYPE_CHECKING:
@@ -335,8 +335,8 @@ class Downloader:
 
     def _remove_partial(self, folder: str, name: str) -> None:
         partial = self.storage.partial_path(folder, name)
-        for path in (partial, partial.with_name(partial.name + ".json")):
-            path.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+        remove_written(sidecar_of(partial))
         if self.storage.stat(folder, name) is None:
             # Also aborts a half-done upload to a bucket.
             self.storage.delete(folder, name)
@@ -470,8 +470,9 @@ class Downloader:
         f.phase = P.PHASE_DONE
         # A partial left by an earlier, interrupted attempt (and its sidecars) is of no use any more.
         partial = self.storage.partial_path(folder, f.name)
-        for path in partial.parent.glob(f"{partial.name}*"):
+        for path in partial.parent.glob(f"{partial.name}*"):  # bytes, sidecar, a bucket upload record
             path.unlink(missing_ok=True)
+        remove_written(sidecar_of(partial))  # and a sidecar's temp copy a kill -9 left
         log.info(
             "%s of %s: %s already stored, linked instead of downloaded", f.name, job.model_id, _human(f.size)
         )

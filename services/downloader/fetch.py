@@ -97,6 +97,11 @@ class FetchResult:
     sha256: str
 
 
+def sidecar_of(partial: Path) -> Path:
+    """Where a partial file's sidecar (what is done of it, against which validator) is kept."""
+    return partial.with_name(partial.name + ".json")
+
+
 def make_session(
     options: FetchOptions, resolver: netsafety.Resolver = netsafety.default_resolver
 ) -> aiohttp.ClientSession:
@@ -189,7 +194,7 @@ class Fetcher:
         """Downloads `url` into `partial` (resuming what is there), verifies it, returns size and sha256.
         On a digest mismatch the bad bytes are removed."""
         auth = auth or {}
-        sidecar_path = partial.with_name(partial.name + ".json")
+        sidecar_path = sidecar_of(partial)
         attempts = 0
         moved = False
         high_water = -1
