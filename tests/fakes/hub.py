@@ -780,9 +780,15 @@ class FakeHub:
                     limit = min(limit, cut_at)
                 n = min(WRITE_CHUNK, limit - sent)
                 if n > 0:
-                    await resp.write(blob.view(start + sent, n))
-                    sent += n
+                    # Counted before the await: the client may read the last bytes (and the test look at
+                    # the counters) before this coroutine runs again. A write that fails takes it back.
                     self._count_sent(counted_as, n)
+                    try:
+                        await resp.write(blob.view(start + sent, n))
+                    except BaseException:
+                        self._count_sent(counted_as, -n)
+                        raise
+                    sent += n
                     continue
                 if cut_at is not None and sent >= cut_at:
                     raise _Cut
