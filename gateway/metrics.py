@@ -11,13 +11,13 @@ import time
 from contextvars import ContextVar
 
 from fastapi import FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.logs import REQUEST_ID_HEADER, request_id, valid_request_id
 from services.common.metrics import ERRORS, LATENCY_BUCKETS
+from services.common.prometheus import CONTENT_TYPE, REGISTRY, Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
     "jan_http_requests_total",
@@ -106,7 +106,7 @@ def install_metrics(app: FastAPI) -> None:
     `GET /metrics` (Prometheus text format; outside the OpenAPI document, which describes the JSON API)."""
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(REGISTRY.exposition(), media_type=CONTENT_TYPE)
 
     app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_middleware(RequestMiddleware)

@@ -54,5 +54,13 @@ def service_main(
     settings = process_start(prog, description, settings_types)
     if settings is None:
         return
-    start_metrics_server(settings[0].metrics_port, settings[0].host)
-    asyncio.run(serve(*settings))
+
+    async def run() -> None:
+        metrics = await start_metrics_server(settings[0].metrics_port, settings[0].host)
+        try:
+            await serve(*settings)
+        finally:
+            if metrics is not None:
+                metrics.close()
+
+    asyncio.run(run())

@@ -4,11 +4,12 @@ The interceptor (registered by `GrpcServer` outside the error interceptor) count
 and status code, times it, counts errors by their stable `code` (the `jan-error-code` trailer), and sets
 the request id of the call (gRPC metadata `x-request-id`, see `services.common.logs`) for the log lines
 written while it runs. `start_metrics_server` serves the registry over HTTP on the service's
-`metrics_port` (0 = off).
+`metrics_port` (0 = off), on the service's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,11 +17,11 @@ from typing import Any
 
 import grpc
 from grpc import aio
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
 from services.common.errors import ERROR_CODE_KEY
 from services.common.grpchandlers import Answer, AnswerStream, Wrappers, WrappingInterceptor
 from services.common.logs import REQUEST_ID_METADATA, new_request_id, request_id
+from services.common.prometheus import REGISTRY, Counter, Histogram, Registry, bound_port, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +114,14 @@ class MetricsInterceptor(WrappingInterceptor):
         return wrap_unary, wrap_stream
 
 
-def start_metrics_server(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> int:
-    """Serves `registry` in the Prometheus text format at http://host:port/metrics (in a thread);
-    returns the port (0: off)."""
+async def start_metrics_server(port: int, host: str, registry: Registry = REGISTRY) -> asyncio.Server | None:
+    """Serves `registry` in the Prometheus text format at http://host:port/metrics on the running loop;
+    None when `port` is 0 (off). A port that cannot be bound ends the process, naming it."""
     if not port:
-        return 0
-    server, _ = start_http_server(port, addr=host, registry=registry)
-    bound = int(server.server_port)
-    log.info("metrics on http://%s:%d/metrics", host, bound)
-    return bound
+        return None
+    try:
+        server = await serve_metrics(host, port, registry)
+    except OSError as exc:
+        raise SystemExit(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    log.info("metrics on http://%s:%d/metrics", host, bound_port(server))
+    return server

@@ -7,11 +7,8 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
 from jan.downloader.v1 import downloader_service_pb2 as pb
+from services.common.prometheus import REGISTRY, Counter, Family
 from services.downloader.core import Downloader
 
 BYTES = Counter("jan_downloader_bytes_total", "Bytes received from download sources.")
@@ -31,14 +28,14 @@ def ended(result: str) -> None:
     JOBS_ENDED.labels(result).inc()
 
 
-class _DownloaderCollector(Collector):
+class _DownloaderCollector:
     def __init__(self) -> None:
         self.downloaders: weakref.WeakSet[Downloader] = weakref.WeakSet()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        phases = GaugeMetricFamily("jan_downloader_jobs", "Download jobs by phase.", labels=["phase"])
-        speed = GaugeMetricFamily(
-            "jan_downloader_bytes_per_second", "Current speed of a running download.", labels=["model"]
+    def collect(self) -> Iterator[Family]:
+        phases = Family("jan_downloader_jobs", "Download jobs by phase.", "gauge", ["phase"])
+        speed = Family(
+            "jan_downloader_bytes_per_second", "Current speed of a running download.", "gauge", ["model"]
         )
         counts: dict[str, int] = {}
         for downloader in list(self.downloaders):
@@ -46,9 +43,9 @@ class _DownloaderCollector(Collector):
                 phase = pb.Phase.Name(job.phase).removeprefix("PHASE_").lower()  # type: ignore[arg-type]
                 counts[phase] = counts.get(phase, 0) + 1
                 if job.phase in (pb.PHASE_CONNECTING, pb.PHASE_DOWNLOADING):
-                    speed.add_metric([job.model_id], job.speed)
+                    speed.add([job.model_id], job.speed)
         for phase, n in sorted(counts.items()):
-            phases.add_metric([phase], n)
+            phases.add([phase], n)
         yield from (phases, speed)
 
 

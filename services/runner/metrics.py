@@ -7,10 +7,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
+from services.common.prometheus import REGISTRY, Counter, Family, Histogram
 from services.runner.core import Runner
 
 TOKENS = Counter(
@@ -33,48 +30,49 @@ def finished(model_id: str, completion_tokens: int) -> None:
         TOKENS.labels(model_id).inc(completion_tokens)
 
 
-class _RunnerCollector(Collector):
+class _RunnerCollector:
     """Reads the runners of this process when scraped: no bookkeeping on the serving path."""
 
     def __init__(self) -> None:
         self.runners: weakref.WeakSet[Runner] = weakref.WeakSet()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        loaded = GaugeMetricFamily(
-            "jan_runner_models_loaded", "Models loaded on the runner.", labels=["runner"]
+    def collect(self) -> Iterator[Family]:
+        loaded = Family("jan_runner_models_loaded", "Models loaded on the runner.", "gauge", ["runner"])
+        budget = Family(
+            "jan_runner_memory_budget_bytes", "Memory the runner's models may use.", "gauge", ["runner"]
         )
-        budget = GaugeMetricFamily(
-            "jan_runner_memory_budget_bytes", "Memory the runner's models may use.", labels=["runner"]
+        used = Family(
+            "jan_runner_memory_used_bytes", "Memory estimate of the loaded models.", "gauge", ["runner"]
         )
-        used = GaugeMetricFamily(
-            "jan_runner_memory_used_bytes", "Memory estimate of the loaded models.", labels=["runner"]
-        )
-        memory = GaugeMetricFamily(
+        memory = Family(
             "jan_runner_model_memory_bytes",
             "Memory estimate of one loaded model.",
-            labels=["runner", "model"],
+            "gauge",
+            ["runner", "model"],
         )
-        active = GaugeMetricFamily(
+        active = Family(
             "jan_runner_model_active_requests",
             "Requests being served by a model.",
-            labels=["runner", "model"],
+            "gauge",
+            ["runner", "model"],
         )
-        queued = GaugeMetricFamily(
+        queued = Family(
             "jan_runner_model_queue_depth",
             "Requests waiting for a slot of a model.",
-            labels=["runner", "model"],
+            "gauge",
+            ["runner", "model"],
         )
         for runner in list(self.runners):
             name = runner.settings.name
             hosted = list(runner.loaded.values())
-            loaded.add_metric([name], len(hosted))
-            budget.add_metric([name], runner.settings.memory_budget_bytes)
-            used.add_metric([name], sum(h.engine.memory_bytes for h in hosted))
+            loaded.add([name], len(hosted))
+            budget.add([name], runner.settings.memory_budget_bytes)
+            used.add([name], sum(h.engine.memory_bytes for h in hosted))
             for h in hosted:
-                memory.add_metric([name, h.model_id], h.engine.memory_bytes)
+                memory.add([name, h.model_id], h.engine.memory_bytes)
                 running = min(h.active, h.engine.slots)
-                active.add_metric([name, h.model_id], running)
-                queued.add_metric([name, h.model_id], h.active - running)
+                active.add([name, h.model_id], running)
+                queued.add([name, h.model_id], h.active - running)
         yield from (loaded, budget, used, memory, active, queued)
 
 

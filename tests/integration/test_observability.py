@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from prometheus_client import REGISTRY
 
 from cli.stack import Stack, free_port
 from services.catalog.core import Catalog
 from services.catalog.settings import CatalogSettings
 from services.common.logs import JsonFormatter, request_id
+from services.common.prometheus import REGISTRY
 from services.common.storage import StorageSettings, make_storage
 from services.downloader.settings import DownloaderSettings
 from tests.harness import process_stack, serving_catalog, serving_downloader, serving_gateway

@@ -129,9 +129,13 @@ def test_fields_keep_their_order_and_defaults_are_readable() -> None:
 @pytest.mark.parametrize(
     ("module", "absent"),
     [
-        ("services.catalog.__main__", ["pydantic", "aiohttp"]),
-        ("services.downloader.__main__", ["pydantic", "aiohttp"]),
-        ("services.runner.__main__", ["pydantic", "aiohttp", "llama_cpp"]),
+        ("services.catalog.__main__", ["pydantic", "aiohttp", "prometheus_client", "http.server"]),
+        ("services.downloader.__main__", ["pydantic", "aiohttp", "prometheus_client", "http.server"]),
+        (
+            "services.runner.__main__",
+            ["pydantic", "aiohttp", "llama_cpp", "prometheus_client", "http.server"],
+        ),
+        ("gateway.__main__", ["prometheus_client", "http.server"]),
     ],
 )
 def test_a_service_starts_without_the_libraries_it_does_not_need_yet(module: str, absent: list[str]) -> None:

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import REGISTRY
-
+from services.common.prometheus import REGISTRY
 from services.common.storage import LocalStorage
 from services.downloader import metrics as downloader_metrics
 from services.downloader.core import Downloader
