@@ -180,7 +180,12 @@ def main() -> None:
     w50, l50 = statistics.median(watch_s), statistics.median(list_s)
     print(f"hand edit -> WatchModels event: p50 {w50 * ms:.0f} ms, max {max(watch_s) * ms:.0f} ms")
     print(f"hand edit -> in GET /v1/models: p50 {l50 * ms:.0f} ms, max {max(list_s) * ms:.0f} ms")
-    print(f"target p50 < 50 ms warm: {'met' if max(p50, c50) < 0.050 else 'NOT met'}")
+    # Issue 18's targets: warm under 20 ms at 10,000 objects and under 100 ms at 50,000 (between, the
+    # bound in proportion); a hand edit in the list within 150 ms at 10,000.
+    bound = 0.020 if count <= 10_000 else 0.020 + 0.080 * min(1.0, (count - 10_000) / 40_000)
+    print(f"target warm p50 (curl) < {bound * ms:.0f} ms at {count}: {'met' if c50 < bound else 'NOT met'}")
+    if count <= 10_000:
+        print(f"target hand edit in the list p50 < 150 ms: {'met' if l50 < 0.150 else 'NOT met'}")
 
 
 if __name__ == "__main__":
