@@ -145,34 +145,39 @@ def _family_text(family: Family) -> str:
 # Metrics this process updates
 
 
-class _CounterValue:
+class _Value:
     __slots__ = ("_lock", "value")
 
     def __init__(self) -> None:
         self.value = 0.0
         self._lock = threading.Lock()
+
+    def _add(self, amount: float) -> None:
+        with self._lock:
+            self.value += amount
+
+
+class _CounterValue(_Value):
+    """One series' count: only goes up."""
+
+    __slots__ = ()
 
     def inc(self, amount: float = 1) -> None:
         if amount < 0:
             raise ValueError(f"a counter only goes up: inc({amount})")
-        with self._lock:
-            self.value += amount
+        self._add(amount)
 
 
-class _GaugeValue:
-    __slots__ = ("_lock", "value")
+class _GaugeValue(_Value):
+    """One series' value: goes up and down."""
 
-    def __init__(self) -> None:
-        self.value = 0.0
-        self._lock = threading.Lock()
+    __slots__ = ()
 
     def inc(self, amount: float = 1) -> None:
-        with self._lock:
-            self.value += amount
+        self._add(amount)
 
     def dec(self, amount: float = 1) -> None:
-        with self._lock:
-            self.value -= amount
+        self._add(-amount)
 
     def set(self, value: float) -> None:
         self.value = float(value)
