@@ -21,7 +21,14 @@ from services.common.logs import JsonFormatter, request_id
 from services.common.prometheus import REGISTRY
 from services.common.storage import StorageSettings, make_storage
 from services.downloader.settings import DownloaderSettings
-from tests.harness import process_stack, serving_catalog, serving_downloader, serving_gateway
+from tests.harness import (
+    eventually,
+    process_stack,
+    serving_catalog,
+    serving_downloader,
+    serving_gateway,
+    wait_for,
+)
 
 CATALOG = "jan.catalog.v1.CatalogService"
 
@@ -89,12 +96,18 @@ async def test_grpc_calls_are_counted_by_method_and_code_with_error_codes(env: E
     coded = sample("jan_errors_total", component="catalog", code="model_not_found")
     await env.http.get("/v1/models")
     await env.http.get("/v1/models/nope/m")
-    assert sample("jan_grpc_server_handled_total", service=CATALOG, method="ListModels", code="OK") == ok + 1
-    assert (
-        sample("jan_grpc_server_handled_total", service=CATALOG, method="GetModel", code="NOT_FOUND")
-        == missing + 1
+    # A service counts a call when its handler ends; a refusal's status may reach the client first
+    # (grpc.aio's abort sends it, then raises through the interceptors): the count follows at once.
+    await eventually(
+        lambda: (
+            sample("jan_grpc_server_handled_total", service=CATALOG, method="ListModels", code="OK") == ok + 1
+            and sample("jan_grpc_server_handled_total", service=CATALOG, method="GetModel", code="NOT_FOUND")
+            == missing + 1
+            and sample("jan_errors_total", component="catalog", code="model_not_found") == coded + 1
+        ),
+        timeout=5,
+        what="the catalog's counts",
     )
-    assert sample("jan_errors_total", component="catalog", code="model_not_found") == coded + 1
     assert sample("jan_grpc_server_handling_seconds_count", service=CATALOG, method="ListModels") >= 1
 
 
@@ -105,7 +118,11 @@ async def test_downloader_refusals_are_counted_by_code(env: Env) -> None:
     path.write_bytes(orjson.dumps({"source_url": "http://127.0.0.1:9/m.gguf"}))
     resp = await env.http.post("/v1/models/hand/m/download")
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "unsafe_source_url"
-    assert sample("jan_errors_total", component="downloader", code="unsafe_source_url") == refused + 1
+    await eventually(  # counted when the handler ends, maybe just after the client has the refusal
+        lambda: sample("jan_errors_total", component="downloader", code="unsafe_source_url") == refused + 1,
+        timeout=5,
+        what="the downloader's count",
+    )
 
 
 class Capture(logging.Handler):
@@ -194,11 +211,10 @@ def test_services_serve_metrics_and_write_json_lines(json_stack: Stack) -> None:
             http.get(f"{json_stack.url}/v1/models/nope/m", headers={"X-Request-Id": "e2e-1"}).status_code
             == 404
         )
-        catalog = http.get(f"http://127.0.0.1:{json_stack.metrics['catalog']}/metrics").text  # type: ignore[attr-defined]
-        assert (
-            f'jan_grpc_server_handled_total{{code="NOT_FOUND",method="GetModel",service="{CATALOG}"}}'
-            in catalog
-        )
+        catalog_metrics = f"http://127.0.0.1:{json_stack.metrics['catalog']}/metrics"  # type: ignore[attr-defined]
+        counted = f'jan_grpc_server_handled_total{{code="NOT_FOUND",method="GetModel",service="{CATALOG}"}}'
+        # Counted when the handler ends, which may be just after the gateway has the refusal.
+        wait_for(lambda: counted in http.get(catalog_metrics).text, timeout=5, what=counted)
         downloader = http.get(f"http://127.0.0.1:{json_stack.metrics['downloader']}/metrics").text  # type: ignore[attr-defined]
         assert "jan_downloader_bytes_total" in downloader
     for name in ("catalog", "downloader", "gateway"):
