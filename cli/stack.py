@@ -1,11 +1,16 @@
-"""Local mode: the same service processes that compose and Kubernetes run, started on loopback.
+"""Local mode: the services that compose and Kubernetes run, started on loopback.
 
 `python -m cli.stack up` plans the ports (the gateway's is JAN_GATEWAY_PORT, 1337 by default; every other
 port is the one its variable sets, else a free one), records them in JAN_ROOT/run/stack.json, starts a
-detached supervisor (`cli/supervisor.py`) that runs the services (JAN_LOCAL_RUNNERS runners, 1 by default)
-and brings back any that exits, returns once the gateway answers and prints its URL; `down` stops the
-supervisor and every service. Logs are in JAN_ROOT/logs. The tests start their own `Stack` on free ports,
-unsupervised, so a service they kill stays dead until they start it again.
+detached supervisor (`cli/supervisor.py`) that runs the service processes (JAN_LOCAL_RUNNERS runners, 1 by
+default) and brings back any that exits, returns once the gateway answers and prints its URL; `down` stops
+the supervisor and every process. Logs are in JAN_ROOT/logs, one file per process.
+
+The processes: the catalog and the downloader together in one (`controlplane`, services/controlplane:
+one Python process with gRPC fewer, ~45 MB), each runner, the gateway. Each service keeps its own ports
+and settings. The tests start their own `Stack` on free ports, unsupervised, so a process they kill stays
+dead until they start it again; `separate=True` gives the catalog and the downloader a process each, as
+compose and Kubernetes run them (the tests that kill the downloader alone).
 """
 
 from __future__ import annotations
@@ -32,9 +37,14 @@ from services.runner.settings import RunnerSettings
 
 # Start order: the catalog first (everyone reports to it), the gateway last (it fronts the others).
 SERVICES = ("catalog", "downloader", "runner", "gateway")
+# The process that serves the catalog and the downloader together in local mode.
+CONTROL_PLANE = "controlplane"
+CONTROL_PLANE_SERVICES = ("catalog", "downloader")
+# What each process runs, by its kind (a runner's name is `runner` or `runner-N`); in start order.
 MODULES = {
     "catalog": "services.catalog",
     "downloader": "services.downloader",
+    CONTROL_PLANE: "services.controlplane",
     "runner": "services.runner",
     "gateway": "gateway",
 }
@@ -65,30 +75,33 @@ def free_port() -> int:
 
 
 def kind(name: str) -> str:
-    """The service a process name runs: `runner-2` → `runner`."""
+    """What a service or process name runs: `runner-2` → `runner`."""
     return name.partition("-")[0]
 
 
 def service_names(runners: int = 1) -> list[str]:
-    """Process names in start order; one runner keeps the plain name `runner`."""
+    """Service names in start order; one runner keeps the plain name `runner`."""
     runner_names = ["runner"] if runners == 1 else [f"runner-{i}" for i in range(1, runners + 1)]
     return ["catalog", "downloader", *runner_names, "gateway"]
 
 
 def _order(name: str) -> tuple[int, int]:
-    service, _, number = name.partition("-")
-    return SERVICES.index(service), int(number or 0)
+    what, _, number = name.partition("-")
+    return list(MODULES).index(what), int(number or 0)
 
 
 @dataclass
 class Stack:
     root: Path
-    # gRPC port of each process by name (the gateway's: its HTTP port); the names say which processes.
+    # gRPC port of each service by name (the gateway's: its HTTP port); the names say which services.
     ports: dict[str, int]
+    # The running processes by process name (`names`).
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
-    # Prometheus ports by process name; a process not named here gets whatever the environment says.
+    # Prometheus ports by service name; a service not named here gets whatever the environment says.
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    # The catalog and the downloader each in a process of its own, as compose and Kubernetes run them.
+    separate: bool = False
 
     @property
     def url(self) -> str:
@@ -103,16 +116,29 @@ class Stack:
         return self.root / "logs"
 
     @property
-    def names(self) -> list[str]:
+    def services(self) -> list[str]:
         return sorted(self.ports, key=_order)
+
+    @property
+    def names(self) -> list[str]:
+        """The processes, in start order."""
+        return list(dict.fromkeys(map(self.process_of, self.services)))
 
     @property
     def runner_names(self) -> list[str]:
         return [name for name in self.names if kind(name) == "runner"]
 
+    def process_of(self, service: str) -> str:
+        """The process that runs `service`."""
+        return CONTROL_PLANE if service in CONTROL_PLANE_SERVICES and not self.separate else service
+
+    def services_of(self, name: str) -> list[str]:
+        """The services process `name` runs."""
+        return [service for service in self.services if self.process_of(service) == name]
+
     def env(self, extra: dict[str, str] | None = None, service: str | None = None) -> dict[str, str]:
-        """The environment of a service process: the caller's, the stack's addresses, `extra`, then what
-        is the service's own (a runner's port and name, its metrics port, its share of the threads)."""
+        """The environment of a process (`service`: its name): the caller's, the stack's addresses,
+        `extra`, then what is its own (a runner's port and name, metrics ports, a share of the threads)."""
         env = dict(os.environ)
         env.update(
             {
@@ -145,8 +171,9 @@ class Stack:
                 own["JAN_RUNNER_METRICS_PORT"] = "0"
                 if "JAN_RUNNER_THREADS" not in env:
                     own["JAN_RUNNER_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(self.runner_names)))
-        if name in self.metrics_ports:
-            own[f"JAN_{kind(name).upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
+        for service in self.services_of(name):
+            if service in self.metrics_ports:
+                own[f"JAN_{kind(service).upper()}_METRICS_PORT"] = str(self.metrics_ports[service])
         return own
 
     def start(self, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
@@ -158,7 +185,7 @@ class Stack:
         self.wait_ready(timeout)
 
     def start_service(self, name: str) -> None:
-        """Starts one service process (also used by tests to bring back one they killed)."""
+        """Starts one process by name (also used by tests to bring back one they killed)."""
         with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", MODULES[kind(name)]],
@@ -172,7 +199,7 @@ class Stack:
         (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
 
     def kill(self, name: str) -> None:
-        """kill -9 of one service, as a crash would."""
+        """kill -9 of one process, as a crash would."""
         proc = self.procs[name]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -189,7 +216,7 @@ class Stack:
             return False
 
     def exited(self) -> str | None:
-        """Why a started service is no longer running (its exit status and the end of its log), if one
+        """Why a started process is no longer running (its exit status and the end of its log), if one
         is not."""
         for name, proc in self.procs.items():
             if proc.poll() is not None:
@@ -402,11 +429,11 @@ def _check_free(port: int, variable: str) -> None:
 
 
 def write_record(stack: Stack, supervisor: int | None) -> None:
-    """JAN_ROOT/run/stack.json: the supervisor's pid and each process's ports, for `down`, tools and
-    tests (written whole, then renamed, so a reader never sees half of it)."""
-    services: dict[str, dict[str, int]] = {}
-    for name in stack.names:
-        services[name] = {"port": stack.ports[name]}
+    """JAN_ROOT/run/stack.json: the supervisor's pid, each service's ports and process, for `down`,
+    tools and tests (written whole, then renamed, so a reader never sees half of it)."""
+    services: dict[str, dict[str, Any]] = {}
+    for name in stack.services:
+        services[name] = {"port": stack.ports[name], "process": stack.process_of(name)}
         if name in stack.metrics_ports:
             services[name]["metrics_port"] = stack.metrics_ports[name]
     record = {"url": stack.url, "supervisor": supervisor, "services": services}
@@ -426,12 +453,13 @@ def read_record(root: Path) -> dict[str, Any]:
 
 def recorded_stack(root: Path) -> Stack:
     """The stack that JAN_ROOT's record describes."""
-    services: dict[str, dict[str, int]] = read_record(root).get("services", {})
+    services: dict[str, dict[str, Any]] = read_record(root).get("services", {})
     ports = {name: service["port"] for name, service in services.items()}
     metrics = {
         name: service["metrics_port"] for name, service in services.items() if "metrics_port" in service
     }
-    return Stack(root=root, ports=ports, metrics_ports=metrics)
+    separate = services.get("downloader", {}).get("process") == "downloader"
+    return Stack(root=root, ports=ports, metrics_ports=metrics, separate=separate)
 
 
 def down(root: Path) -> None:
@@ -443,7 +471,7 @@ def down(root: Path) -> None:
         # It stops its runners (within their drain), then its other services one by one (each within 10 s).
         _terminate(supervisor, drain_timeout_s({}) + 10.0 * (len(record.get("services", {})) + 2))
     leftovers = [p.stem for p in (root / "run").glob("*.pid") if kind(p.stem) in MODULES]
-    Stack(root=root, ports=dict.fromkeys(leftovers, 0)).stop()
+    Stack(root=root, ports=dict.fromkeys(leftovers, 0), separate=True).stop()  # each pid file a process
     (root / "run" / RECORD).unlink(missing_ok=True)
 
 

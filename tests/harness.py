@@ -360,12 +360,16 @@ async def wait_download(http: httpx.AsyncClient, model_id: str, timeout: float =
 
 @contextmanager
 def process_stack(
-    root: Path, env: dict[str, str] | None = None, services: tuple[str, ...] = processes.SERVICES
+    root: Path,
+    env: dict[str, str] | None = None,
+    services: tuple[str, ...] = processes.SERVICES,
+    separate: bool = False,
 ) -> Iterator[processes.Stack]:
     """The real service processes over `root`, as `make up` starts them, on free loopback ports, with
     `env` added to their environment; stopped on exit (also when they fail to start). `services`: fewer
-    of them (the catalog, the downloader and the gateway are always needed)."""
-    s = processes.Stack(root=root, ports={name: free_port() for name in services})
+    of them (the catalog, the downloader and the gateway are always needed); `separate`: the catalog and
+    the downloader each in its own process, as compose runs them."""
+    s = processes.Stack(root=root, ports={name: free_port() for name in services}, separate=separate)
     try:
         s.start(extra_env=env)
         yield s

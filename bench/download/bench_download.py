@@ -395,16 +395,18 @@ def run_hf(server: Server, size: int, tmp: Path) -> PeerRun:
 
 
 def start_stack(root: Path, env: dict[str, str], attempts: int = 2) -> Stack:
-    """The stack as `make up` starts it, on free ports over a fresh root; one more try (new ports) if it
-    does not come up (a free port can be taken by another process between the check and the bind)."""
+    """The stack's services, on free ports over a fresh root, with the downloader in a process of its own
+    (as compose runs it; `make up` runs it with the catalog), so that the CPU and memory measured are its
+    own; one more try (new ports) if it does not come up (a free port can be taken by another process
+    between the check and the bind)."""
     for attempt in range(1, attempts + 1):
         shutil.rmtree(root, ignore_errors=True)
-        stack = Stack(root, ports={name: free_port() for name in SERVICES})
+        stack = Stack(root, ports={name: free_port() for name in SERVICES}, separate=True)
         try:
             stack.start(extra_env=env, timeout=120)
             return stack
         except RuntimeError as exc:
-            logs = "\n".join(f"--- {name}.log\n{stack.log_tail(name, 15)}" for name in SERVICES)
+            logs = "\n".join(f"--- {name}.log\n{stack.log_tail(name, 15)}" for name in stack.names)
             print(f"the stack did not start (attempt {attempt}): {exc}\n{logs}", flush=True)
             if attempt == attempts:
                 shutil.rmtree(root, ignore_errors=True)

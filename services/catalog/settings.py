@@ -8,9 +8,9 @@ from services.common.envsettings import setting
 from services.common.service_settings import (
     GrpcHost,
     GrpcPort,
+    GrpcServiceSettings,
     LogLevel,
     MetricsPort,
-    ServiceSettings,
     absolute_all,
     root_field,
     shared_alias,
@@ -22,7 +22,7 @@ PREFIX = "JAN_CATALOG_"
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-class CatalogSettings(ServiceSettings):
+class CatalogSettings(GrpcServiceSettings):
     env_prefix = PREFIX
 
     root: Path = root_field(PREFIX, "Jan's root folder; model objects live in <root>/models.")

@@ -110,19 +110,28 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def stop_signal() -> asyncio.Event:
+    """An event set by the process's first SIGTERM or SIGINT: the one way a service learns to stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def run_until_signal(
     server: GrpcServer,
     *,
     on_start: Callable[[], Awaitable[None]] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     on_signal: Callable[[], Awaitable[None]] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Starts the server, runs on_start (then reports SERVING), waits for SIGTERM/SIGINT, runs on_signal
-    while still serving (a runner drains: the requests in flight finish), then stops."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    """Starts the server, runs on_start (then reports SERVING), waits for SIGTERM/SIGINT (or for `stop`,
+    where the caller owns the signals: two services in one process), runs on_signal while still serving
+    (a runner drains: the requests in flight finish), then stops."""
+    if stop is None:
+        stop = stop_signal()
     await server.start()
     if on_start is not None:
         await on_start()
@@ -132,7 +141,7 @@ async def run_until_signal(
     await stop.wait()
     if on_signal is not None:
         await on_signal()
-    log.info("stopping")
+    log.info("stopping %s", ", ".join(server.service_names))
     await server.stop()
     if on_stop is not None:
         await on_stop()

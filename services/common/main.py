@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from services.common.envsettings import Settings, SettingsError
 from services.common.logs import LogSettings, setup_logging
 from services.common.metrics import start_metrics_server
+from services.common.service_settings import GrpcServiceSettings, ServiceSettings
 
 S = TypeVar("S", bound=Settings)
 
@@ -40,6 +42,9 @@ def process_start(
             print(s.to_json(indent=2))
         return None
     setup_logging(settings[0].log_level, log_settings.format)
+    for more in settings[1:]:  # another service in this process (services/controlplane): its own level
+        if isinstance(more, ServiceSettings):
+            logging.getLogger(type(more).__module__.rpartition(".")[0]).setLevel(more.log_level)
     return settings
 
 
@@ -49,18 +54,23 @@ def service_main(
     settings_types: tuple[type[Settings], ...],
     serve: Callable[..., Coroutine[Any, Any, None]],
 ) -> None:
-    """`process_start`, then the metrics server on the service's host and `metrics_port`, then
-    `serve(*settings)` until it returns."""
+    """`process_start`, then the metrics server of each service (one per GrpcServiceSettings: its host and
+    `metrics_port`; every one serves the process's metrics), then `serve(*settings)` until it returns."""
     settings = process_start(prog, description, settings_types)
     if settings is None:
         return
 
     async def run() -> None:
-        metrics = await start_metrics_server(settings[0].metrics_port, settings[0].host)
+        metrics = []
         try:
+            for service in settings:
+                if isinstance(service, GrpcServiceSettings):
+                    server = await start_metrics_server(service.metrics_port, service.host)
+                    if server is not None:
+                        metrics.append(server)
             await serve(*settings)
         finally:
-            if metrics is not None:
-                metrics.close()
+            for server in metrics:
+                server.close()
 
     asyncio.run(run())

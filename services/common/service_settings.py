@@ -9,7 +9,7 @@ first in every class, and `--print-settings` lists a service's settings in the o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from services.common.envsettings import Settings, setting
 
@@ -26,6 +26,18 @@ HfEndpoint = Annotated[str, setting(after=lambda v: v.rstrip("/"))]
 
 class ServiceSettings(Settings):
     """Base of a service's settings class, which sets its own `env_prefix` (JAN_<SERVICE>_)."""
+
+    if TYPE_CHECKING:  # what every service declares, each in its own order (not fields of the base)
+        host: str
+        log_level: str
+
+
+class GrpcServiceSettings(ServiceSettings):
+    """Base of a gRPC service's settings (the catalog's, the downloader's, a runner's): those also serve
+    their Prometheus metrics on a port of their own."""
+
+    if TYPE_CHECKING:
+        metrics_port: int
 
 
 def shared_alias(env_prefix: str, name: str) -> tuple[str, str]:

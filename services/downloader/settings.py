@@ -8,10 +8,10 @@ from services.common.envsettings import Secret, setting
 from services.common.service_settings import (
     GrpcHost,
     GrpcPort,
+    GrpcServiceSettings,
     HfEndpoint,
     LogLevel,
     MetricsPort,
-    ServiceSettings,
     external_alias,
     hf_endpoint_field,
     root_field,
@@ -22,7 +22,7 @@ MiB = 1024 * 1024
 PREFIX = "JAN_DOWNLOADER_"
 
 
-class DownloaderSettings(ServiceSettings):
+class DownloaderSettings(GrpcServiceSettings):
     env_prefix = PREFIX
 
     root: Path = root_field(

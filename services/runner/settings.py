@@ -12,9 +12,9 @@ from services.common.envsettings import setting
 from services.common.service_settings import (
     GrpcHost,
     GrpcPort,
+    GrpcServiceSettings,
     LogLevel,
     MetricsPort,
-    ServiceSettings,
     root_field,
     shared_alias,
 )
@@ -57,7 +57,7 @@ def _own_address() -> str:
         return "127.0.0.1"
 
 
-class RunnerSettings(ServiceSettings):
+class RunnerSettings(GrpcServiceSettings):
     env_prefix = PREFIX
 
     root: Path = root_field(PREFIX, "Jan's root folder (models in <root>/models).")

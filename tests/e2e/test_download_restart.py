@@ -1,4 +1,5 @@
-"""A download survives `kill -9` of the downloader: the restarted process resumes it from the bytes on
+"""A download survives `kill -9` of the downloader, alone (as compose and Kubernetes run it) or with the
+catalog (local mode's control plane, one process): the restarted process resumes it from the bytes on
 disk, the result is verified, and no partial file ever looks like a model."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from cli.stack import Stack
+from cli.stack import CONTROL_PLANE, Stack
 from tests.fakes.hub import FakeHub, Faults
 from tests.harness import process_stack, wait_for
 
@@ -20,8 +21,9 @@ pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-def stack(tmp_path: Path, hub: FakeHub) -> Iterator[Stack]:
+@pytest.fixture(params=["downloader", CONTROL_PLANE])
+def stack(request: pytest.FixtureRequest, tmp_path: Path, hub: FakeHub) -> Iterator[Stack]:
+    """The stack; the process that the test kills is the downloader's (request.param)."""
     env = {
         "JAN_ALLOW_PRIVATE_NETWORKS": "true",
         "HF_ENDPOINT": hub.url,
@@ -30,7 +32,8 @@ def stack(tmp_path: Path, hub: FakeHub) -> Iterator[Stack]:
         "JAN_DOWNLOADER_MIN_SPLIT_BYTES": str(4 * MiB),
         "JAN_DOWNLOADER_BACKOFF_INITIAL_S": "0.1",
     }
-    with process_stack(tmp_path / "jan", env) as s:
+    with process_stack(tmp_path / "jan", env, separate=request.param == "downloader") as s:
+        assert s.process_of("downloader") == request.param
         yield s
 
 
@@ -60,12 +63,15 @@ def test_kill_9_of_the_downloader_then_restart_resumes(stack: Stack, hub: FakeHu
     time.sleep(1.0)  # the fetcher records its progress beside the partial file twice a second
     done_before = job(stack, "big/big")["bytes_done"]
 
-    stack.kill("downloader")
+    process = stack.process_of("downloader")
+    stack.kill(process)
     hub.faults.pop("org/big-GGUF/big.Q4_K_M.gguf")
-    # Nobody reports the download any more: the catalog stops calling it downloading.
-    wait_for(lambda: httpx.get(f"{stack.url}/v1/models/big/big/state").json()["state"] == "not-downloaded")
+    if process == "downloader":
+        # Nobody reports the download any more: the catalog stops calling it downloading.
+        state_url = f"{stack.url}/v1/models/big/big/state"
+        wait_for(lambda: httpx.get(state_url).json()["state"] == "not-downloaded")
     requests_before = len(hub.requests)
-    stack.start_service("downloader")
+    stack.start_service(process)
 
     final = wait_for(lambda: (j := job(stack, "big/big")) and j.get("phase") in ("done", "failed") and j)
     assert final["phase"] == "done", final

@@ -114,6 +114,11 @@ def test_three_runners_register_each_on_its_own_ports(three: dict[str, str]) -> 
     assert httpx.get(f"{url}/healthz", trust_env=False).json()["runners"] == 3
     services = record(three)["services"]
     assert list(services) == ["catalog", "downloader", "runner-1", "runner-2", "runner-3", "gateway"]
+    assert [s["process"] for s in services.values()] == [
+        *["controlplane"] * 2,
+        *["runner-1", "runner-2", "runner-3"],
+        "gateway",
+    ]
     ports = [s["port"] for s in services.values()] + [
         s["metrics_port"] for s in services.values() if "metrics_port" in s
     ]
@@ -267,6 +272,30 @@ def test_a_killed_runner_comes_back_and_registers_again(three: dict[str, str]) -
     assert set(runners(three)) == {"runner-1", "runner-2", "runner-3"}
 
 
+def test_the_control_plane_serves_both_services_and_comes_back_after_a_kill_9(three: dict[str, str]) -> None:
+    services = record(three)["services"]
+    before = pid(three, "controlplane")
+    assert b"services.controlplane" in Path(f"/proc/{before}/cmdline").read_bytes()
+    for name in ("catalog", "downloader"):  # each its own metrics port, the process's metrics on both
+        metrics = httpx.get(f"http://127.0.0.1:{services[name]['metrics_port']}/metrics", trust_env=False)
+        assert "jan_downloader_bytes_total" in metrics.text
+        assert 'service="jan.catalog.v1.CatalogService"' in metrics.text
+    os.kill(before, signal.SIGKILL)
+    after = wait_for(lambda: pid(three, "controlplane") != before and pid(three, "controlplane"), timeout=15)
+    log = (Path(three["JAN_ROOT"]) / "logs" / "supervisor.log").read_text()
+    assert "controlplane exited with status -9 (SIGKILL); restarting in 0.5 s" in log
+    health = wait_for(
+        lambda: (h := httpx.get(f"{url(three)}/healthz", trust_env=False)).status_code == 200 and h.json(),
+        timeout=15,
+    )
+    assert health["services"]["catalog"] and health["services"]["downloader"]
+    # The new catalog learns the runners again from their next heartbeats.
+    wait_for(lambda: set(runners(three)) == {"runner-1", "runner-2", "runner-3"}, timeout=15)
+    listed = httpx.get(f"{url(three)}/v1/downloads", trust_env=False)
+    assert listed.status_code == 200, listed.text
+    assert Path(f"/proc/{after}").exists()
+
+
 def test_a_taken_port_stops_up_with_one_line_naming_its_variable(
     three: dict[str, str], tmp_path: Path
 ) -> None:
@@ -292,7 +321,8 @@ def test_a_second_root_runs_beside_and_down_leaves_no_process(three: dict[str, s
         assert first.isdisjoint(s["port"] for s in second["services"].values())
         assert set(runners(env)) == {"local"}  # one runner keeps the name it always had
         started = processes_of(tmp_path / "other")
-        assert second["supervisor"] in started and len(started) == 5  # the supervisor and four services
+        # The supervisor, the control plane (the catalog and the downloader), the runner and the gateway.
+        assert second["supervisor"] in started and len(started) == 4
     finally:
         down = stack("down", env)
     assert down.returncode == 0, down.stderr

@@ -116,8 +116,9 @@ def test_make_up_style_launcher_starts_and_stops_the_stack(tmp_path: Path) -> No
         assert url in up.stdout
         assert httpx.get(f"{url}/healthz").status_code == 200
         assert len(httpx.get(f"{url}/v1/models").json()["data"]) >= 5
-        pids = [int(p.read_text()) for p in (tmp_path / "root" / "run").glob("*.pid")]
-        assert len(pids) == 4
+        pid_files = sorted((tmp_path / "root" / "run").glob("*.pid"))
+        assert [p.stem for p in pid_files] == ["controlplane", "gateway", "runner"]
+        pids = [int(p.read_text()) for p in pid_files]
     finally:
         down = subprocess.run(
             [sys.executable, "-m", "cli.stack", "down"], env=env, capture_output=True, timeout=60

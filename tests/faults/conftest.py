@@ -42,17 +42,20 @@ def write_tiny_model(root: Path, model_id: str = MODEL, *, n_ctx: int = 4096, **
 
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
-    """make_stack(root=None, **env) starts the real processes (once per test) and stops them after."""
+    """make_stack(root=None, separate=False, **env) starts the real processes (once per test) and stops
+    them after; `separate`: the catalog and the downloader each in a process of its own."""
     with ExitStack() as stacks:
 
-        def make(root: Path | None = None, **env: str) -> Stack:
-            return stacks.enter_context(process_stack(root or tmp_path / "jan", {**FAST_ENV, **env}))
+        def make(root: Path | None = None, separate: bool = False, **env: str) -> Stack:
+            return stacks.enter_context(
+                process_stack(root or tmp_path / "jan", {**FAST_ENV, **env}, separate=separate)
+            )
 
         yield make
 
 
 def slow_download_stack(
-    make_stack: Callable[..., Stack], hub: FakeHub, size: int, seed: int
+    make_stack: Callable[..., Stack], hub: FakeHub, size: int, seed: int, separate: bool = False
 ) -> tuple[Stack, Path]:
     """A stack whose model `big/big` is a Hub file of `size` bytes served in 32 KiB pieces (every response
     is cut after 32 KiB): its download advances in small resumed steps, slow enough to be interrupted at
@@ -60,6 +63,7 @@ def slow_download_stack(
     hub.add_repo("org/big-GGUF", {"big.Q4_K_M.gguf": (size, seed)})
     hub.faults["org/big-GGUF/big.Q4_K_M.gguf"] = Faults(cut_after=32 * 1024, cut_times=10**9)
     stack = make_stack(
+        separate=separate,
         JAN_ALLOW_PRIVATE_NETWORKS="true",
         HF_ENDPOINT=hub.url,
         JAN_DOWNLOADER_MIN_SPLIT_BYTES=str(4 * 1024 * 1024),
@@ -74,8 +78,8 @@ def slow_download_stack(
 
 
 def wait_service(stack: Stack, name: str, timeout: float = 30.0) -> None:
-    """Waits until a (re)started service answers: the gateway's /healthz sees it (catalog, downloader),
-    or, for the gateway itself, answers at all."""
+    """Waits until a (re)started process answers: the gateway's /healthz sees its services (catalog,
+    downloader), or, for the gateway itself, answers at all."""
     import httpx
 
     def ready() -> bool:
@@ -87,6 +91,6 @@ def wait_service(stack: Stack, name: str, timeout: float = 30.0) -> None:
         body = resp.json()
         if name == "runner":
             return bool(body.get("runners", 0) >= 1)
-        return name == "gateway" or bool(body.get("services", {}).get(name))
+        return name == "gateway" or all(body.get("services", {}).get(s) for s in stack.services_of(name))
 
     wait_for(ready, timeout)

@@ -217,7 +217,8 @@ def test_services_serve_metrics_and_write_json_lines(json_stack: Stack) -> None:
         wait_for(lambda: counted in http.get(catalog_metrics).text, timeout=5, what=counted)
         downloader = http.get(f"http://127.0.0.1:{json_stack.metrics['downloader']}/metrics").text  # type: ignore[attr-defined]
         assert "jan_downloader_bytes_total" in downloader
-    for name in ("catalog", "downloader", "gateway"):
+    messages = set()
+    for name in json_stack.names:  # the processes: the catalog and the downloader share one
         lines = [
             line
             for line in (json_stack.log_dir / f"{name}.log").read_text().splitlines()
@@ -225,4 +226,8 @@ def test_services_serve_metrics_and_write_json_lines(json_stack: Stack) -> None:
         ]
         assert lines, name
         for line in lines:
-            assert {"time", "level", "logger", "message"} <= set(json.loads(line))
+            record = json.loads(line)
+            assert {"time", "level", "logger", "message"} <= set(record)
+            messages.add(record["message"].split(" on port ")[0])
+    serving = {f"serving {CATALOG}", "serving jan.downloader.v1.DownloaderService"}
+    assert serving <= messages

@@ -131,6 +131,7 @@ def test_fields_keep_their_order_and_defaults_are_readable() -> None:
     [
         ("services.catalog.__main__", ["pydantic", "aiohttp", "prometheus_client", "http.server"]),
         ("services.downloader.__main__", ["pydantic", "aiohttp", "prometheus_client", "http.server"]),
+        ("services.controlplane.__main__", ["pydantic", "aiohttp", "prometheus_client", "http.server"]),
         (
             "services.runner.__main__",
             ["pydantic", "aiohttp", "llama_cpp", "prometheus_client", "http.server"],
