@@ -1,5 +1,6 @@
 """One logging set-up for every process: lines on stderr, as text or as one JSON object a line
-(`JAN_LOG_FORMAT`), each carrying the id of the request being served.
+(`JAN_LOG_FORMAT`), each carrying the id of the request being served, and, in a process that serves two
+services (local mode's control plane), the service each line was written for.
 
 The request id comes from the client's `X-Request-Id` (or is made by the gateway), travels to the services
 as gRPC metadata `x-request-id`, and lives in the `request_id` context variable while the request is
@@ -29,6 +30,8 @@ REQUEST_ID_METADATA = "x-request-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# Set only where one process serves several services: the context of each one's task (`service_context`).
+service: contextvars.ContextVar[str] = contextvars.ContextVar("service", default="")
 
 LogFormat = Literal["text", "json"]
 
@@ -42,20 +45,32 @@ def valid_request_id(value: str | None) -> str:
     return value if value and _REQUEST_ID.match(value) else new_request_id()
 
 
+def service_context(name: str) -> contextvars.Context:
+    """A copy of the current context in which `service` is `name`: what a task is created with
+    (`asyncio.create_task(..., context=)`) to have the lines written on its behalf name the service (the
+    tasks it starts, gRPC's per-call ones included, inherit it)."""
+    context = contextvars.copy_context()
+    context.run(service.set, name)
+    return context
+
+
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        record.service = service.get()
         return True
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time (UTC, ISO 8601), level, logger, message, request_id, exception."""
+    """One JSON object a line: time (UTC, ISO 8601), level, service (where a process serves several),
+    logger, message, request_id, exception."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
+            **({"service": name} if (name := getattr(record, "service", "")) else {}),
             "logger": record.name,
             "message": record.getMessage(),
         }
@@ -68,10 +83,15 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """`time level [service] logger: message [request_id=…]`, the service only where a process serves
+    several."""
+
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__("%(asctime)s %(levelname)s %(service_tag)s%(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        name = getattr(record, "service", "")
+        record.service_tag = f"[{name}] " if name else ""
         line = super().format(record)
         rid = getattr(record, "request_id", "")
         return f"{line} [request_id={rid}]" if rid else line

@@ -5,8 +5,9 @@ Each serves on its own gRPC port and its own metrics port, reads its own setting
 JAN_DOWNLOADER_*, log levels included) and talks to the other over gRPC on loopback, exactly as when each
 runs alone, as compose and Kubernetes run them; here they share one interpreter and event loop, which
 spares the ~45 MB a second Python process serving gRPC costs. Either metrics port shows the whole
-process's metrics. A stop signal stops the downloader first (its jobs keep their state on disk), then the
-catalog; either one failing ends the process, and the supervisor brings both back.
+process's metrics; each log line written for one of them names it (`[catalog] ...` in text,
+`"service": "catalog"` in JSON). A stop signal stops the downloader first (its jobs keep their state on
+disk), then the catalog; either one failing ends the process, and the supervisor brings both back.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 from services.catalog import __main__ as catalog
 from services.catalog.settings import CatalogSettings
 from services.common.grpcserver import stop_signal
+from services.common.logs import service_context
 from services.common.main import service_main
 from services.common.storage import StorageSettings
 from services.downloader import __main__ as downloader
@@ -29,8 +31,10 @@ async def serve(
 ) -> None:
     stop = stop_signal()
     catalog_stop = asyncio.Event()
-    catalog_task = asyncio.create_task(catalog.serve(catalog_settings, storage_settings, stop=catalog_stop))
-    downloader_task = asyncio.create_task(downloader.serve(downloader_settings, storage_settings, stop=stop))
+    serving_catalog = catalog.serve(catalog_settings, storage_settings, stop=catalog_stop)
+    serving_downloader = downloader.serve(downloader_settings, storage_settings, stop=stop)
+    catalog_task = asyncio.create_task(serving_catalog, context=service_context("catalog"))
+    downloader_task = asyncio.create_task(serving_downloader, context=service_context("downloader"))
     try:
         await asyncio.wait((catalog_task, downloader_task), return_when=asyncio.FIRST_COMPLETED)
     finally:

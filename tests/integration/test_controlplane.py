@@ -16,6 +16,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli.stack import free_port
+from jan.catalog.v1 import catalog_service_pb2 as catalog_pb
+from jan.downloader.v1 import downloader_service_pb2 as downloader_pb
 from tests.harness import wait_for
 
 
@@ -51,11 +53,36 @@ def serving(port: str) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_both_serve_then_a_signal_stops_the_downloader_first(tmp_path: Path) -> None:
+def refused(port: str, method: str, request: object) -> None:
+    """Calls `method` (a unary path) with request id `t-1`, expecting NOT_FOUND."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]) as channel:
+        call = channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString())
+        try:
+            call(request, metadata=[("x-request-id", "t-1")], timeout=5)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+        else:
+            raise AssertionError(f"{method} answered")
+
+
+def test_both_serve_each_line_names_its_service_and_a_signal_stops_the_downloader_first(
+    tmp_path: Path,
+) -> None:
     environ = env(tmp_path)
     proc = start(environ)
     try:
         wait_for(lambda: serving(environ["JAN_CATALOG_PORT"]) and serving(environ["JAN_DOWNLOADER_PORT"]))
+        # Lines written while serving a call (gRPC's task for it inherits the service's context).
+        refused(
+            environ["JAN_CATALOG_PORT"],
+            "/jan.catalog.v1.CatalogService/GetModel",
+            catalog_pb.GetModelRequest(id="no/pe"),
+        )
+        refused(
+            environ["JAN_DOWNLOADER_PORT"],
+            "/jan.downloader.v1.DownloaderService/GetDownload",
+            downloader_pb.GetDownloadRequest(model_id="no/pe"),
+        )
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     finally:
@@ -63,6 +90,12 @@ def test_both_serve_then_a_signal_stops_the_downloader_first(tmp_path: Path) -> 
     assert proc.returncode == 0, out
     stops = [line.split("stopping ")[1] for line in out.splitlines() if "stopping " in line]
     assert stops == ["jan.downloader.v1.DownloaderService", "jan.catalog.v1.CatalogService"], out
+    lines = out.splitlines()
+    for name, rpc in (("catalog", "GetModel NOT_FOUND"), ("downloader", "GetDownload NOT_FOUND")):
+        tag = f" INFO [{name}] services."
+        assert any(tag in line and f"stopping jan.{name}.v1." in line for line in lines), out
+        written = [line for line in lines if rpc in line]
+        assert written and all(tag in line and line.endswith("[request_id=t-1]") for line in written), out
 
 
 def test_a_downloader_that_cannot_listen_ends_the_process_with_the_catalog(tmp_path: Path) -> None:
