@@ -54,7 +54,9 @@ def service_context(name: str) -> contextvars.Context:
     return context
 
 
-class _RequestIdFilter(logging.Filter):
+class _ContextFilter(logging.Filter):
+    """Puts what the context knows on each record: the request id and, where set, the service."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
         record.service = service.get()
@@ -100,7 +102,7 @@ class TextFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_ContextFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
